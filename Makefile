@@ -1,0 +1,27 @@
+# polyscale: `make demo` and `make test` are all the set-up anyone needs.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+PYTHON ?= python3
+
+.PHONY: install demo test bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	WANDB_MODE=$${WANDB_MODE:-offline} $(PY) -m harness.demo --out results/demo
+
+test: $(STAMP)
+	WANDB_MODE=disabled $(PY) -m pytest -q
+
+bench: $(STAMP)
+	for bench in bench/*.py; do $(PY) $$bench || exit 1; done
+
+clean:
+	rm -rf results/demo results/scratch wandb .pytest_cache

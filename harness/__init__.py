@@ -1,0 +1,1 @@
+"""polyscale's engine: moment compression, tasks, models, training, experiments, sweeps, tracking."""

@@ -1,0 +1,57 @@
+"""The ``polyscale`` command line.
+
+Each command lives in the module that owns its work and exposes ``register(subparsers)``, which adds
+its parser and sets ``handler=`` to a function taking the parsed ``argparse.Namespace`` and returning
+an exit code. A ``UsageError`` (or ``ValueError`` from input validation) anywhere in a handler becomes
+one line on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from harness.errors import UsageError
+from harness.redact import redact
+
+COMMAND_MODULES = (
+    "harness.compression.cli",
+    "analysis.cli",
+    "harness.experiments.cli",
+    "harness.sweep.cli",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="polyscale",
+        description=(
+            "Test moment-matching compression of network width and training data, and the scaling "
+            "laws it predicts. Run `polyscale COMMAND --help` for each command."
+        ),
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    # Anything that reads the command line later (W&B's run metadata, tracebacks) must not see a
+    # password given in a storage URL: keep only the redacted form once the arguments are parsed.
+    sys.argv[:] = [redact(arg) for arg in sys.argv]
+    try:
+        return int(args.handler(args) or 0)
+    except (UsageError, ValueError, FileNotFoundError) as exc:
+        print(f"polyscale {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"polyscale {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

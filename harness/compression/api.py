@@ -1,0 +1,161 @@
+"""``compress``: moment-matching compression of a weighted point set, and its baselines."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from harness.compression.basis import n_moments, raw_moments, relative_moment_error
+from harness.compression.baselines import kmeans_centroids, random_subset
+from harness.compression.clustered import clustered_weights
+from harness.compression.recombination import recombine
+from harness.compression.size import SizeRule, parse_size
+from harness.compression.validate import check_inputs, check_memory
+
+METHODS = ("clustered", "global", "random", "kmeans")
+
+
+@dataclass(frozen=True)
+class Compression:
+    """The result of ``compress``.
+
+    Attributes:
+        indices: rows of the input that were kept (sorted), or None when the method makes new
+            points (kmeans).
+        weights: (d',) non-negative weights of the kept points; they sum to the input's total.
+        points: (d', m) the kept points, float64, in the input's coordinates.
+        k: the moment degree matched.
+        n_moments: N(m, k) = C(m + k, k).
+        moment_error: max over monomials of degree <= k of |compressed - original| moment,
+            relative to the largest original moment (raw monomial basis).
+        seconds: wall time of the compression (validation and error measurement excluded).
+        method: the method used.
+        target: the support size asked for, after clamping to at least N(m, k).
+        clamped: True when the size rule asked for fewer than N(m, k) points.
+    """
+
+    indices: np.ndarray | None
+    weights: np.ndarray
+    points: np.ndarray
+    k: int
+    n_moments: int
+    moment_error: float
+    seconds: float
+    method: str
+    target: int
+    clamped: bool
+
+    @property
+    def size(self) -> int:
+        """Number of points kept."""
+        return len(self.weights)
+
+
+def compress(
+    points,
+    weights=None,
+    *,
+    k: int,
+    size: int | float | str | SizeRule | None = None,
+    method: str = "clustered",
+    seed: int = 0,
+) -> Compression:
+    """Compress a weighted point set to about ``size`` points with the same moments of degree <= k.
+
+    Args:
+        points: (d, m) numpy array or torch tensor. For a tensor, the linear algebra of the
+            ``clustered`` and ``global`` methods runs on its device.
+        weights: (d,) non-negative weights, default all ones.
+        k: highest moment degree to match.
+        size: target support d': an int, a fraction in (0, 1), a rule string ("0.1d",
+            "16*d^0.5", "20*ln(d)^2") or a SizeRule; None means N(m, k). Clamped up to N(m, k)
+            with a warning. If d <= d' the input comes back unchanged.
+        method: ``clustered`` (the paper's Algorithm 1), ``global`` (one reduction of the whole
+            set to at most N(m, k) points, whatever the size), ``random`` (uniform subset,
+            weights total/d') or ``kmeans`` (weighted centroids; new points).
+        seed: seeds the baselines (the moment methods are deterministic).
+
+    Raises:
+        ValueError: for an unknown method, a bad size, NaN/inf, wrong shapes, negative or
+            all-zero weights, k < 0, or more moments than memory allows.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
+    x, w = check_inputs(points, weights, k)
+    d, m = x.shape
+    n_features = n_moments(m, k)
+    target, clamped = _resolve_target(size, d, m, k)
+    host_points = x.cpu().numpy()
+    host_weights = w.cpu().numpy()
+    start = time.perf_counter()
+    if d <= target:
+        indices, kept_weights, kept_points = np.arange(d), host_weights, host_points
+    elif method in ("clustered", "global"):
+        check_memory(d, m, k)
+        with _one_cpu_thread(x.device):
+            c = recombine(x, w, k) if method == "global" else clustered_weights(x, w, k, target)
+        keep = torch.nonzero(c > 0).squeeze(1)
+        indices = keep.cpu().numpy()
+        kept_weights, kept_points = c[keep].cpu().numpy(), host_points[indices]
+    elif method == "random":
+        indices, kept_weights = random_subset(d, target, float(host_weights.sum()), seed)
+        kept_points = host_points[indices]
+    else:
+        indices = None
+        kept_points, kept_weights = kmeans_centroids(host_points, host_weights, target, seed)
+    seconds = time.perf_counter() - start
+    error = relative_moment_error(
+        raw_moments(host_points, host_weights, k), raw_moments(kept_points, kept_weights, k)
+    )
+    return Compression(
+        indices=indices,
+        weights=kept_weights,
+        points=kept_points,
+        k=k,
+        n_moments=n_features,
+        moment_error=error,
+        seconds=seconds,
+        method=method,
+        target=target,
+        clamped=clamped,
+    )
+
+
+def _resolve_target(size, d: int, m: int, k: int) -> tuple[int, bool]:
+    floor = n_moments(m, k)
+    if size is None:
+        return floor, False
+    rule = parse_size(size)
+    wanted = rule.resolve(d)
+    if wanted < floor:
+        warnings.warn(
+            f"size {rule} gives d' = {wanted} for d = {d}, below N(m={m}, k={k}) = {floor}; "
+            f"clamped to {floor}",
+            stacklevel=3,
+        )
+        return floor, True
+    return wanted, False
+
+
+@contextmanager
+def _one_cpu_thread(device: torch.device):
+    """Run torch's CPU ops on one thread for the duration.
+
+    The reductions are thousands of small tensor ops: a second intra-op thread buys little, and
+    when the cores are shared (parallel sweep workers, other jobs) OpenMP's spin-waiting made
+    them up to 8x slower in our measurements. The previous setting is restored afterwards.
+    """
+    if device.type != "cpu":
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

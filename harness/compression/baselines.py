@@ -1,0 +1,24 @@
+"""Baselines at the same budget d': a uniform random subset and weighted k-means centroids."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.cluster import KMeans
+
+
+def random_subset(d: int, size: int, total: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``size`` distinct rows chosen uniformly (sorted), each weighted total / size (the paper's naive)."""
+    rows = np.sort(np.random.default_rng(seed).choice(d, size=size, replace=False))
+    return rows, np.full(size, total / size)
+
+
+def kmeans_centroids(points: np.ndarray, weights: np.ndarray, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted k-means with ``size`` clusters: (centroids, cluster masses); empty clusters dropped.
+
+    The centroids are new points, so they match the mass and the mean (degree <= 1) but not the
+    higher moments.
+    """
+    model = KMeans(n_clusters=size, n_init=1, random_state=seed).fit(points, sample_weight=weights)
+    mass = np.bincount(model.labels_, weights=weights, minlength=size)
+    keep = mass > 0
+    return model.cluster_centers_[keep], mass[keep]

@@ -1,0 +1,71 @@
+"""Input checks shared by every compression entry point: clear ValueErrors, float64 tensors out."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+from harness.compression.basis import n_moments
+
+# Refuse a reduction whose working set would take more than this share of physical memory.
+MEMORY_SHARE = 0.5
+
+
+def check_inputs(points, weights, k) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate points (d, m), weights (d,) and degree k; return float64 tensors on points' device.
+
+    A torch input keeps its device (so the linear algebra runs there); anything else becomes a
+    CPU tensor. Raises ValueError naming the problem for NaN/inf, a wrong shape, negative or
+    all-zero weights, or a bad k.
+    """
+    device = points.device if isinstance(points, torch.Tensor) else torch.device("cpu")
+    x = _as_float64(points, "points", device)
+    if x.ndim != 2:
+        hint = " (for one coordinate per point use points.reshape(-1, 1))" if x.ndim == 1 else ""
+        raise ValueError(f"points must be a 2-D (d, m) array; got shape {tuple(x.shape)}{hint}")
+    d, m = x.shape
+    if d == 0 or m == 0:
+        raise ValueError(f"points must have at least one row and one column; got shape {(d, m)}")
+    if not torch.isfinite(x).all():
+        bad = int((~torch.isfinite(x)).any(dim=1).sum())
+        raise ValueError(f"points contain NaN or inf in {bad} of {d} rows")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
+        raise ValueError(f"k must be a non-negative integer (the highest moment degree); got {k!r}")
+    if weights is None:
+        w = torch.ones(d, dtype=torch.float64, device=device)
+    else:
+        w = _as_float64(weights, "weights", device)
+        if w.shape != (d,):
+            raise ValueError(f"weights must have shape ({d},) to match points; got {tuple(w.shape)}")
+        if not torch.isfinite(w).all():
+            raise ValueError("weights contain NaN or inf")
+        if (w < 0).any():
+            raise ValueError(f"weights must be >= 0; {int((w < 0).sum())} are negative (min {float(w.min()):.3g})")
+        if not (w > 0).any():
+            raise ValueError("weights are all zero: there is no mass to compress")
+    return x, w
+
+
+def check_memory(d: int, m: int, k: int) -> None:
+    """Refuse a reduction whose features and factorisations would not fit in memory."""
+    n_features = n_moments(m, k)
+    need = 8 * (3 * d * n_features + 12 * n_features**2)
+    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > MEMORY_SHARE * have:
+        raise ValueError(
+            f"N(m={m}, k={k}) = {n_features:,} moments is too many: reducing {d:,} points would need "
+            f"about {need / 2**30:,.1f} GiB, more than {MEMORY_SHARE:.0%} of this machine's "
+            f"{have / 2**30:,.1f} GiB; lower k or compress in a lower-dimensional space"
+        )
+
+
+def _as_float64(array, name: str, device: torch.device) -> torch.Tensor:
+    if isinstance(array, torch.Tensor):
+        return array.detach().to(device=device, dtype=torch.float64)
+    try:
+        values = np.asarray(array, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name} must be numeric; {exc}") from exc
+    return torch.as_tensor(values, device=device)
