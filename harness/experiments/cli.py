@@ -1,0 +1,77 @@
+"""``polyscale run``: run every arm of one configuration and record the results."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+from harness.config import load_configs
+from harness.experiments.runner import run_config
+
+EPILOG = """\
+Each arm of the configuration is one run, named by a hash of the configuration (cosmetic keys such
+as out, device, name and tags excluded) and the arm. Finished runs (done or diverged) are skipped.
+
+results:
+  OUT/runs/<run_id>/{config.json, status.json, metrics.jsonl, summary.json}
+  OUT/runs.parquet   one row per run: run_id, experiment, arm, seed, d, d_eff, width, width_eff, k,
+                     optimizer, lr, steps, test_loss, train_loss, compress_seconds, train_seconds,
+                     moment_error, status, the arm's extras and every config key (dotted names)
+
+A YAML file may hold several configurations separated by '---'; each is run in turn.
+
+examples:
+  polyscale run sweeps/smoke.yaml --out results/smoke
+  polyscale run e3.yaml --set train.lr=1e-3 --set arms=[original,moment] --device cuda
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "run",
+        help="run every arm of one configuration and record the results",
+        description="Train (or compress) the original, the moment-compressed and the baseline arms side by side.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("spec", type=Path, metavar="SPEC.yaml", help="the configuration (see harness/config.py)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key (dotted, value read as YAML); repeatable")
+    parser.add_argument("--out", type=Path, help="results folder (default: the config's `out`)")
+    parser.add_argument("--device", help="cpu, cuda or cuda:N (default: the config's `device`; auto = cuda if present)")
+    parser.add_argument("--force", action="store_true", help="run again arms whose runs are finished")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    configs = load_configs(args.spec, args.overrides)
+    failed, tables = 0, []
+    for config in configs:
+        changes = {"out": str(args.out)} if args.out is not None else {}
+        if args.device is not None:
+            changes["device"] = args.device
+        config = dataclasses.replace(config, **changes)
+        for record in run_config(config, force=args.force):
+            failed += record.status == "failed"
+            print(_line(record))
+        table = Path(config.out) / "runs.parquet"
+        tables += [table] if table not in tables else []
+    for table in tables:
+        print(f"table: {table}")
+    return 1 if failed else 0
+
+
+def _line(record) -> str:
+    if record.skipped:
+        return f"{record.run_id:<34} {record.status:<9} (finished before: skipped)"
+    row = record.row
+    if record.status == "failed":
+        return f"{record.run_id:<34} failed    {record.error}"
+    parts = [f"{record.run_id:<34} {record.status:<9}"]
+    for key in ("test_loss", "max_train_gap", "error", "d_eff", "width_eff", "compress_seconds", "train_seconds"):
+        value = row.get(key)
+        unchanged = (key, value) in (("d_eff", row.get("d")), ("width_eff", row.get("width")))
+        if value is not None and not unchanged:
+            parts.append(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}")
+    return "  ".join(parts)

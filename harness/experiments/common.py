@@ -1,0 +1,74 @@
+"""What every experiment shares: the result of one arm, seed streams, devices and dtypes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from harness.config import Config, CompressionConfig
+
+# Called with (arm, record) at every evaluation of a training experiment, as it happens.
+OnRecord = Callable[[str, dict], None]
+
+
+@dataclass
+class ArmResult:
+    """One arm of one configuration: its status (done | diverged), one record per evaluation, and
+    its summary (the measured columns of the results table: d, d_eff, width, width_eff, k,
+    train_loss, test_loss, compress_seconds, train_seconds, moment_error and the arm's extras)."""
+
+    arm: str
+    status: str
+    metrics: list[dict] = field(default_factory=list)
+    summary: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Seeds:
+    """Independent seeds for the parts of a run, all derived from ``config.seed``.
+
+    Every arm of a configuration gets the same ones, which is what gives the arms one
+    initialisation and one batch order. ``data`` is ``task.seed`` when the config sets it.
+    """
+
+    data: int
+    init: int
+    batches: int
+    compression: int
+
+    @classmethod
+    def of(cls, config: Config) -> Seeds:
+        derived = np.random.SeedSequence(config.seed).generate_state(3)
+        data = config.task.seed if config.task.seed is not None else config.seed
+        return cls(data, int(derived[0]), int(derived[1]), int(derived[2]))
+
+
+def method_of(arm: str, compression: CompressionConfig) -> str:
+    """The compress() method behind an arm: moment -> compression.method; baselines by name."""
+    return compression.method if arm == "moment" else arm
+
+
+def dtype_of(config: Config) -> torch.dtype:
+    return torch.float64 if config.train.dtype == "float64" else torch.float32
+
+
+def tensor(array: np.ndarray, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(array), dtype=dtype, device=device)
+
+
+def final_summary(history: list[dict]) -> dict:
+    """Last recorded train/test loss, the best test loss, and the last step reached."""
+    last = history[-1] if history else {}
+    tests = [r["test_loss"] for r in history if r.get("test_loss") is not None]
+    summary = {
+        "train_loss": last.get("train_loss"),
+        "test_loss": last.get("test_loss"),
+        "best_test_loss": min(tests) if tests else None,
+        "last_step": last.get("step"),
+    }
+    if "test_accuracy" in last:
+        summary["test_accuracy"] = last["test_accuracy"]
+    return summary

@@ -1,0 +1,148 @@
+"""Running configurations: in memory (``run_arms``, ``run_one``) or into the results store (``run_config``).
+
+``run_arms`` is pure: the same configuration gives the same numbers on a CPU, and it touches no
+files. ``run_config`` is what ``polyscale run`` and the sweep orchestrator call: it skips arms
+whose runs are already finished (done or diverged), records the rest in the store (status
+``running`` first, results, then the final status) and refreshes runs.parquet. Divergence is a
+result (status ``diverged``); an exception inside an experiment marks its runs ``failed`` with the
+traceback and does not escape, except a UsageError (a missing dataset, a task too small), which
+is recorded and re-raised because every other run of the configuration would meet it too.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from harness.config import TRAINING_EXPERIMENTS, Config, flatten, run_id, to_dict
+from harness.device import pick_device
+from harness.errors import UsageError
+from harness.experiments import attention, data, runtime, symmetric, width
+from harness.experiments.common import ArmResult, OnRecord
+from harness.tracking import RunObserver, begin_run, end_run, is_finished, read_status, rebuild_table, write_metrics
+
+RUNNERS = {
+    "width": width.run,
+    "data": data.run,
+    "attention": attention.run,
+    "symmetric": symmetric.run,
+    "runtime": runtime.run,
+}
+# Columns every row has (None where they do not apply), before the arm's extras and the config.
+COLUMNS = ("run_id", "experiment", "arm", "seed", "status", "d", "d_eff", "width", "width_eff", "k", "optimizer",
+           "lr", "steps", "test_loss", "train_loss", "compress_seconds", "train_seconds", "moment_error")
+METRICS_EVERY_SECONDS = 10.0  # how often a running run's metrics.jsonl is rewritten
+
+
+@dataclass
+class RunRecord:
+    """What ``run_config`` did with one arm: its run id, status and results-table row."""
+
+    run_id: str
+    arm: str
+    status: str
+    row: dict = field(default_factory=dict)
+    skipped: bool = False
+    error: str | None = None
+
+
+def run_arms(config: Config, arms: Sequence[str] | None = None, *, device: torch.device | str | None = None,
+             on_record: OnRecord | None = None) -> dict[str, ArmResult]:
+    """Run the given arms (default: the config's) of one configuration side by side, in memory."""
+    arms = tuple(arms) if arms else config.arm_names
+    for arm in arms:
+        run_id(config, arm)  # raises for an arm the experiment does not have
+    if not isinstance(device, torch.device):
+        device = pick_device(device if device is not None else config.device)
+    return RUNNERS[config.experiment](config, arms, device, on_record)
+
+
+def run_one(config: Config, arm: str, *, device: torch.device | str | None = None) -> ArmResult:
+    """One run: one arm of one seed of one configuration (a compressed width arm trains the
+    original alongside as its reference; see harness/experiments/units.py)."""
+    return run_arms(config, (arm,), device=device)[arm]
+
+
+def run_config(config: Config, out: str | Path | None = None, *, arms: Sequence[str] | None = None,
+               force: bool = False, observers: Sequence[RunObserver] = (), refresh_table: bool = True) -> list[RunRecord]:
+    """Run and record the unfinished arms of ``config`` into the store at ``out`` (default config.out).
+
+    Finished runs (done or diverged) are skipped unless ``force``. Returns one RunRecord per arm.
+    ``refresh_table=False`` leaves runs.parquet alone (a sweep can call ``rebuild_table`` once:
+    each rebuild reads every run folder).
+    """
+    out = Path(out if out is not None else config.out)
+    device = pick_device(config.device)
+    ids = {arm: run_id(config, arm) for arm in (tuple(arms) if arms else config.arm_names)}
+    records = {arm: RunRecord(rid, arm, read_status(out, rid), skipped=True) for arm, rid in ids.items()
+               if not force and is_finished(out, rid)}
+    pending = tuple(arm for arm in ids if arm not in records)
+    if pending:
+        records.update(_run_pending(config, out, pending, ids, device, observers, refresh_table))
+    if refresh_table:
+        rebuild_table(out)
+    return [records[arm] for arm in ids]
+
+
+def _run_pending(config: Config, out: Path, pending: tuple[str, ...], ids: dict[str, str], device: torch.device,
+                 observers: Sequence[RunObserver], refresh_table: bool) -> dict[str, RunRecord]:
+    flat = {key: value for key, value in flatten(config).items() if key != "arms"}
+    history = {arm: [] for arm in pending}
+    written = {arm: 0.0 for arm in pending}
+    for arm in pending:
+        begin_run(out, ids[arm], arm, to_dict(config))
+        for observer in observers:
+            observer.run_started(ids[arm], arm, flat)
+
+    def on_record(arm: str, record: dict) -> None:
+        history[arm].append(record)
+        if time.monotonic() - written[arm] > METRICS_EVERY_SECONDS:
+            write_metrics(out, ids[arm], history[arm])
+            written[arm] = time.monotonic()
+        for observer in observers:
+            observer.run_logged(ids[arm], record)
+
+    try:
+        results = run_arms(config, pending, device=device, on_record=on_record)
+    except BaseException as exc:
+        message = str(exc) if isinstance(exc, UsageError) else traceback.format_exc()
+        records = {}
+        for arm in pending:
+            row = _row(config, arm, ids[arm], "failed", {}, device, flat)
+            end_run(out, ids[arm], "failed", history[arm], row, error=message)
+            for observer in observers:
+                observer.run_finished(ids[arm], "failed", row)
+            records[arm] = RunRecord(ids[arm], arm, "failed", row, error=message.strip().splitlines()[-1])
+        if isinstance(exc, Exception) and not isinstance(exc, UsageError):
+            return records
+        if refresh_table:
+            rebuild_table(out)
+        raise
+    records = {}
+    for arm in pending:
+        result = results[arm]
+        row = _row(config, arm, ids[arm], result.status, result.summary, device, flat)
+        end_run(out, ids[arm], result.status, result.metrics, row)
+        for observer in observers:
+            observer.run_finished(ids[arm], result.status, row)
+        records[arm] = RunRecord(ids[arm], arm, result.status, row)
+    return records
+
+
+def _row(config: Config, arm: str, rid: str, status: str, summary: dict, device: torch.device, flat: dict) -> dict:
+    """The run's results-table row: the fixed columns, the arm's measurements, the config (dotted)."""
+    training = config.experiment in TRAINING_EXPERIMENTS
+    row = dict.fromkeys(COLUMNS)
+    row.update(run_id=rid, experiment=config.experiment, arm=arm, seed=config.seed, status=status,
+               optimizer=config.train.optimizer if training else None,
+               lr=config.train.lr if training else None,
+               steps=config.total_steps() if training else None)
+    row.update(summary)
+    row.update(flat)
+    row["device"] = str(device)
+    return row

@@ -1,0 +1,34 @@
+"""Experiment ``runtime`` (E5): how long compressing d uniform points in [-1, 1]^m takes.
+
+The objects are E1's (task ``symmetric``; its function is not evaluated). Each arm records the
+compression's wall time (``compress_seconds``, validation and error measurement excluded), the
+kept size and the moment error. On a CUDA device the moment arm's linear algebra runs there.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from harness.compression import compress
+from harness.config import Config
+from harness.data.symmetric import symmetric_problem
+from harness.experiments.common import ArmResult, OnRecord, Seeds, method_of
+
+
+
+def run(config: Config, arms: tuple[str, ...], device: torch.device, on_record: OnRecord | None = None) -> dict[str, ArmResult]:
+    seeds, task = Seeds.of(config), config.task
+    objects, _ = symmetric_problem(task.n_train, task.input_dim, task.probes, seeds.data)
+    results = {}
+    for arm in arms:
+        points = torch.as_tensor(objects, device=device) if arm == "moment" else objects
+        result = compress(points, k=config.compression.k, size=config.compression.size,
+                          method=method_of(arm, config.compression), seed=seeds.compression)
+        record = {"step": 0, "compress_seconds": result.seconds, "moment_error": result.moment_error,
+                  "d_eff": result.size}
+        if on_record is not None:
+            on_record(arm, record)
+        summary = {"d": len(objects), "d_eff": result.size, "k": config.compression.k, "m": task.input_dim,
+                   "compress_seconds": result.seconds, "moment_error": result.moment_error, "clamped": result.clamped}
+        results[arm] = ArmResult(arm, "done", [record], summary)
+    return results

@@ -1,0 +1,20 @@
+"""Training: batch samplers over weighted sets, optimisers and schedule, losses, the side-by-side loop."""
+
+from harness.train.loop import Arm, train_side_by_side
+from harness.train.losses import accuracy, cross_entropy, loss_for, mean_loss, predict, squared_error
+from harness.train.optim import make_optimizer, make_schedule
+from harness.train.sampling import BatchSampler
+
+__all__ = [
+    "Arm",
+    "BatchSampler",
+    "accuracy",
+    "cross_entropy",
+    "loss_for",
+    "make_optimizer",
+    "make_schedule",
+    "mean_loss",
+    "predict",
+    "squared_error",
+    "train_side_by_side",
+]

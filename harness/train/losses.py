@@ -1,0 +1,49 @@
+"""Per-example losses and chunked evaluation.
+
+Regression uses the squared error averaged over outputs (so the mean over examples is
+nn.MSELoss); classification the cross-entropy against target distributions (one-hot rows, or the
+soft labels of k-means centroids).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def squared_error(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(B, out), (B, out) -> (B,)"""
+    return (prediction - target).pow(2).mean(dim=-1)
+
+
+def cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(B, classes) logits, (B, classes) target probabilities -> (B,)"""
+    return -(target * F.log_softmax(logits, dim=-1)).sum(dim=-1)
+
+
+def loss_for(classification: bool) -> LossFn:
+    return cross_entropy if classification else squared_error
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, x: torch.Tensor, chunk_rows: int = 8192) -> torch.Tensor:
+    """The model's outputs on x, ``chunk_rows`` examples at a time."""
+    return torch.cat([model(x[start : start + chunk_rows]) for start in range(0, len(x), chunk_rows)])
+
+
+def mean_loss(loss_fn: LossFn, prediction: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None) -> float:
+    """The (weighted) mean loss in float64: sum_i c_i l_i / sum_i c_i."""
+    losses = loss_fn(prediction, target).detach().double()
+    if weights is None:
+        return float(losses.mean())
+    weights = weights.double()
+    return float((weights * losses).sum() / weights.sum())
+
+
+def accuracy(logits: torch.Tensor, target: torch.Tensor) -> float:
+    """Share of examples whose arg-max output is the target's arg-max class."""
+    return float((logits.argmax(dim=-1) == target.argmax(dim=-1)).double().mean())

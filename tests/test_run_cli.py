@@ -1,0 +1,54 @@
+"""``polyscale run``: the command line over run_config."""
+
+import pandas as pd
+import pytest
+import torch
+
+from harness.cli import main
+from harness.config import load_configs
+
+TINY = """\
+experiment: width
+task: {name: teacher, n_train: 100, n_test: 50}
+model: {width: 30}
+compression: {k: 1, size: 10}
+train: {optimizer: adamw, lr: 0.01, steps: 6, batch_size: 20, eval_every: 3}
+"""
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def test_run_records_every_arm_and_skips_them_the_second_time(tmp_path, capsys):
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(TINY)
+    out = tmp_path / "results"
+    assert main(["run", str(spec), "--out", str(out), "--device", "cpu", "--set", "arms=[original, moment]"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 3 and all(" done " in line for line in printed[:2]) and printed[2] == f"table: {out / 'runs.parquet'}"
+    table = pd.read_parquet(out / "runs.parquet")
+    assert sorted(table["arm"]) == ["moment", "original"] and set(table["device"]) == {"cpu"}
+    assert main(["run", str(spec), "--out", str(out), "--set", "arms=[original, moment]"]) == 0
+    assert all("skipped" in line for line in capsys.readouterr().out.splitlines()[:2])
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(TINY)
+    assert main(["run", str(spec), "--set", "train.lr=fast"]) == 2
+    assert capsys.readouterr().err == "polyscale run: error: --set: train.lr: expected a positive float, got 'fast'\n"
+    spec.write_text(TINY.replace("width: 30", "widht: 30"))
+    assert main(["run", str(spec)]) == 2
+    assert capsys.readouterr().err == "polyscale run: error: tiny.yaml: model.widht: unknown key (did you mean model.width?)\n"
+    assert main(["run", str(tmp_path / "none.yaml")]) == 2
+    assert "none.yaml: no such file" in capsys.readouterr().err
+
+
+def test_smoke_sweep_is_valid_and_covers_every_training_experiment(repo_root):
+    configs = load_configs(repo_root / "sweeps" / "smoke.yaml")
+    assert [c.experiment for c in configs] == ["width", "data", "attention", "symmetric"]
