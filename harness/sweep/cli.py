@@ -1,0 +1,198 @@
+"""``polyscale sweep | worker | status | collect``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+from collections import Counter
+from pathlib import Path
+
+from harness.errors import UsageError
+from harness.sweep.launch import STORAGE_ENV, LaunchOptions, default_storage, launch
+from harness.redact import redact
+from harness.tracking.wandb_mirror import MODES, resolve_mode
+
+SWEEP_EPILOG = """\
+A sweep file is a run configuration plus `grid:` (cartesian product over dotted keys), `zip:`
+(lists varied together), `seeds:` (a count or a list) and an optional `name:`. Each
+configuration x arm is one run, named by a hash of its configuration: finished runs are never
+run again, so the same command resumes an interrupted sweep.
+
+examples:
+  polyscale sweep sweeps/smoke.yaml --dry-run           # the table of runs, nothing runs
+  polyscale sweep sweeps/smoke.yaml --workers 2         # results/smoke/, W&B offline
+  polyscale sweep sweeps/e4.yaml --storage postgresql://user@db-host/polyscale
+  polyscale worker --storage postgresql://user@db-host/polyscale --sweep e4   # on another machine
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    sweep = subparsers.add_parser(
+        "sweep", help="run every run of a sweep file (resumable, parallel)",
+        description="Expand a sweep file and run everything the results folder does not hold yet.",
+        epilog=SWEEP_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sweep.add_argument("spec", type=Path, metavar="SPEC.yaml")
+    sweep.add_argument("--out", type=Path, help="results folder (default: results/<sweep name>)")
+    sweep.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a base configuration key (repeatable)")
+    sweep.add_argument("--dry-run", action="store_true", help="print the runs and their count, run nothing")
+    sweep.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
+    _add_run_options(sweep)
+    sweep.set_defaults(handler=run_sweep)
+
+    worker = subparsers.add_parser(
+        "worker", help="join a sweep's queue from any machine",
+        description="Claim and run a sweep's queued runs until the queue is drained. Results go to --out "
+        "(a shared folder, or this machine's own, merged later with `polyscale collect`).",
+    )
+    worker.add_argument("--sweep", required=True, help="the sweep's name")
+    worker.add_argument("--out", type=Path, help="results folder (default: results/<sweep name>)")
+    worker.add_argument("--quiet", action="store_true", help=argparse.SUPPRESS)
+    _add_run_options(worker)
+    worker.set_defaults(handler=run_worker)
+
+    status = subparsers.add_parser(
+        "status", help="counts and failures of a results folder or a queue",
+        description="Runs by status in RESULTS (and in the queue with --storage/--sweep), with failures.",
+    )
+    status.add_argument("results", type=Path, nargs="?", metavar="RESULTS")
+    status.add_argument("--storage", help=f"queue storage URL (or ${STORAGE_ENV})")
+    status.add_argument("--sweep", help="the sweep's name (with --storage)")
+    status.set_defaults(handler=run_status)
+
+    collect = subparsers.add_parser(
+        "collect", help="rebuild runs.parquet from the run folders (merging other folders)",
+        description="Rebuild RESULTS/runs.parquet from RESULTS/runs/*; with --from, first copy in the "
+        "finished runs of other results folders (e.g. from workers on other machines).",
+    )
+    collect.add_argument("results", type=Path, metavar="RESULTS")
+    collect.add_argument("--from", dest="sources", type=Path, nargs="+", default=[], metavar="FOLDER")
+    collect.set_defaults(handler=run_collect)
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda or cuda:N")
+    parser.add_argument("--wandb", choices=MODES, default=None, help="W&B mode (default: $WANDB_MODE or offline)")
+    parser.add_argument("--wandb-project", default="polyscale", help="W&B project (default polyscale)")
+    parser.add_argument("--storage", default=None,
+                        help=f"Optuna storage URL: a journal file path, sqlite:///F.db or postgresql://... "
+                             f"(default: RESULTS/queue.journal; also read from ${STORAGE_ENV})")
+    parser.add_argument("--retries", type=int, default=1, help="re-run a failed run up to this many times (default 1)")
+    parser.add_argument("--grace", type=float, default=20.0,
+                        help="seconds without a heartbeat before a run's worker is taken for dead (default 20)")
+
+
+def run_sweep(args: argparse.Namespace) -> int:
+    from harness.sweep.spec import load_sweep
+
+    sweep = load_sweep(args.spec, args.overrides)
+    out = args.out or Path("results") / sweep.name
+    if args.dry_run:
+        print_plan(sweep)
+        return 0
+    _check_counts(args)
+    options = LaunchOptions(
+        out=out, storage=args.storage or os.environ.get(STORAGE_ENV), workers=args.workers, device=args.device,
+        wandb_mode=resolve_mode(args.wandb), wandb_project=args.wandb_project, retries=args.retries,
+        grace_seconds=args.grace,
+    )
+    tally = launch(sweep, options)
+    return 1 if tally.get("failed") else 0
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    from harness.sweep.queue import RunQueue
+    from harness.sweep.worker import WorkerOptions, work
+
+    _check_counts(args)
+    out = args.out or Path("results") / args.sweep
+    storage = args.storage or os.environ.get(STORAGE_ENV) or default_storage(out)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    queue = RunQueue(storage, args.sweep, grace_seconds=args.grace)
+    options = WorkerOptions(out=out, device=args.device, wandb_mode=resolve_mode(args.wandb),
+                            wandb_project=args.wandb_project, retries=args.retries,
+                            heartbeat_seconds=max(0.5, min(5.0, args.grace / 6)))
+    try:
+        tally = work(queue, options)
+    except KeyboardInterrupt:
+        print(f"worker on {args.sweep}: interrupted; its job goes back to the queue", file=sys.stderr)
+        return 130
+    if not args.quiet:
+        print(f"worker done on {redact(storage)} / {args.sweep}: " + (", ".join(f"{n} {k}" for k, n in tally.items()) or "nothing to do"))
+    return 0
+
+
+def run_status(args: argparse.Namespace) -> int:
+    from harness.sweep.execute import store_status
+
+    if args.results is None and not (args.storage and args.sweep):
+        raise UsageError("give a RESULTS folder, or --storage URL and --sweep NAME")
+    if args.results is not None:
+        if not (args.results / "runs").is_dir():
+            raise UsageError(f"{args.results}: not a results folder (no runs/ inside)")
+        manifest = args.results / "sweep.json"
+        expected = [r["run_id"] for r in json.loads(manifest.read_text())["runs"]] if manifest.exists() else None
+        ids = expected or sorted(p.name for p in (args.results / "runs").iterdir() if p.is_dir())
+        statuses = {rid: store_status(args.results, rid) or "not started" for rid in ids}
+        counts = Counter(statuses.values())
+        print(f"{args.results}: {len(ids)} runs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+        for rid, status in sorted(statuses.items()):
+            if status == "failed":
+                error = json.loads((args.results / "runs" / rid / "status.json").read_text()).get("error", "")
+                print(f"  failed {rid}: {error.strip().splitlines()[-1] if error.strip() else ''}")
+    if args.storage or args.sweep:
+        from harness.sweep.queue import RunQueue
+
+        storage = args.storage or os.environ.get(STORAGE_ENV)
+        if not (storage and args.sweep):
+            raise UsageError("the queue needs both --storage URL and --sweep NAME")
+        counts = RunQueue(storage, args.sweep).counts()
+        print(f"queue {redact(storage)} / {args.sweep}: " + (", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "empty"))
+    return 0
+
+
+def run_collect(args: argparse.Namespace) -> int:
+    from harness.sweep.execute import finished_status, rebuild_table
+
+    copied = 0
+    for source in args.sources:
+        if not (source / "runs").is_dir():
+            raise UsageError(f"--from {source}: not a results folder (no runs/ inside)")
+        for run in sorted((source / "runs").iterdir()):
+            if finished_status(source, run.name) and not finished_status(args.results, run.name):
+                target = args.results / "runs" / run.name
+                if target.exists():
+                    shutil.rmtree(target)
+                shutil.copytree(run, target)
+                copied += 1
+    (args.results / "runs").mkdir(parents=True, exist_ok=True)
+    table = rebuild_table(args.results)
+    print(f"{args.results / 'runs.parquet'}: {len(table)} runs" + (f" ({copied} copied in)" if args.sources else ""))
+    return 0
+
+
+def print_plan(sweep) -> None:
+    """The table of runs a sweep expands to, and the count."""
+    keys = list(sweep.varied_keys)
+    header = ["run_id", "arm", *keys]
+    rows = [[r.run_id, r.arm, *[str(r.varied.get(k, "")) for k in keys]] for r in sweep.runs]
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
+    for row in rows:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)))
+    configs = len({tuple(sorted(r.varied.items(), key=str)) for r in sweep.runs})
+    print(f"{len(sweep.runs)} runs ({configs} configurations x arms) in sweep {sweep.name}")
+
+
+def _check_counts(args) -> None:
+    if getattr(args, "workers", 1) < 1:
+        raise UsageError(f"--workers must be at least 1; got {args.workers}")
+    if args.retries < 0:
+        raise UsageError(f"--retries must be >= 0; got {args.retries}")
+    if args.grace <= 0:
+        raise UsageError(f"--grace must be positive; got {args.grace}")

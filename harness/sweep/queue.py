@@ -1,0 +1,187 @@
+"""A sweep's work queue kept in an Optuna study, so workers on any machine can share it.
+
+Each pending run is one trial in state WAITING that carries its run id in ``user_attrs``. A worker
+claims one with Optuna's own atomic WAITING -> RUNNING transition (row locks on an RDB, the
+journal's lock on a journal file), so two workers never get the same trial. While a run executes,
+its worker stamps a heartbeat into the trial; a RUNNING trial whose heartbeat is older than the
+grace period belongs to a dead worker and is failed and queued again. Heartbeats live in user
+attributes rather than Optuna's RDB-only heartbeat table so that journal files, SQLite and
+PostgreSQL behave the same.
+
+The queue only says who runs what. Whether a run is finished is decided by the results store
+(``status.json`` = done), so a lost queue can always be rebuilt from the folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import optuna
+from optuna.trial import TrialState
+
+from harness.sweep.storage import open_storage
+
+RUN_ID = "run_id"
+PAYLOAD = "payload"
+ATTEMPT = "attempt"
+HEARTBEAT = "heartbeat"
+OUTCOME = "outcome"
+ERROR = "error"
+
+# Trials end COMPLETE for a run that finished (done or diverged: both are results), FAIL for a
+# run that raised, or for one taken from a dead worker.
+_FINISHED = (TrialState.COMPLETE, TrialState.FAIL)
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A run this worker now owns: its id, Optuna's trial id, which attempt this is (1-based), and
+    the payload it was queued with (what a worker needs to run it: configuration and arm)."""
+
+    run_id: str
+    trial_id: int
+    attempt: int
+    payload: dict
+
+
+class RunQueue:
+    """Pending runs of one sweep, stored as trials of the Optuna study named after the sweep."""
+
+    def __init__(self, storage_url: str, sweep: str, *, grace_seconds: float = 120.0) -> None:
+        self.storage = open_storage(storage_url)
+        self.sweep = sweep
+        self.grace_seconds = grace_seconds
+        self.study = optuna.create_study(study_name=sweep, storage=self.storage, load_if_exists=True)
+
+    def enqueue(self, runs: Iterable[tuple[str, dict]], *, attempt: int = 1) -> list[str]:
+        """Queue each ``(run_id, payload)`` not already waiting or running; return the ids queued."""
+        active = self._active_run_ids()
+        queued = []
+        for run_id, payload in runs:
+            if run_id in active:
+                continue
+            self._add(run_id, payload, attempt)
+            active.add(run_id)
+            queued.append(run_id)
+        return queued
+
+    def _add(self, run_id: str, payload: dict, attempt: int) -> None:
+        attrs = {RUN_ID: run_id, PAYLOAD: payload, ATTEMPT: attempt}
+        self.study.enqueue_trial({}, user_attrs=attrs, skip_if_exists=False)
+
+    def claim(self) -> Claim | None:
+        """Take one waiting run (atomically), or None when nothing is waiting."""
+        trial_id = self.study._pop_waiting_trial_id()
+        if trial_id is None:
+            return None
+        self.beat(trial_id)
+        attrs = self.storage.get_trial(trial_id).user_attrs
+        return Claim(attrs[RUN_ID], trial_id, int(attrs.get(ATTEMPT, 1)), attrs.get(PAYLOAD, {}))
+
+    def retry(self, claim: Claim) -> None:
+        """Queue a failed run again as its next attempt."""
+        self._add(claim.run_id, claim.payload, claim.attempt + 1)
+
+    def beat(self, trial_id: int) -> None:
+        """Record that the worker owning this trial is alive."""
+        self.storage.set_trial_user_attr(trial_id, HEARTBEAT, time.time())
+
+    def finish(self, claim: Claim, outcome: str, error: str | None = None) -> None:
+        """Close a claimed run with its outcome: done, diverged or skipped (COMPLETE), failed or
+        interrupted (FAIL).
+
+        If the trial was meanwhile taken as stale (a long stall), it is left as it is: the result
+        is in the store, and whoever claims the re-queued run finds it done there.
+        """
+        state = TrialState.COMPLETE if outcome in ("done", "diverged", "skipped") else TrialState.FAIL
+        try:
+            self.storage.set_trial_user_attr(claim.trial_id, OUTCOME, outcome)
+            if error:
+                self.storage.set_trial_user_attr(claim.trial_id, ERROR, error[-2000:])
+            self.storage.set_trial_state_values(
+                claim.trial_id, state=state, values=None if state == TrialState.FAIL else [0.0]
+            )
+        except optuna.exceptions.UpdateFinishedTrialError:
+            logger.warning("run %s: its trial was already closed as stale; the result is kept", claim.run_id)
+
+    def requeue_stale(self) -> list[str]:
+        """Fail the RUNNING trials whose heartbeat is older than the grace period; queue them again.
+
+        Safe to call from every worker at once: only the caller whose state change succeeds
+        queues the run again.
+        """
+        now = time.time()
+        requeued = []
+        for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            last = trial.user_attrs.get(HEARTBEAT, trial.datetime_start.timestamp() if trial.datetime_start else now)
+            if now - float(last) <= self.grace_seconds:
+                continue
+            try:
+                self.storage.set_trial_user_attr(trial._trial_id, OUTCOME, "lost")
+                changed = self.storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue  # its owner finished after all, or another worker took it first
+            if changed:
+                run_id = trial.user_attrs[RUN_ID]
+                self._add(run_id, trial.user_attrs.get(PAYLOAD, {}), int(trial.user_attrs.get(ATTEMPT, 1)))
+                requeued.append(run_id)
+        return requeued
+
+    def busy(self) -> bool:
+        """Whether any run is still waiting or running (a worker with nothing to claim keeps
+        watching while others run: a dead one's run may come back)."""
+        states = (TrialState.WAITING, TrialState.RUNNING)
+        return bool(self.study.get_trials(deepcopy=False, states=states))
+
+    def counts(self) -> Counter:
+        """How many trials are waiting, running, and finished by outcome."""
+        tally: Counter = Counter()
+        for trial in self.study.get_trials(deepcopy=False):
+            if trial.state in _FINISHED:
+                tally[trial.user_attrs.get(OUTCOME, trial.state.name.lower())] += 1
+            else:
+                tally[trial.state.name.lower()] += 1
+        return tally
+
+    def failures(self) -> dict[str, str]:
+        """Error message of each run whose latest attempt failed (a later success clears it)."""
+        latest: dict[str, tuple[str | None, str]] = {}
+        for trial in sorted(self.study.get_trials(deepcopy=False, states=_FINISHED), key=lambda t: t.number):
+            latest[trial.user_attrs[RUN_ID]] = (trial.user_attrs.get(OUTCOME), trial.user_attrs.get(ERROR, ""))
+        return {run_id: error for run_id, (outcome, error) in latest.items() if outcome == "failed"}
+
+    def _active_run_ids(self) -> set[str]:
+        states = (TrialState.WAITING, TrialState.RUNNING)
+        return {t.user_attrs[RUN_ID] for t in self.study.get_trials(deepcopy=False, states=states)}
+
+
+class Heartbeat:
+    """Beats for a claimed trial from a background thread while the run executes."""
+
+    def __init__(self, queue: RunQueue, claim: Claim, interval: float) -> None:
+        self._queue, self._claim, self._interval = queue, claim, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"heartbeat-{claim.run_id}", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self._queue.beat(self._claim.trial_id)
+            except Exception as exc:  # a storage hiccup must not kill the run
+                logger.warning("heartbeat for %s failed: %s", self._claim.run_id, exc)

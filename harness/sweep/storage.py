@@ -1,0 +1,74 @@
+"""Optuna storages from one URL.
+
+    results/NAME/queue.journal, journal:PATH   a journal file (default; many processes, one machine
+                                               or a shared file system)
+    sqlite:///PATH.db                           SQLite (one machine)
+    postgresql://USER:PASSWORD@HOST:PORT/DB     PostgreSQL (many machines)
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import optuna
+from sqlalchemy import event
+from optuna.storages import JournalStorage, RDBStorage
+from optuna.storages.journal import JournalFileBackend
+
+from harness.errors import UsageError
+from harness.redact import redact
+
+_RDB_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql")
+
+
+def open_storage(url: str) -> optuna.storages.BaseStorage:
+    """The Optuna storage for ``url``; a UsageError (with the password hidden) if it can't be opened."""
+    scheme = url.split(":", 1)[0].split("+", 1)[0].lower() if ":" in url else ""
+    try:
+        if scheme == "sqlite":
+            return _immediate_transactions(RDBStorage(url))
+        if scheme in _RDB_SCHEMES:
+            return RDBStorage(_with_driver(url, scheme), engine_kwargs={"pool_pre_ping": True})
+        path = Path(url[len("journal:"):] if scheme == "journal" else url)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    except UsageError:
+        raise
+    except Exception as exc:  # connection refused, bad database name, missing driver, ...
+        message = redact(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+        raise UsageError(f"--storage {redact(url)}: cannot open ({message})") from None
+
+
+def _immediate_transactions(storage: RDBStorage) -> RDBStorage:
+    """Make SQLite take its write lock when a transaction begins.
+
+    Python's sqlite3 driver only opens a transaction at the first write, so Optuna's claim (read
+    that a trial is WAITING, then mark it RUNNING) could interleave between two processes and
+    hand one run to both. SQLAlchemy's documented recipe: the driver issues no BEGIN itself and
+    every transaction starts with BEGIN IMMEDIATE, which serialises writers.
+    """
+    engine = storage.engine
+
+    @event.listens_for(engine, "connect")
+    def _no_driver_transactions(dbapi_connection, _record):
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(connection):
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections made before the listeners existed are dropped
+    return storage
+
+
+def _with_driver(url: str, scheme: str) -> str:
+    """Name an installed PostgreSQL driver when the URL names none (SQLAlchemy's default, psycopg 3,
+    is often missing where psycopg2 is installed)."""
+    rest = url.split(":", 1)[1]
+    if scheme not in ("postgresql", "postgres") or "+" in url.split(":", 1)[0]:
+        return url
+    for module, driver in (("psycopg2", "psycopg2"), ("psycopg", "psycopg")):
+        if importlib.util.find_spec(module):
+            return f"postgresql+{driver}:{rest}"
+    raise UsageError("PostgreSQL storage needs a driver: pip install psycopg2-binary")

@@ -1,0 +1,98 @@
+"""The worker loop: claim a job (one configuration, its unfinished arms), run it, record it, repeat.
+
+Any number of workers, on any machines that reach the same storage, can run this loop on one
+sweep. A worker keeps going while any run is waiting or running anywhere (a run whose worker died
+comes back to the queue after the grace period), and stops when the queue is drained.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.config import parse_config
+from harness.sweep.queue import Claim, Heartbeat, RunQueue
+from harness.tracking import wandb_mirror
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """How a worker runs: where results go, on which device, W&B mode, retries and timing."""
+
+    out: Path
+    device: str = "auto"
+    wandb_mode: str = "offline"
+    wandb_project: str = "polyscale"
+    retries: int = 1
+    heartbeat_seconds: float = 5.0
+    poll_seconds: float = 2.0
+
+
+def work(queue: RunQueue, options: WorkerOptions) -> dict[str, int]:
+    """Run claimed runs until the queue is drained; return how many ended in each outcome."""
+    tally: dict[str, int] = {}
+    while True:
+        queue.requeue_stale()
+        claim = queue.claim()
+        if claim is None:
+            if not queue.busy():
+                return tally
+            time.sleep(options.poll_seconds)  # others are running: one may die and come back
+            continue
+        try:
+            outcome = run_claim(queue, claim, options)
+        except KeyboardInterrupt:
+            # Close the claim so that a rerun queues the job at once (a kill -9 instead leaves
+            # it to the heartbeat's grace period). Its unfinished runs are recorded as failed.
+            queue.finish(claim, "interrupted")
+            raise
+        tally[outcome] = tally.get(outcome, 0) + 1
+
+
+def run_claim(queue: RunQueue, claim: Claim, options: WorkerOptions) -> str:
+    """Run the unfinished arms of one claimed configuration and close the claim.
+
+    The outcome is ``failed`` if any arm failed (the job is retried; its finished arms are kept),
+    ``skipped`` if the store already had every arm, else ``done``.
+    """
+    from harness.sweep.execute import execute_job, finished_status
+
+    arms = [arm for arm, rid in claim.payload["runs"].items() if finished_status(options.out, rid) is None]
+    if not arms:
+        queue.finish(claim, "skipped")
+        return "skipped"
+    error = None
+    with Heartbeat(queue, claim, options.heartbeat_seconds):
+        try:
+            config = parse_config(claim.payload["config"], f"queued job {claim.run_id}")
+            statuses = execute_job(config, arms, options.out, options.device)
+        except Exception:  # e.g. a missing dataset: recorded in the run folders; the sweep goes on
+            statuses, error = {}, traceback.format_exc()
+            logger.error("job %s failed (attempt %d):\n%s", claim.run_id, claim.attempt, error)
+    for run_id, status in statuses.items():
+        if status in ("done", "diverged"):
+            wandb_mirror.mirror_run(options.out / "runs" / run_id, mode=options.wandb_mode,
+                                    project=options.wandb_project, group=queue.sweep, wandb_dir=options.out)
+    failed = [rid for rid, status in statuses.items() if status == "failed"]
+    if failed and error is None:
+        error = "; ".join(f"{rid}: {_error_head(options.out, rid)}" for rid in failed)
+    outcome = "failed" if error or failed else "done"
+    queue.finish(claim, outcome, error)
+    if outcome == "failed" and claim.attempt <= options.retries:
+        queue.retry(claim)
+    return outcome
+
+
+def _error_head(out: Path, run_id: str) -> str:
+    """The last line of a failed run's recorded error."""
+    try:
+        error = json.loads((out / "runs" / run_id / "status.json").read_text()).get("error") or ""
+    except (OSError, ValueError):
+        return "no status.json"
+    return error.strip().splitlines()[-1] if error.strip() else "no error message"

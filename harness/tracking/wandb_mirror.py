@@ -1,0 +1,119 @@
+"""Mirror finished runs and sweep tables to Weights & Biases, never at the expense of local results.
+
+The local results store is the source of truth; W&B is a view of it. Every function here catches
+its own failures, warns, and returns False: a missing key, no network or a W&B bug can cost a
+dashboard, never a result. Offline mode (the default) writes ``wandb/offline-run-*`` folders that
+``wandb sync`` uploads later.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+MODES = ("offline", "online", "disabled")
+
+
+def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as one level with dotted keys: {"train": {"lr": 1}} -> {"train.lr": 1}."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def mirror_run(
+    run_dir: Path, *, mode: str, project: str, group: str, wandb_dir: Path | None = None
+) -> bool:
+    """Log one finished run folder as the W&B run whose id is the run id (resumable, so a re-mirror
+    updates the same run). job_type is the run's arm; config is the flattened configuration of
+    config.json ({"run_id", "arm", "config"}); history is metrics.jsonl; summary is summary.json."""
+    if mode == "disabled":
+        return True
+    try:
+        import wandb
+
+        identity = json.loads((run_dir / "config.json").read_text())
+        config = {**flatten(identity["config"]), "arm": identity["arm"]}
+        summary = _read_json(run_dir / "summary.json")
+        status = _read_json(run_dir / "status.json")
+        run = wandb.init(
+            project=project,
+            id=run_dir.name,
+            name=run_dir.name,
+            group=group,
+            job_type=str(identity["arm"]),
+            config=config,
+            mode=mode,
+            dir=str(wandb_dir) if wandb_dir else None,
+            resume="allow",
+            reinit="finish_previous",
+            settings=wandb.Settings(silent=True, init_timeout=60),
+        )
+        metrics = run_dir / "metrics.jsonl"
+        if metrics.exists():
+            for line in metrics.read_text().splitlines():
+                if line.strip():
+                    row = json.loads(line)
+                    run.log({k: v for k, v in row.items() if k != "step"}, step=int(row.get("step", 0)))
+        run.summary.update({**summary, "status": status.get("status", summary.get("status"))})
+        run.finish()
+        return True
+    except Exception as exc:  # W&B must never cost a local result
+        _warn(f"run {run_dir.name}", exc)
+        return False
+
+
+def mirror_table(
+    name: str, table, *, mode: str, project: str, group: str, job_type: str = "sweep",
+    images: Mapping[str, Path] | None = None, wandb_dir: Path | None = None,
+) -> bool:
+    """Log a pandas DataFrame (the runs table, a fit table) and optional images as one W&B run."""
+    if mode == "disabled":
+        return True
+    try:
+        import wandb
+
+        run = wandb.init(
+            project=project, id=name, name=name, group=group, job_type=job_type, mode=mode,
+            dir=str(wandb_dir) if wandb_dir else None, resume="allow", reinit="finish_previous",
+            settings=wandb.Settings(silent=True, init_timeout=60),
+        )
+        payload = {"table": wandb.Table(dataframe=table.astype(str) if len(table) else table)}
+        for key, path in (images or {}).items():
+            payload[key] = wandb.Image(str(path))
+        run.log(payload)
+        run.summary.update({"rows": len(table)})
+        run.finish()
+        return True
+    except Exception as exc:
+        _warn(name, exc)
+        return False
+
+
+def resolve_mode(requested: str | None) -> str:
+    """--wandb wins, then WANDB_MODE, then offline (no server is assumed)."""
+    mode = requested or os.environ.get("WANDB_MODE") or "offline"
+    if mode == "dryrun":
+        mode = "offline"
+    if mode not in MODES:
+        from harness.errors import UsageError
+
+        raise UsageError(f"--wandb: expected one of {', '.join(MODES)}; got {mode!r}")
+    return mode
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _warn(what: str, exc: Exception) -> None:
+    warnings.warn(f"W&B mirror of {what} failed ({type(exc).__name__}: {exc}); local results are unaffected", stacklevel=3)
