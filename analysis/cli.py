@@ -1,0 +1,220 @@
+"""``polyscale fit``, ``polyscale plot`` and ``polyscale report``: the analysis of a results table."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from analysis.analyse import TableAnalysis, analyse_table
+from analysis.joint import N_STARTS, fit_joint
+from analysis.load import Source, choose_x, clean_runs, done_runs, groups, read_source, seed_table
+from analysis.plots import make_plots
+from analysis.report import render
+from analysis.tables import fits_frame, format_joint, format_table, group_record, joint_frame, joint_record, write_fits
+from analysis.verdict import LEVEL
+from analysis.wandb_log import DEFAULT_PROJECT, MODES, log_analysis
+from harness.errors import UsageError
+
+INPUT_HELP = "a results folder (runs.parquet inside), a .parquet or .csv table, or wandb:ENTITY/PROJECT (online only)"
+EPILOG = """\
+Rows are runs; only status 'done' is fitted. Seeds at one x are replicates: fits use the mean log
+loss per x and the bootstrap resamples seeds within each x. Forms: power law, power law + offset,
+stretched exponential L0 + A exp(-b x^gamma), and the nested family ln(L - L0) = c - a (x^gamma - 1)/gamma
+(gamma = 0: power law). Verdict per group: superpolynomial (gamma > 0 significant), power_law or
+inconclusive, with the reason.
+"""
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0; got {text}")
+    return value
+
+
+def _level(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1); got {text}")
+    return value
+
+
+def _add_common(parser: argparse.ArgumentParser, input_name: str = "INPUT") -> None:
+    parser.add_argument("input", metavar=input_name, help=INPUT_HELP)
+    parser.add_argument("--x", default=None, metavar="COL", help="x column (d, d_eff, width, width_eff, ...); default: the first of d_eff, width_eff, d, width that varies")
+    parser.add_argument("--y", default="test_loss", metavar="COL", help="y column (default: test_loss)")
+    parser.add_argument("--by", default=None, metavar="COLS", help="comma-separated grouping columns (default: arm if present; 'none' for one group)")
+    parser.add_argument("--n-boot", type=_positive_int, default=1000, metavar="B", help="bootstrap replicates (default: 1000)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default: 0)")
+    parser.add_argument("--huber", type=_positive_float, default=None, metavar="DELTA", help="Huber loss on log residuals with this delta (default: least squares; 1e-3 for --joint)")
+    parser.add_argument("--level", type=_level, default=LEVEL, help=f"level of the test of gamma > 0 (default: {LEVEL})")
+    parser.add_argument("--wandb", choices=MODES, default="disabled", help="log the fit table and plots to W&B (default: disabled)")
+    parser.add_argument("--wandb-project", default=DEFAULT_PROJECT, metavar="NAME", help=f"W&B project (default: {DEFAULT_PROJECT})")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    fit = subparsers.add_parser(
+        "fit",
+        help="fit scaling laws and test for superpolynomial scaling",
+        description="Fit power laws, stretched exponentials and the nested family per group; write DIR/fits.json and DIR/fits.csv.",
+        epilog=EPILOG + "\nexample:\n  polyscale fit results/e4 --x d_eff --by arm --out results/e4/analysis\n  polyscale fit runs.csv --joint N,D --y loss\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_common(fit)
+    fit.add_argument("--joint", default=None, metavar="N,D", help="fit L(N, D) = E + A/N^alpha + B/D^beta over these two columns instead")
+    fit.add_argument("--out", type=Path, default=None, metavar="DIR", help="output folder (default: RESULTS/analysis, or TABLE-analysis beside a table)")
+    fit.set_defaults(handler=run_fit)
+
+    plot = subparsers.add_parser(
+        "plot",
+        help="plot loss vs x with fits, local slopes, trajectories and compression error",
+        description="Write PNGs: loss vs x per group with fitted curves and bands, local slope vs x, training trajectories (from runs/*/metrics.jsonl) and error vs d.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_common(plot)
+    plot.add_argument("--out", type=Path, default=None, metavar="DIR", help="output folder (default as for fit)")
+    plot.add_argument("--metric", default="test_loss", help="trajectory metric from metrics.jsonl (default: test_loss)")
+    plot.add_argument("--error-col", default="moment_error", metavar="COL", help="compression error column plotted against d (default: moment_error)")
+    plot.set_defaults(handler=run_plot)
+
+    report = subparsers.add_parser(
+        "report",
+        help="write one self-contained HTML report of a results folder",
+        description="Fit, plot and write RESULTS/report.html: verdicts, fit tables, plots, run counts and failures, in one file.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_common(report, "RESULTS")
+    report.add_argument("--out", type=Path, default=None, metavar="FILE", help="the HTML file (default: RESULTS/report.html)")
+    report.add_argument("--metric", default="test_loss", help="trajectory metric from metrics.jsonl (default: test_loss)")
+    report.add_argument("--error-col", default="moment_error", metavar="COL", help="compression error column plotted against d (default: moment_error)")
+    report.set_defaults(handler=run_report)
+
+
+def _by(option: str | None, source: Source) -> tuple[list[str], list[str]]:
+    """Grouping columns and a note when the default 'arm' is absent."""
+    if option is None:
+        if "arm" in source.table.columns:
+            return ["arm"], []
+        return [], ["no 'arm' column: all runs form one group"]
+    if option.strip().lower() in ("", "none"):
+        return [], []
+    return [c.strip() for c in option.split(",") if c.strip()], []
+
+
+def _analyse(args: argparse.Namespace, source: Source, by: list[str]) -> TableAnalysis:
+    x = args.x or choose_x(done_runs(source.table), by)
+    return analyse_table(source.table, x, args.y, by, args.n_boot, args.seed, args.huber, args.level, source.description)
+
+
+def _print_notes(notes: list[str]) -> None:
+    for note in notes:
+        print(f"note: {note}")
+
+
+def run_fit(args: argparse.Namespace) -> int:
+    source = read_source(args.input)
+    by, notes = _by(args.by, source)
+    out = args.out or source.default_out
+    if args.joint:
+        return _run_joint(args, source, by, out, notes)
+    analysis = _analyse(args, source, by)
+    frame = fits_frame(analysis)
+    paths = write_fits(out, [group_record(r, analysis) for r in analysis.results], frame)
+    seed_table([r.series for r in analysis.results], analysis.x, analysis.y).to_csv(out / "seeds.csv", index=False)
+    print(format_table(analysis))
+    _print_notes(notes + analysis.notes)
+    print(f"wrote {', '.join(str(p) for p in [*paths, out / 'seeds.csv'])}")
+    log_analysis(args.wandb, args.wandb_project, source.name, {"fits": frame}, summary=_verdicts(analysis), config=_config(args, analysis))
+    return 0
+
+
+def _run_joint(args: argparse.Namespace, source: Source, by: list[str], out: Path, notes: list[str]) -> int:
+    cols = [c.strip() for c in args.joint.split(",")]
+    if len(cols) != 2 or not all(cols):
+        raise UsageError(f"--joint {args.joint}: expected two columns, N,D")
+    n_col, d_col = cols
+    runs, more = clean_runs(source.table, [n_col, d_col, args.y], by, source.description)
+    notes += more
+    records = []
+    for group, label, part in groups(runs, by):
+        cells = part[[n_col, d_col]].drop_duplicates()
+        if len(cells) < 6:
+            notes.append(f"group {label}: only {len(cells)} distinct ({n_col}, {d_col}) points; the joint law needs at least 6, skipped")
+            continue
+        result = fit_joint(part[n_col], part[d_col], part[args.y], args.n_boot, args.seed, args.huber or 1e-3, N_STARTS)
+        records.append(joint_record(group, label, result, n_col, d_col, args.y))
+    if not records:
+        raise UsageError(f"{source.description}: too few points: no group has 6 distinct ({n_col}, {d_col}) points")
+    frame = joint_frame(records)
+    paths = write_fits(out, records, frame)
+    print(format_joint(records))
+    _print_notes(notes)
+    print(f"wrote {', '.join(str(p) for p in paths)}")
+    log_analysis(args.wandb, args.wandb_project, source.name, {"joint_fits": frame}, config={"N": n_col, "D": d_col, "y": args.y})
+    return 0
+
+
+def _verdicts(analysis: TableAnalysis) -> dict:
+    return {f"verdict/{r.label}": r.verdict for r in analysis.results} | {
+        f"gamma/{r.label}": r.gamma for r in analysis.results if r.gamma is not None
+    }
+
+
+def _config(args: argparse.Namespace, analysis: TableAnalysis) -> dict:
+    return {"x": analysis.x, "y": analysis.y, "by": analysis.by, "n_boot": args.n_boot, "seed": args.seed, "huber": args.huber, "level": args.level, "input": str(args.input)}
+
+
+def _analyse_for_plots(args: argparse.Namespace, source: Source, by: list[str]) -> tuple[TableAnalysis | None, str | None]:
+    """The fits when the table allows them; otherwise None and why (plots of the rest still go out)."""
+    try:
+        return _analyse(args, source, by), None
+    except (UsageError, ValueError) as exc:
+        return None, str(exc)
+
+
+def run_plot(args: argparse.Namespace) -> int:
+    source = read_source(args.input)
+    by, notes = _by(args.by, source)
+    out = args.out or source.default_out
+    analysis, problem = _analyse_for_plots(args, source, by)
+    paths, plot_notes = make_plots(analysis, source.table, source.results_dir, out, args.metric, args.error_col)
+    notes += ([f"no fits: {problem}"] if problem else analysis.notes) + plot_notes
+    _print_notes(notes)
+    print("wrote " + (", ".join(str(p) for p in paths) if paths else "no plots"))
+    tables = {"fits": fits_frame(analysis)} if analysis else {}
+    log_analysis(args.wandb, args.wandb_project, source.name, tables, paths, _verdicts(analysis) if analysis else None)
+    return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    source = read_source(args.input)
+    by, notes = _by(args.by, source)
+    plots_dir = source.default_out
+    target = args.out or (source.results_dir / "report.html" if source.results_dir else plots_dir / "report.html")
+    analysis, problem = _analyse_for_plots(args, source, by)
+    if analysis is not None:
+        write_fits(plots_dir, [group_record(r, analysis) for r in analysis.results], fits_frame(analysis))
+        notes += analysis.notes
+    paths, plot_notes = make_plots(analysis, source.table, source.results_dir, plots_dir, args.metric, args.error_col)
+    page = render(f"polyscale report: {source.name}", source.description, source.table, source.results_dir, analysis, paths, notes + plot_notes, problem)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(page)
+    except OSError as exc:
+        raise UsageError(f"--out {target}: cannot write ({exc.strerror})") from exc
+    if analysis is not None:
+        print(format_table(analysis))
+    _print_notes(notes + plot_notes + ([f"no fits: {problem}"] if problem else []))
+    print(f"report: {target.resolve()}")
+    tables = {"fits": fits_frame(analysis)} if analysis else {}
+    log_analysis(args.wandb, args.wandb_project, source.name, tables, paths, _verdicts(analysis) if analysis else None)
+    return 0
