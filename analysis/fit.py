@@ -24,6 +24,7 @@ A_GRID = np.geomspace(0.01, 5.0, 25)
 GAMMA_SPAN_GRID = np.array([0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 11.0, 15.0])  # gamma * span
 Q_GRID = np.array([0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98])
 MAX_ITER = 400
+MIN_DAMPING = 1e-10  # lambda never falls below this, so a damped system stays invertible
 # Grid losses are evaluated in blocks of at most this many (data set, grid point) pairs.
 BLOCK = 2_000_000
 
@@ -170,11 +171,16 @@ def levenberg_marquardt(
         hess = jw @ jj
         movable = free & ~((th <= lower) & (grad < 0)) & ~((th >= upper) & (grad > 0))
         diag = np.diagonal(hess, axis1=1, axis2=2)
-        scale = np.maximum(diag, 1e-12 * diag.max(axis=1, keepdims=True) + 1e-300)
+        # The damping floor keeps the system invertible where a parameter has no grip on the data
+        # (a zero Jacobian column); a data set whose model overflowed takes no step and stops.
+        scale = np.maximum(diag, 1e-12 * diag.max(axis=1, keepdims=True) + 1e-12)
         system = hess + (lam[live, None] * scale)[:, :, None] * eye
         mask = movable[:, :, None] & movable[:, None, :]
         system = np.where(mask, system, eye)
-        step = np.linalg.solve(system, np.where(movable, grad, 0.0)[..., None])[..., 0]
+        rhs = np.where(movable, grad, 0.0)
+        broken = ~(np.isfinite(system).all(axis=(1, 2)) & np.isfinite(rhs).all(axis=1))
+        system[broken], rhs[broken] = eye, 0.0
+        step = _solve_each(system, rhs)
         new = np.clip(th + step, lower, upper)
         m_new, jac_new = log_model_and_jacobian(new, t)
         r_new = yy - m_new
@@ -184,11 +190,20 @@ def levenberg_marquardt(
         gain_small = accept & (old - loss_new <= 1e-12 * old + 1e-300)
         idx = live[accept]
         theta[idx], r[idx], jac[idx], loss[idx] = new[accept], r_new[accept], jac_new[accept], loss_new[accept]
-        lam[live] = np.where(accept, lam[live] / 3.0, lam[live] * 4.0)
+        lam[live] = np.where(accept, np.maximum(lam[live] / 3.0, MIN_DAMPING), lam[live] * 4.0)
         done = gain_small | (lam[live] > 1e12)
         converged[live[done]] = True
         live = live[~done]
     return BatchFit(form.name, theta, loss, converged)
+
+
+def _solve_each(systems: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+    """Solve a stack of small systems; should one be singular to working precision (two parameters
+    with proportional Jacobian columns), its least-squares step is used instead."""
+    try:
+        return np.linalg.solve(systems, rhs[..., None])[..., 0]
+    except np.linalg.LinAlgError:
+        return np.stack([np.linalg.lstsq(a, b, rcond=None)[0] for a, b in zip(systems, rhs)])
 
 
 def fit_batch(

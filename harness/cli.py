@@ -14,6 +14,7 @@ import sys
 
 from harness.errors import UsageError
 from harness.redact import redact
+from harness.tracking.wandb_mirror import forget_inherited_service
 
 COMMAND_MODULES = (
     "harness.compression.cli",
@@ -43,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     # Anything that reads the command line later (W&B's run metadata, tracebacks) must not see a
     # password given in a storage URL: keep only the redacted form once the arguments are parsed.
     sys.argv[:] = [redact(arg) for arg in sys.argv]
+    forget_inherited_service()
     try:
         return int(args.handler(args) or 0)
     except (UsageError, ValueError, FileNotFoundError) as exc:

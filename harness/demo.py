@@ -3,6 +3,8 @@
 1. Compress a few thousand random points at several (m, k) with every method; print a table.
 2. Experiment E1 at small scale: error of the sigmoid-sum function vs d for the moment-compressed
    set and the random subset at d' = 0.1 d; save the plot.
+3. The smoke sweep (``sweeps/smoke.yaml``, E2 at toy scale: 4 arms x 6 dataset sizes x 2 seeds),
+   mirrored to W&B offline, then fitted, plotted and reported: the path every real sweep takes.
 """
 
 from __future__ import annotations
@@ -19,8 +21,12 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import NullFormatter  # noqa: E402
 
+from harness.cli import main as polyscale  # noqa: E402
 from harness.compression import METHODS, compress  # noqa: E402
 from harness.data.symmetric import sigmoid_sum, uniform_objects  # noqa: E402
+
+
+SMOKE_SPEC = Path(__file__).resolve().parents[1] / "sweeps" / "smoke.yaml"
 
 
 def compression_table(d: int = 4000) -> list[dict]:
@@ -94,6 +100,15 @@ def main(argv: list[str] | None = None) -> int:
     print("\n== 2. E1 at small scale: error of the compressed sigmoid-sum vs d ==")
     path = plot_e1(args.out, ds=[500, 1000, 2000, 4000, 8000], trials=5)
     print(f"plot: {path}")
+
+    smoke = args.out / "smoke"
+    print(f"\n== 3. the smoke sweep -> {smoke} (finished runs are kept; a rerun only adds what is missing) ==")
+    for command in (["sweep", str(SMOKE_SPEC), "--out", str(smoke)], ["fit", str(smoke)], ["plot", str(smoke)], ["report", str(smoke)]):
+        print(f"\n$ polyscale {' '.join(command)}", flush=True)
+        code = polyscale(command)
+        if code != 0:
+            return code
+    print(f"\nopen {smoke / 'report.html'} in a browser: fits, verdicts and plots of the smoke sweep")
     return 0
 
 

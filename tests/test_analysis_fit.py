@@ -142,3 +142,28 @@ def test_aicc_prefers_the_generating_form():
 def test_too_few_points_for_a_form_is_a_clear_error():
     with pytest.raises(ValueError, match="too few"):
         fit_form("nested", X[:4], np.log(power_law(X[:4])))
+
+
+def test_noisy_plateaued_series_from_a_real_sweep_still_gets_a_verdict_per_group():
+    """Seed-to-seed noise larger than the trend (the smoke sweep's E2 table) once made a bootstrap
+    replicate's Levenberg-Marquardt system exactly singular and aborted the whole analysis."""
+    import pandas as pd
+
+    from analysis.analyse import analyse_table
+
+    d_eff = [64, 64, 91, 91, 128, 128, 181, 181, 256, 256, 362, 362]
+    losses = {
+        "kmeans": [0.2279, 0.2036, 0.127, 0.4167, 0.1708, 0.1452, 0.0381, 0.0632, 0.0496, 0.1182, 0.0553, 0.1263],
+        "moment": [0.2346, 0.1561, 0.1479, 0.2667, 0.108, 0.1596, 0.0344, 0.0654, 0.0397, 0.1027, 0.0158, 0.096],
+        "random": [0.7874, 1.3878, 0.2343, 1.3589, 0.2439, 0.4553, 0.2757, 0.4636, 0.2721, 0.2405, 0.0612, 0.2802],
+    }
+    original = [0.2581, 0.1517, 0.0884, 0.2512, 0.0953, 0.1135, 0.0318, 0.0592, 0.0126, 0.0913, 0.0105, 0.0816]
+    rows = [{"arm": arm, "d_eff": x, "seed": i % 2, "test_loss": y}
+            for arm, ys in losses.items() for i, (x, y) in enumerate(zip(d_eff, ys))]
+    rows += [{"arm": "original", "d_eff": 256 * 2 ** (i // 2), "seed": i % 2, "test_loss": y} for i, y in enumerate(original)]
+    analysis = analyse_table(pd.DataFrame(rows), "d_eff", "test_loss", ["arm"], 1000, 0, None, 0.025, "smoke")
+    verdicts = {result.label: result.verdict for result in analysis.results}
+    assert sorted(verdicts) == sorted([*losses, "original"])
+    assert all(verdicts[arm] == "inconclusive" for arm in losses)  # d' spans a factor 5.7 < 8: too short
+    assert verdicts["original"] in ("power_law", "inconclusive")  # d spans 32, but the noise is large
+    assert all(np.isfinite(result.forms["power_law"].params["alpha"]) for result in analysis.results)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pandas as pd
 import pytest
 
 from harness.tracking import wandb_mirror
-from harness.tracking.wandb_mirror import flatten, mirror_run, mirror_table
+from harness.tracking.wandb_mirror import forget_inherited_service, mirror_run, mirror_table
 from tests.wandb_records import offline_run
 
 
@@ -60,8 +61,7 @@ def test_disabled_mode_touches_nothing(tmp_path):
     assert not (tmp_path / "wandb").exists()
 
 
-def test_flatten_and_mode_resolution(monkeypatch):
-    assert flatten({"a": {"b": 1, "c": {"d": 2}}, "e": 3}) == {"a.b": 1, "a.c.d": 2, "e": 3}
+def test_mode_resolution(monkeypatch):
     monkeypatch.delenv("WANDB_MODE", raising=False)
     assert wandb_mirror.resolve_mode(None) == "offline"
     assert wandb_mirror.resolve_mode("online") == "online"
@@ -69,3 +69,13 @@ def test_flatten_and_mode_resolution(monkeypatch):
 
     with pytest.raises(UsageError, match="--wandb"):
         wandb_mirror.resolve_mode("loud")
+
+
+def test_an_inherited_wandb_service_is_forgotten_and_our_own_kept(monkeypatch):
+    monkeypatch.setenv("WANDB_SERVICE", f"3-{os.getpid() + 1}-unix-/tmp/gone/socket")
+    forget_inherited_service()
+    assert "WANDB_SERVICE" not in os.environ
+    own = f"3-{os.getpid()}-unix-/tmp/ours/socket"
+    monkeypatch.setenv("WANDB_SERVICE", own)
+    forget_inherited_service()
+    assert os.environ["WANDB_SERVICE"] == own

@@ -13,21 +13,26 @@ import os
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+
+from harness.config import flatten
 
 MODES = ("offline", "online", "disabled")
 
 
-def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested mappings as one level with dotted keys: {"train": {"lr": 1}} -> {"train.lr": 1}."""
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
+def forget_inherited_service() -> None:
+    """Drop a W&B service address inherited from a parent process.
+
+    ``wandb.init`` exports ``WANDB_SERVICE`` (``version-PID-transport-address``) so that its own
+    children share its service; a polyscale process started by such a parent (a notebook, a test
+    runner, a sweep coordinator) would try that service even after the parent has shut it down,
+    and every W&B call would fail. A process that did not start the service starts its own.
+    """
+    service = os.environ.get("WANDB_SERVICE", "")
+    parts = service.split("-")
+    if service and (len(parts) < 2 or parts[1] != str(os.getpid())):
+        del os.environ["WANDB_SERVICE"]
+
+
 
 
 def mirror_run(
