@@ -131,6 +131,9 @@ class TaskConfig:
     function: str = option("sigmoid", choices=("sigmoid", "inverse"), tasks=("symmetric",))
     probes: int = option(10, check=POSITIVE, tasks=("symmetric",))  # the x_a the function averages over
     offset: float | None = option(None, check=POSITIVE, tasks=("symmetric",))  # A of 1/(A + <w,x>); None: m + 0.05
+    # > 0: evaluate on ceil(validation * n_train) extra points from the training distribution
+    # instead of the test split (what `tune:` optimises, so tuning never sees the test set).
+    validation: float = option(0.0, check=FRACTION, tasks=(*SUPERVISED_TASKS, "piecewise"))
     data_root: str = option("data", cosmetic=True, tasks=TORCHVISION_TASKS)
     download: bool = option(False, cosmetic=True, tasks=TORCHVISION_TASKS)
 

@@ -49,6 +49,15 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     assert "none.yaml: no such file" in capsys.readouterr().err
 
 
-def test_smoke_sweep_is_valid_and_covers_every_training_experiment(repo_root):
-    configs = load_configs(repo_root / "sweeps" / "smoke.yaml")
+def test_example_configs_are_valid_and_cover_every_training_experiment(repo_root):
+    configs = load_configs(repo_root / "sweeps" / "every-experiment.yaml")
     assert [c.experiment for c in configs] == ["width", "data", "attention", "symmetric"]
+
+
+def test_the_demos_smoke_sweep_is_a_grid_the_fit_can_test(repo_root):
+    from harness.sweep.spec import load_sweep
+
+    sweep = load_sweep(repo_root / "sweeps" / "smoke.yaml")
+    sizes = {run.config.task.n_train for run in sweep.runs}
+    assert len(sizes) >= 6 and max(sizes) / min(sizes) >= 8  # d and d' = 0.1 d span the factor the fit needs
+    assert {run.arm for run in sweep.runs} == {"original", "moment", "random", "kmeans"}

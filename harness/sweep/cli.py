@@ -22,6 +22,14 @@ A sweep file is a run configuration plus `grid:` (cartesian product over dotted 
 configuration x arm is one run, named by a hash of its configuration: finished runs are never
 run again, so the same command resumes an interrupted sweep.
 
+`tune:` searches hyperparameters first, with Optuna's TPE per cell on a validation split drawn
+from the training distribution (never the test split); the final runs use each cell's best
+values. Every trial is kept in RESULTS/tune/ (runs.parquet, best.json). For example:
+  tune:
+    params: {train.lr: {low: 1.0e-4, high: 0.1, log: true}}
+    trials: 20
+    per: [task.n_train]        # one search per value (default: per grid/zip cell)
+
 examples:
   polyscale sweep sweeps/smoke.yaml --dry-run           # the table of runs, nothing runs
   polyscale sweep sweeps/smoke.yaml --workers 2         # results/smoke/, W&B offline
@@ -94,6 +102,10 @@ def run_sweep(args: argparse.Namespace) -> int:
     out = args.out or Path("results") / sweep.name
     if args.dry_run:
         print_plan(sweep)
+        if sweep.tune is not None:
+            from harness.sweep.tune import print_tuning
+
+            print_tuning(sweep)
         return 0
     _check_counts(args)
     options = LaunchOptions(
@@ -101,6 +113,10 @@ def run_sweep(args: argparse.Namespace) -> int:
         wandb_mode=resolve_mode(args.wandb), wandb_project=args.wandb_project, retries=args.retries,
         grace_seconds=args.grace,
     )
+    if sweep.tune is not None:
+        from harness.sweep.tune import tune_sweep
+
+        sweep, _ = tune_sweep(sweep, out, options.storage or default_storage(out), args.device)
     tally = launch(sweep, options)
     return 1 if tally.get("failed") else 0
 

@@ -11,11 +11,20 @@ keys::
       compression.size: [16, 23, 32]
       train.lr: [0.003, 0.002, 0.001]
     seeds: 3                     # a count (0, 1, 2) or a list of seeds
-    tune:                        # optional: see harness.sweep.tune
-      ...
+    tune:                        # optional: Optuna TPE per cell on a validation split
+      params:                    #   dotted keys: a range (log-uniform with log: true) or choices
+        train.lr: {low: 1.0e-4, high: 0.1, log: true}
+        train.batch_size: {choices: [32, 64]}
+      trials: 20                 #   per cell (and arm)
+      per: [task.n_train]        #   grid/zip keys making a cell (default: all of them)
+      arm: original              #   tune this arm, give its best to every arm (default: each its own)
+      validation: 0.2            #   fraction of n_train drawn extra to evaluate on (default 0.2)
+      seed: 0                    #   the seed trials run at (default: the first of seeds)
+      metric: test_loss          #   the summary column minimised (in a trial: on the validation split)
 
 Every (grid cell x zip row x seed) is one configuration; every arm of it one run, named by
-``harness.config.run_id``. Errors name the file and the key.
+``harness.config.run_id``. Errors name the file and the key. Tuning itself (``harness.sweep.tune``)
+happens when the sweep runs: the final runs' ids follow from the values it finds.
 """
 
 from __future__ import annotations
@@ -32,6 +41,38 @@ from harness.config import Config, apply_overrides, parse_config, run_id
 from harness.errors import UsageError
 
 SWEEP_KEYS = ("name", "grid", "zip", "seeds", "tune")
+TUNE_KEYS = ("params", "trials", "per", "arm", "validation", "seed", "metric")
+RANGE_KEYS = ("low", "high", "log", "int")
+
+
+@dataclass(frozen=True)
+class TunedParam:
+    """One searched key: a range [low, high] (log-uniform if ``log``, integers if ``integer``) or
+    a list of ``choices``."""
+
+    key: str
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    integer: bool = False
+    choices: tuple | None = None
+
+    def examples(self) -> tuple:
+        """Values that must all give valid configurations (checked on load)."""
+        return self.choices if self.choices is not None else (self.low, self.high)
+
+
+@dataclass(frozen=True)
+class TuneSpec:
+    """The ``tune:`` block, validated (see the module docstring for the meaning of each field)."""
+
+    params: tuple[TunedParam, ...]
+    trials: int
+    per: tuple[str, ...]
+    arm: str | None
+    validation: float
+    seed: int
+    metric: str
 
 
 @dataclass(frozen=True)
@@ -53,7 +94,8 @@ class Sweep:
     source: Path
     varied_keys: tuple[str, ...]
     runs: tuple[PlannedRun, ...]
-    tune: dict | None = None
+    tune: TuneSpec | None = None
+    base: dict = field(default_factory=dict, repr=False)  # the base configuration, overrides applied
 
     def by_id(self) -> dict[str, PlannedRun]:
         return {run.run_id: run for run in self.runs}
@@ -103,7 +145,7 @@ def expand_sweep(raw: dict, path: Path, overrides=()) -> Sweep:
         for zip_row in zip_rows:
             for seed in seeds:
                 varied = {**cell, **zip_row, "seed": seed}
-                data = _with_values(base, varied, path)
+                data = with_values(base, varied, path)
                 label = ", ".join(f"{k}={v}" for k, v in varied.items())
                 config = parse_config(data, f"{path.name} [{label}]")
                 for arm in config.arm_names:
@@ -115,10 +157,73 @@ def expand_sweep(raw: dict, path: Path, overrides=()) -> Sweep:
                         )
                     seen[rid] = varied
                     runs.append(PlannedRun(run_id=rid, arm=arm, config=config, raw=data, varied=varied))
-    tune = raw.get("tune")
-    if tune is not None and not isinstance(tune, dict):
-        raise UsageError(f"{path.name}: tune: expected a mapping")
-    return Sweep(name=name, source=path, varied_keys=(*grid, *zipped, "seed"), runs=tuple(runs), tune=tune)
+    tune = None
+    if raw.get("tune") is not None:
+        tune = parse_tune(raw["tune"], path, base, cells=(*grid, *zipped), first_seed=seeds[0], arms=runs[0].config.arm_names)
+    return Sweep(name=name, source=path, varied_keys=(*grid, *zipped, "seed"), runs=tuple(runs), tune=tune, base=base)
+
+
+def parse_tune(raw: Any, path: Path, base: dict, *, cells: tuple[str, ...], first_seed: int,
+               arms: tuple[str, ...]) -> TuneSpec:
+    """The validated ``tune:`` block; every searched value is checked against the run schema."""
+    where = f"{path.name}: tune"
+    if not isinstance(raw, dict):
+        raise UsageError(f"{where}: expected a mapping with params and trials")
+    for key in raw:
+        if key not in TUNE_KEYS:
+            raise UsageError(f"{where}.{key}: unknown key (expected one of {', '.join(TUNE_KEYS)})")
+    params_raw = raw.get("params")
+    if not isinstance(params_raw, dict) or not params_raw:
+        raise UsageError(f"{where}.params: expected a mapping of dotted keys to ranges or choices")
+    params = tuple(_tuned_param(str(key), value, f"{where}.params.{key}") for key, value in params_raw.items())
+    trials = raw.get("trials")
+    if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
+        raise UsageError(f"{where}.trials: expected a positive integer, got {trials!r}")
+    per = raw.get("per", list(cells))
+    if not isinstance(per, list) or any(key not in cells for key in per):
+        raise UsageError(f"{where}.per: expected a list of grid/zip keys ({', '.join(cells) or 'none here'}), got {per!r}")
+    arm = raw.get("arm")
+    if arm is not None and arm not in arms:
+        raise UsageError(f"{where}.arm: expected one of this sweep's arms ({', '.join(arms)}), got {arm!r}")
+    validation = raw.get("validation", 0.2)
+    if isinstance(validation, bool) or not isinstance(validation, (int, float)) or not 0 < validation < 1:
+        raise UsageError(f"{where}.validation: expected a fraction in (0, 1), got {validation!r}")
+    seed = raw.get("seed", first_seed)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise UsageError(f"{where}.seed: expected a non-negative integer, got {seed!r}")
+    metric = raw.get("metric", "test_loss")
+    if not isinstance(metric, str):
+        raise UsageError(f"{where}.metric: expected a column name, got {metric!r}")
+    for param in params:
+        if param.key in cells or param.key == "seed":
+            raise UsageError(f"{where}.params.{param.key}: also varied by grid/zip/seeds; tune a key the sweep keeps fixed")
+        for value in param.examples():
+            try:
+                parse_config(with_values(base, {param.key: value, "task.validation": validation}, path), "tune")
+            except UsageError as exc:
+                detail = str(exc).split(": ", 1)[-1]
+                raise UsageError(f"{where}.params.{param.key}: {value!r} makes a bad configuration ({detail})") from None
+    return TuneSpec(params, trials, tuple(per), arm, float(validation), seed, metric)
+
+
+def _tuned_param(key: str, value: Any, where: str) -> TunedParam:
+    if not isinstance(value, dict):
+        raise UsageError(f"{where}: expected {{low: L, high: H}} (optionally log: true, int: true) or {{choices: [...]}}")
+    if "choices" in value:
+        choices = value["choices"]
+        if len(value) != 1 or not isinstance(choices, list) or not choices:
+            raise UsageError(f"{where}: choices: expected a non-empty list and nothing else, got {value!r}")
+        return TunedParam(key, choices=tuple(choices))
+    unknown = set(value) - set(RANGE_KEYS)
+    if unknown:
+        raise UsageError(f"{where}.{sorted(unknown)[0]}: unknown key (expected low, high, log, int or choices)")
+    low, high = value.get("low"), value.get("high")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)) or not low < high:
+        raise UsageError(f"{where}: expected numbers low < high, got low={low!r}, high={high!r}")
+    log, integer = bool(value.get("log", False)), bool(value.get("int", False))
+    if log and low <= 0:
+        raise UsageError(f"{where}: a log range needs low > 0, got {low!r}")
+    return TunedParam(key, float(low) if not integer else int(low), float(high) if not integer else int(high), log, integer)
 
 
 def _mapping_of_lists(value: Any, key: str, path: Path) -> dict[str, list]:
@@ -148,7 +253,7 @@ def _seeds(value: Any, base: dict, path: Path) -> list[int]:
     return list(value)
 
 
-def _with_values(base: dict, values: dict, path: Path) -> dict:
+def with_values(base: dict, values: dict, path: Path) -> dict:
     """A deep copy of ``base`` with each dotted key set (values are kept as their YAML types)."""
     data = json.loads(json.dumps(base))
     for key, value in values.items():
