@@ -17,6 +17,10 @@ import torch
 # Legendre features of points in [-1, 1]^m keep genuine directions far above this; exactly
 # degenerate inputs (duplicates, points on a line) give values near 1e-16.
 RANK_RTOL = 1e-11
+# A null vector's entries below PIVOT_RTOL * (its largest) are round-off, never pivots; ratios
+# within TIE_RTOL of the smallest count as ties.
+PIVOT_RTOL = 1e-12
+TIE_RTOL = 1e-12
 
 
 def eliminate(
@@ -45,16 +49,28 @@ def eliminate(
         return c
     vectors = vectors[:, :, :steps].clone()
     never = torch.tensor(float("inf"), dtype=c.dtype, device=c.device)
+    columns = torch.arange(c.shape[1], device=c.device)
+    pivoted = torch.zeros_like(c, dtype=torch.bool)
     for i in range(steps):
         active = (i < n_remove).unsqueeze(1)
         v = vectors[:, :, i]
         # A null vector has entries of both signs (the constant feature forces sum_j v_j = 0).
-        # Dropped points stay dropped whatever round-off is left in v on them.
-        alive = c > 0
-        t, drop = torch.where((v > 0) & alive, c / v, never).min(dim=1, keepdim=True)
+        # The pivot is any point not yet pivoted, including one that reached zero in an earlier
+        # step's tie: that step is degenerate (t = 0), and pivoting it is what makes the later
+        # vectors vanish on it. Skipping such points would move weight off a point held at zero
+        # and break the moments. Pivoted points stay at zero whatever round-off is left in v.
+        # Entries at round-off level are not pivots: dividing by one would blow the remaining
+        # vectors up. Among the points that reach zero first (ties are common on grids and
+        # duplicates), the largest entry is the best-conditioned pivot.
+        usable = (v > PIVOT_RTOL * v.abs().amax(dim=1, keepdim=True)) & ~pivoted
+        ratio = torch.where(usable, c / v, never)
+        t = ratio.min(dim=1, keepdim=True).values
+        first = usable & (ratio <= t * (1.0 + TIE_RTOL))
+        drop = torch.where(first, v, -never).argmax(dim=1, keepdim=True)
+        active = active & torch.isfinite(t)  # no usable entry left: this problem skips the step
         t = torch.where(active, t, 0.0)
-        keep = alive & ((torch.arange(c.shape[1], device=c.device) != drop) | ~active)
-        c = torch.where(keep, (c - t * v).clamp_(min=0.0), 0.0)
+        pivoted |= (columns == drop) & active
+        c = torch.where(pivoted, 0.0, (c - t * v).clamp_(min=0.0))
         if i + 1 < steps:
             rest = vectors[:, :, i + 1 :]
             pivot_row = torch.gather(rest, 1, drop.unsqueeze(2).expand(-1, 1, rest.shape[2]))
