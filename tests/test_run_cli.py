@@ -37,6 +37,21 @@ def test_run_records_every_arm_and_skips_them_the_second_time(tmp_path, capsys):
     assert all("skipped" in line for line in capsys.readouterr().out.splitlines()[:2])
 
 
+def test_run_expands_a_sweep_file_and_runs_each_configuration_once(tmp_path, capsys):
+    spec = tmp_path / "grid.yaml"
+    spec.write_text(TINY + "arms: [original, moment]\ngrid:\n  task.n_train: [80, 100]\nseeds: [0, 3]\n")
+    out = tmp_path / "results"
+    assert main(["run", str(spec), "--out", str(out), "--device", "cpu"]) == 0
+    table = pd.read_parquet(out / "runs.parquet")
+    assert len(table) == 2 * 2 * 2 and table["run_id"].is_unique
+    assert sorted(zip(table["task.n_train"], table["seed"], table["arm"])) == sorted(
+        (n, seed, arm) for n in (80, 100) for seed in (0, 3) for arm in ("moment", "original"))
+    spec.write_text(TINY + "grid:\n  task.n_train: [80]\ntune:\n  params: {train.lr: {low: 0.001, high: 0.1}}\n  trials: 2\n")
+    capsys.readouterr()
+    assert main(["run", str(spec)]) == 2
+    assert "tune: searching first needs `polyscale sweep" in capsys.readouterr().err
+
+
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     spec = tmp_path / "tiny.yaml"
     spec.write_text(TINY)

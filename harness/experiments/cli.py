@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 from pathlib import Path
 
-from harness.config import load_configs
+import yaml
+
+from harness.config import Config, load_configs
+from harness.errors import UsageError
 from harness.experiments.runner import run_config
+
+SWEEP_ONLY_KEYS = ("grid", "zip", "seeds", "tune")
 
 EPILOG = """\
 Each arm of the configuration is one run, named by a hash of the configuration (cosmetic keys such
@@ -19,9 +25,12 @@ results:
                      optimizer, lr, steps, test_loss, train_loss, compress_seconds, train_seconds,
                      moment_error, status, the arm's extras and every config key (dotted names)
 
-A YAML file may hold several configurations separated by '---'; each is run in turn.
+A YAML file may hold several configurations separated by '---'; each is run in turn. A sweep
+file (grid:, zip:, seeds:) is expanded and its configurations run in turn in this process; use
+`polyscale sweep` for parallel workers, queues, W&B and tuning.
 
 examples:
+  polyscale run sweeps/every-experiment.yaml --out results/scratch
   polyscale run sweeps/smoke.yaml --out results/smoke
   polyscale run e3.yaml --set train.lr=1e-3 --set arms=[original,moment] --device cuda
 """
@@ -45,7 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    configs = load_configs(args.spec, args.overrides)
+    configs = sweep_configs(args.spec, args.overrides) if is_sweep_file(args.spec) else load_configs(args.spec, args.overrides)
     failed, tables = 0, []
     for config in configs:
         changes = {"out": str(args.out)} if args.out is not None else {}
@@ -75,3 +84,26 @@ def _line(record) -> str:
         if value is not None and not unchanged:
             parts.append(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}")
     return "  ".join(parts)
+
+
+def is_sweep_file(path: Path) -> bool:
+    """A single YAML document with grid:, zip:, seeds: or tune: (unreadable files: False, and
+    ``load_configs`` reports what is wrong with them)."""
+    try:
+        documents = [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
+    except (OSError, yaml.YAMLError):
+        return False
+    return len(documents) == 1 and isinstance(documents[0], dict) and any(key in documents[0] for key in SWEEP_ONLY_KEYS)
+
+
+def sweep_configs(path: Path, overrides: list[str]) -> list[Config]:
+    """The distinct configurations of a sweep file, in the sweep's order."""
+    from harness.sweep.spec import load_sweep
+
+    sweep = load_sweep(path, overrides)
+    if sweep.tune is not None:
+        raise UsageError(f"{path.name}: tune: searching first needs `polyscale sweep {path}`")
+    configs: dict[str, Config] = {}
+    for planned in sweep.runs:
+        configs.setdefault(json.dumps(planned.varied, sort_keys=True, default=str), planned.config)
+    return list(configs.values())
