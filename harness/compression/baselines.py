@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from sklearn.cluster import KMeans
 
 
 def random_subset(d: int, size: int, total: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -17,8 +18,6 @@ def kmeans_centroids(points: np.ndarray, weights: np.ndarray, size: int, seed: i
     The centroids are new points, so they match the mass and the mean (degree <= 1) but not the
     higher moments.
     """
-    from sklearn.cluster import KMeans  # scikit-learn costs a second to import: only when used
-
     model = KMeans(n_clusters=size, n_init=1, random_state=seed).fit(points, sample_weight=weights)
     mass = np.bincount(model.labels_, weights=weights, minlength=size)
     keep = mass > 0

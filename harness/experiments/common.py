@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from harness.compression import compress, n_moments
 from harness.config import Config, CompressionConfig
 
 # Called with (arm, record) at every evaluation of a training experiment, as it happens.
@@ -49,6 +50,15 @@ class Seeds:
 def method_of(arm: str, compression: CompressionConfig) -> str:
     """The compress() method behind an arm: moment -> compression.method; baselines by name."""
     return compression.method if arm == "moment" else arm
+
+
+def warm_up_compression(arms: tuple[str, ...], compression: CompressionConfig, m: int, device: torch.device) -> None:
+    """One untimed compression per arm on a small random set (2 N(m,k) + 1 points), so that the
+    timed ones (E1, E5, E7) exclude one-off costs such as CUDA's lazily loaded linear algebra."""
+    points = np.random.default_rng(0).uniform(-1.0, 1.0, (2 * n_moments(m, compression.k) + 1, m))
+    for arm in arms:
+        compress(torch.as_tensor(points, device=device) if arm == "moment" else points, k=compression.k,
+                 method=method_of(arm, compression), seed=0)
 
 
 def dtype_of(config: Config) -> torch.dtype:

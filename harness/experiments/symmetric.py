@@ -14,8 +14,7 @@ import torch
 from harness.compression import compress
 from harness.config import Config
 from harness.data.symmetric import symmetric_problem, symmetric_value
-from harness.experiments.common import ArmResult, OnRecord, Seeds, method_of
-
+from harness.experiments.common import ArmResult, OnRecord, Seeds, method_of, warm_up_compression
 
 
 def run(config: Config, arms: tuple[str, ...], device: torch.device, on_record: OnRecord | None = None) -> dict[str, ArmResult]:
@@ -23,6 +22,7 @@ def run(config: Config, arms: tuple[str, ...], device: torch.device, on_record: 
     objects, probes = symmetric_problem(task.n_train, task.input_dim, task.probes, seeds.data)
     d = len(objects)
     exact = symmetric_value(task.function, objects, np.ones(d), probes, d, task.offset)
+    warm_up_compression(arms, config.compression, task.input_dim, device)
     results = {}
     for arm in arms:
         points = torch.as_tensor(objects, device=device) if arm == "moment" else objects
