@@ -82,7 +82,7 @@ def test_a_killed_sweep_loses_nothing_finished_and_the_same_command_completes_it
     spec = write_spec(tmp_path, "crash")
     expected = {run.run_id for run in load_sweep(spec).runs}
     results = tmp_path / "results" / "crash"
-    first = polyscale("sweep", str(spec), "--grace", "2", cwd=tmp_path, background=True)
+    first = polyscale("sweep", str(spec), "--grace", "2", "--no-batch", cwd=tmp_path, background=True)
     wait_for(lambda: sum(s == "done" for s in statuses(results).values()) >= 2)
     os.killpg(first.pid, signal.SIGKILL)  # the coordinator and its workers, mid-sweep
     first.wait()
@@ -131,7 +131,7 @@ def test_a_worker_killed_mid_run_has_its_job_redone_by_another(tmp_path):
     results = tmp_path / "results" / name
     storage = str(results / "queue.journal")
     RunQueue(storage, name).enqueue(jobs(sweep.runs))
-    victim = polyscale("worker", "--sweep", name, "--grace", "2", cwd=tmp_path, background=True)
+    victim = polyscale("worker", "--sweep", name, "--grace", "2", "--no-batch", cwd=tmp_path, background=True)
     wait_for(lambda: "running" in statuses(results).values())
     os.killpg(victim.pid, signal.SIGKILL)
     victim.wait()

@@ -11,6 +11,7 @@ is recorded and re-raised because every other run of the configuration would mee
 
 from __future__ import annotations
 
+import functools
 import time
 import traceback
 from collections.abc import Sequence
@@ -24,6 +25,7 @@ from harness.device import pick_device
 from harness.errors import UsageError
 from harness.experiments import attention, data, runtime, symmetric, width
 from harness.experiments.common import ArmResult, OnRecord
+from harness.train import run_together
 from harness.tracking import RunObserver, begin_run, end_run, is_finished, read_status, rebuild_table, write_metrics
 
 RUNNERS = {
@@ -87,6 +89,24 @@ def run_config(config: Config, out: str | Path | None = None, *, arms: Sequence[
     if refresh_table:
         rebuild_table(out)
     return [records[arm] for arm in ids]
+
+
+def run_configs(jobs: Sequence[tuple[Config, Sequence[str] | None]], out: str | Path | None = None, *,
+                observers: Sequence[RunObserver] = (), refresh_table: bool = True) -> list[list[RunRecord] | Exception]:
+    """``run_config`` of several (configuration, arms) at once, their compatible models trained as
+    one batched model (harness/train/batched.py); each is recorded exactly as ``run_config`` records it.
+
+    Returns each job's records, or the exception ``run_config`` raised for it (a UsageError, after
+    recording its runs failed); an interrupt is raised.
+    """
+    results = run_together([functools.partial(run_config, config, out, arms=arms, observers=observers,
+                                              refresh_table=False) for config, arms in jobs])
+    if refresh_table:
+        rebuild_table(Path(out if out is not None else jobs[0][0].out))
+    for result in results:
+        if isinstance(result, BaseException) and not isinstance(result, Exception):
+            raise result
+    return results
 
 
 def _run_pending(config: Config, out: Path, pending: tuple[str, ...], ids: dict[str, str], device: torch.device,

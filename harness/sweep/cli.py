@@ -93,6 +93,12 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--retries", type=int, default=1, help="re-run a failed run up to this many times (default 1)")
     parser.add_argument("--grace", type=float, default=20.0,
                         help="seconds without a heartbeat before a run's worker is taken for dead (default 20)")
+    batching = parser.add_mutually_exclusive_group()
+    batching.add_argument("--batch-models", type=int, default=None, metavar="K",
+                          help="train up to K compatible configurations (same shapes; other seeds, learning rates, "
+                               "data) as one batched model (default: as many as fit in memory, at most 64 on a CPU)")
+    batching.add_argument("--no-batch", dest="batch_models", action="store_const", const=1,
+                          help="train one configuration at a time")
 
 
 def run_sweep(args: argparse.Namespace) -> int:
@@ -111,7 +117,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     options = LaunchOptions(
         out=out, storage=args.storage or os.environ.get(STORAGE_ENV), workers=args.workers, device=args.device,
         wandb_mode=resolve_mode(args.wandb), wandb_project=args.wandb_project, retries=args.retries,
-        grace_seconds=args.grace,
+        grace_seconds=args.grace, batch_models=args.batch_models,
     )
     if sweep.tune is not None:
         from harness.sweep.tune import tune_sweep
@@ -132,7 +138,7 @@ def run_worker(args: argparse.Namespace) -> int:
     queue = RunQueue(storage, args.sweep, grace_seconds=args.grace)
     options = WorkerOptions(out=out, device=args.device, wandb_mode=resolve_mode(args.wandb),
                             wandb_project=args.wandb_project, retries=args.retries,
-                            heartbeat_seconds=max(0.5, min(5.0, args.grace / 6)))
+                            heartbeat_seconds=max(0.5, min(5.0, args.grace / 6)), batch_models=args.batch_models)
     try:
         tally = work(queue, options)
     except KeyboardInterrupt:
@@ -212,3 +218,5 @@ def _check_counts(args) -> None:
         raise UsageError(f"--retries must be >= 0; got {args.retries}")
     if args.grace <= 0:
         raise UsageError(f"--grace must be positive; got {args.grace}")
+    if args.batch_models is not None and args.batch_models < 1:
+        raise UsageError(f"--batch-models must be at least 1; got {args.batch_models}")

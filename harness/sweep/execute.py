@@ -8,10 +8,10 @@ import json
 from pathlib import Path
 
 from harness.config import Config, canonical
-from harness.experiments.runner import run_config
+from harness.experiments.runner import run_config, run_configs
 from harness.tracking import FINISHED, read_status, rebuild_table, run_dir
 
-__all__ = ["execute_job", "finished_status", "job_id", "rebuild_table", "run_summary", "store_status"]
+__all__ = ["execute_job", "execute_jobs", "finished_status", "job_id", "rebuild_table", "run_summary", "store_status"]
 
 
 def job_id(config: Config) -> str:
@@ -27,6 +27,14 @@ def execute_job(config: Config, arms: list[str], out: Path, device: str) -> dict
     """
     config = dataclasses.replace(config, device=device, out=str(out))
     return {record.run_id: record.status for record in run_config(config, out, arms=arms)}
+
+
+def execute_jobs(jobs: list[tuple[Config, list[str]]], out: Path, device: str) -> list[dict[str, str] | Exception]:
+    """``execute_job`` of several configurations, their compatible models trained as one batched
+    model; each job's statuses, or the exception that stopped it (its runs are recorded failed)."""
+    jobs = [(dataclasses.replace(config, device=device, out=str(out)), arms) for config, arms in jobs]
+    results = run_configs(jobs, out)
+    return [result if isinstance(result, Exception) else {r.run_id: r.status for r in result} for result in results]
 
 
 def store_status(out: Path, run_id: str) -> str | None:

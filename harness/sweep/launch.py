@@ -22,6 +22,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from harness.sweep.batching import per_worker_batch
 from harness.sweep.execute import finished_status, job_id, rebuild_table, run_summary, store_status
 from harness.sweep.queue import RunQueue
 from harness.sweep.spec import Sweep
@@ -41,6 +42,7 @@ class LaunchOptions:
     wandb_project: str = "polyscale"
     retries: int = 1
     grace_seconds: float = 20.0
+    batch_models: int | None = None  # compatible jobs a worker trains at once; None: auto, 1: off
 
 
 def default_storage(out: Path) -> str:
@@ -61,7 +63,11 @@ def launch(sweep: Sweep, options: LaunchOptions) -> Counter:
     print(f"sweep {sweep.name}: {len(sweep.runs)} runs, {len(sweep.runs) - len(pending)} already finished, "
           f"{len(pending)} to run with {options.workers} worker(s); queue {redact(storage)}", flush=True)
     if pending:
-        workers = start_workers(sweep.name, storage, options)
+        batch = options.batch_models
+        if batch is None:
+            configs = {job_id(run.config): run.config for run in pending}
+            batch = per_worker_batch(list(configs.values()), options.workers, options.device)
+        workers = start_workers(sweep.name, storage, options, batch)
         try:
             watch(sweep, out, workers, before)
         except KeyboardInterrupt:
@@ -91,8 +97,11 @@ def jobs(runs) -> list[tuple[str, dict]]:
     return list(grouped.items())
 
 
-def start_workers(sweep_name: str, storage: str, options: LaunchOptions) -> list[subprocess.Popen]:
-    """Worker processes; GPUs are spread over them, CPU threads divided among them."""
+def start_workers(sweep_name: str, storage: str, options: LaunchOptions,
+                  batch_models: int | None = None) -> list[subprocess.Popen]:
+    """Worker processes; GPUs are spread over them, CPU threads divided among them.
+
+    ``batch_models``: passed on as ``--batch-models`` (None: each worker's own auto)."""
     devices = assign_devices(options.device, options.workers)
     threads = max(1, (os.cpu_count() or 1) // options.workers)
     env = {**os.environ, STORAGE_ENV: storage, "OMP_NUM_THREADS": str(threads), "WANDB_SILENT": "true"}
@@ -102,6 +111,7 @@ def start_workers(sweep_name: str, storage: str, options: LaunchOptions) -> list
             sys.executable, "-m", "harness.cli", "worker", "--sweep", sweep_name, "--out", str(options.out),
             "--device", device, "--wandb", options.wandb_mode, "--wandb-project", options.wandb_project,
             "--retries", str(options.retries), "--grace", str(options.grace_seconds), "--quiet",
+            *(["--batch-models", str(batch_models)] if batch_models is not None else []),
         ]
         workers.append(subprocess.Popen(command, env=env))
     return workers

@@ -11,10 +11,12 @@ import json
 import logging
 import time
 import traceback
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 from harness.config import parse_config
+from harness.sweep.batching import batch_limit, claim_compatible
 from harness.sweep.queue import Claim, Heartbeat, RunQueue
 from harness.tracking import wandb_mirror
 
@@ -23,7 +25,8 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class WorkerOptions:
-    """How a worker runs: where results go, on which device, W&B mode, retries and timing."""
+    """How a worker runs: where results go, on which device, W&B mode, retries, timing, and how many
+    compatible jobs it trains at once (``batch_models``: None = by memory, 1 = one at a time)."""
 
     out: Path
     device: str = "auto"
@@ -32,6 +35,7 @@ class WorkerOptions:
     retries: int = 1
     heartbeat_seconds: float = 5.0
     poll_seconds: float = 2.0
+    batch_models: int | None = None
 
 
 def work(queue: RunQueue, options: WorkerOptions) -> dict[str, int]:
@@ -45,14 +49,19 @@ def work(queue: RunQueue, options: WorkerOptions) -> dict[str, int]:
                 return tally
             time.sleep(options.poll_seconds)  # others are running: one may die and come back
             continue
+        claims = [claim]
+        if options.batch_models != 1:
+            claims += claim_compatible(queue, claim, batch_limit(options.batch_models, claim, options.device))
         try:
-            outcome = run_claim(queue, claim, options)
+            outcomes = [run_claim(queue, claim, options)] if len(claims) == 1 else run_batch(queue, claims, options)
         except KeyboardInterrupt:
-            # Close the claim so that a rerun queues the job at once (a kill -9 instead leaves
-            # it to the heartbeat's grace period). Its unfinished runs are recorded as failed.
-            queue.finish(claim, "interrupted")
+            # Close the claims so that a rerun queues the jobs at once (a kill -9 instead leaves
+            # them to the heartbeat's grace period). Their unfinished runs are recorded as failed.
+            for claimed in claims:
+                queue.finish(claimed, "interrupted")
             raise
-        tally[outcome] = tally.get(outcome, 0) + 1
+        for outcome in outcomes:
+            tally[outcome] = tally.get(outcome, 0) + 1
 
 
 def run_claim(queue: RunQueue, claim: Claim, options: WorkerOptions) -> str:
@@ -74,7 +83,48 @@ def run_claim(queue: RunQueue, claim: Claim, options: WorkerOptions) -> str:
             statuses = execute_job(config, arms, options.out, options.device)
         except Exception:  # e.g. a missing dataset: recorded in the run folders; the sweep goes on
             statuses, error = {}, traceback.format_exc()
-            logger.error("job %s failed (attempt %d):\n%s", claim.run_id, claim.attempt, error)
+    return _close(queue, claim, statuses, error, options)
+
+
+def run_batch(queue: RunQueue, claims: list[Claim], options: WorkerOptions) -> list[str]:
+    """``run_claim`` for several compatible claimed jobs, their models trained as one batched model
+    (harness/sweep/batching.py); each claim keeps its own heartbeat, outcome and retry."""
+    from harness.sweep.execute import execute_jobs, finished_status
+
+    outcomes: dict[int, str] = {}
+    jobs, running = [], []
+    for claim in claims:
+        arms = [arm for arm, rid in claim.payload["runs"].items() if finished_status(options.out, rid) is None]
+        if not arms:
+            queue.finish(claim, "skipped")
+            outcomes[claim.trial_id] = "skipped"
+            continue
+        try:
+            jobs.append((parse_config(claim.payload["config"], f"queued job {claim.run_id}"), arms))
+            running.append(claim)
+        except Exception:
+            outcomes[claim.trial_id] = _close(queue, claim, {}, traceback.format_exc(), options)
+    with ExitStack() as beating:
+        for claim in running:
+            beating.enter_context(Heartbeat(queue, claim, options.heartbeat_seconds))
+        try:
+            results = execute_jobs(jobs, options.out, options.device) if jobs else []
+        except Exception:
+            results = [traceback.format_exc()] * len(jobs)
+    for claim, result in zip(running, results):
+        if isinstance(result, Exception):
+            result = "".join(traceback.format_exception(result))
+        if isinstance(result, str):
+            outcomes[claim.trial_id] = _close(queue, claim, {}, result, options)
+        else:
+            outcomes[claim.trial_id] = _close(queue, claim, result, None, options)
+    return [outcomes[claim.trial_id] for claim in claims]
+
+
+def _close(queue: RunQueue, claim: Claim, statuses: dict[str, str], error: str | None, options: WorkerOptions) -> str:
+    """Mirror the job's finished runs, then finish (and maybe retry) its claim; return the outcome."""
+    if error:
+        logger.error("job %s failed (attempt %d):\n%s", claim.run_id, claim.attempt, error)
     for run_id, status in statuses.items():
         if status in ("done", "diverged"):
             wandb_mirror.mirror_run(options.out / "runs" / run_id, mode=options.wandb_mode,

@@ -1,6 +1,11 @@
-"""Training: batch samplers over weighted sets, optimisers and schedule, losses, the side-by-side loop."""
+"""Training: batch samplers over weighted sets, optimisers and schedule, losses, the side-by-side loop.
 
-from harness.train.loop import Arm, train_side_by_side
+``train_side_by_side`` is the loop (harness/train/loop.py), except inside ``run_together``, where
+the calls of several functions are trained together, same-shape MLPs stacked (harness/train/batched.py).
+"""
+
+from harness.train.batched import run_together, train_side_by_side
+from harness.train.loop import Arm
 from harness.train.losses import accuracy, cross_entropy, loss_for, mean_loss, predict, squared_error
 from harness.train.optim import make_optimizer, make_schedule
 from harness.train.sampling import BatchSampler
@@ -15,6 +20,7 @@ __all__ = [
     "make_schedule",
     "mean_loss",
     "predict",
+    "run_together",
     "squared_error",
     "train_side_by_side",
 ]

@@ -1,0 +1,145 @@
+"""Which queued jobs a worker trains together, and how many at once.
+
+Two jobs (configurations) are compatible when their models can be stacked and stepped in lockstep
+(harness/train/batched.py): the same MLP experiment, model, task kind and input size, training
+settings other than the learning rate, number of steps and, for full batches, training-set size;
+for the width experiment also the compression (it sets the compressed widths). Seeds, learning
+rates, arms, noise and the like may differ. ``batch_key`` says this as a string.
+
+A worker that claims a job claims up to K - 1 more waiting jobs of its key at once, with the queue's
+own atomic WAITING -> RUNNING step, so each job is still claimed, beaten for, finished and retried
+on its own. K comes from ``--batch-models`` or, by default, from a memory estimate on the worker's
+device (``auto_batch_models``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+from collections import Counter
+from collections.abc import Sequence
+
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from harness.config import MLP_EXPERIMENTS, Config, parse_config, to_dict
+from harness.device import pick_device
+from harness.sweep.queue import ATTEMPT, PAYLOAD, RUN_ID, Claim, RunQueue
+
+CPU_CAP = 64  # most models batched on a CPU: beyond this the stack gains nothing and a failure costs more
+GPU_CAP = 512
+MEMORY_SHARE = 0.5  # of the device's free memory (GPU) or available memory (CPU)
+# (inputs, outputs) of each supervised task; teacher's inputs are task.input_dim.
+TASK_SIZES = {"harmonic": (2, 1), "digits": (64, 10), "mnist": (784, 10), "fashion_mnist": (784, 10),
+              "cifar10": (3072, 10)}
+
+
+def batch_key(config: Config) -> str | None:
+    """Jobs with one key train well together; None: this job is never batched."""
+    if config.experiment not in MLP_EXPERIMENTS:
+        return None
+    train = dataclasses.replace(config.train, lr=1.0, steps=config.total_steps(), epochs=None)
+    key = {"experiment": config.experiment, "model": to_dict(config.model), "task": config.task.name,
+           "inputs": _sizes(config)[0], "train": to_dict(train)}
+    if train.batch_size is None:
+        key["n_train"] = config.task.n_train
+    if config.experiment == "width":
+        key["compression"] = to_dict(config.compression)
+    return json.dumps(key, sort_keys=True)
+
+
+@functools.lru_cache(maxsize=4096)
+def _key_of_raw(text: str) -> str | None:
+    try:
+        return batch_key(parse_config(json.loads(text)))
+    except Exception:  # a job that does not parse runs alone (and fails there, recorded)
+        return None
+
+
+def payload_key(payload: dict) -> str | None:
+    """``batch_key`` of a queued job's configuration."""
+    return _key_of_raw(json.dumps(payload.get("config"), sort_keys=True))
+
+
+def _sizes(config: Config) -> tuple[int, int]:
+    return (config.task.input_dim, 1) if config.task.name == "teacher" else TASK_SIZES[config.task.name]
+
+
+def job_bytes(config: Config) -> int:
+    """A rough upper bound on one job's memory in batched training: per arm, parameters with their
+    gradient and two optimizer states, one batch's activations, and the training set."""
+    inputs, outputs = _sizes(config)
+    widths = [config.model.width] * config.model.depth
+    sizes = [inputs, *widths, outputs]
+    parameters = sum((fan_in + 1) * fan_out for fan_in, fan_out in zip(sizes[:-1], sizes[1:]))
+    rows = config.train.batch_size or config.task.n_train
+    activations = rows * (4 * sum(widths) + 2 * outputs)
+    data = config.task.n_train * (inputs + outputs)
+    itemsize = 8 if config.train.dtype == "float64" else 4
+    return itemsize * len(config.arm_names) * (4 * parameters + activations + data)
+
+
+def auto_batch_models(config: Config, device: str) -> int:
+    """How many jobs like ``config`` to train at once on ``device``: what fits in MEMORY_SHARE of
+    its free memory, at most CPU_CAP on a CPU (GPU_CAP on a GPU)."""
+    if config.experiment not in MLP_EXPERIMENTS:
+        return 1
+    where = pick_device(device)
+    if where.type == "cuda":
+        free, cap = torch.cuda.mem_get_info(where)[0], GPU_CAP
+    else:
+        free, cap = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), CPU_CAP
+    return int(max(1, min(cap, MEMORY_SHARE * free // job_bytes(config))))
+
+
+def claim_compatible(queue: RunQueue, first: Claim, limit: int) -> list[Claim]:
+    """Up to ``limit - 1`` more waiting jobs of ``first``'s key, in queue order, each claimed as
+    ``RunQueue.claim`` claims (an atomic WAITING -> RUNNING that another worker cannot also win)."""
+    key = payload_key(first.payload)
+    if key is None or limit <= 1:
+        return []
+    claims: list[Claim] = []
+    for trial in queue.storage.get_all_trials(queue.study._study_id, deepcopy=False, states=(TrialState.WAITING,)):
+        if len(claims) == limit - 1:
+            break
+        if payload_key(trial.user_attrs.get(PAYLOAD, {})) != key:
+            continue
+        try:
+            if not queue.storage.set_trial_state_values(trial._trial_id, state=TrialState.RUNNING):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+        queue.beat(trial._trial_id)
+        attrs = trial.user_attrs
+        claims.append(Claim(attrs[RUN_ID], trial._trial_id, int(attrs.get(ATTEMPT, 1)), attrs.get(PAYLOAD, {})))
+    return claims
+
+
+def batch_limit(requested: int | None, first: Claim, device: str) -> int:
+    """K for a batch starting with ``first``: ``requested``, or by default ``auto_batch_models``."""
+    if requested is not None:
+        return requested
+    try:
+        config = parse_config(first.payload["config"])
+    except Exception:
+        return 1
+    return auto_batch_models(config, device)
+
+
+def per_worker_batch(configs: Sequence[Config], workers: int, device: str) -> int | None:
+    """The default K for ``workers`` workers on this machine: no more than an equal share of the
+    largest group of compatible jobs (so every worker gets some) and of the memory (they share it).
+    None for one worker: it decides by memory as it claims."""
+    if workers == 1:
+        return None
+    keys = [batch_key(config) for config in configs]
+    groups = Counter(key for key in keys if key is not None)
+    if not groups:
+        return 1
+    key, count = groups.most_common(1)[0]
+    config = configs[keys.index(key)]
+    return max(1, min(math.ceil(count / workers), auto_batch_models(config, device) // workers))

@@ -1,0 +1,243 @@
+"""Train the arms of many side-by-side calls at once, same-shape MLPs as one stacked model.
+
+``train_together(calls)`` does what ``train_side_by_side`` (harness/train/loop.py) does for each
+call, for all of them in lockstep: the arms whose MLPs share layer shapes, dtype, device, the
+training settings other than the learning rate and the batch size are stacked
+(harness/train/stacked.py) and take each step together through one batched forward and backward
+pass and one vectorised optimizer update (harness/train/stacked_optim.py) with each model's own
+learning rate. Each arm keeps its own training set, sample weights, sampler and multiplicities;
+a sampler shared by several arms is drawn once per step, as in the loop.
+
+What comes out is what the loop gives: the same records (each call's own ``evaluate`` on its live
+arms, at step 0, every ``eval_every`` steps and the last), statuses and ``seconds`` (each step's
+time shared equally among the models stacked in it). An arm whose training loss is NaN/inf at an
+evaluation is marked diverged and leaves its stack; the other models never see it (their slices of
+every batched operation are their own). On a CPU in float64 the losses match the loop's to about
+1e-13 (tests/test_train_batched.py holds them to 1e-10).
+
+``run_together(functions)`` runs functions that train through ``harness.train.train_side_by_side``
+(e.g. ``run_config`` of several configurations) so that all their training calls meet here: see
+harness/train/handoff.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from harness.config import TrainConfig
+from harness.models import MLP
+from harness.train import handoff, loop
+from harness.train.loop import Arm, Evaluate, OnRecord, _finite_or_none
+from harness.train.losses import LossFn
+from harness.train.optim import make_schedule
+from harness.train.stacked import StackedMLP, shape_of
+from harness.train.stacked_optim import StackedOptimizer
+
+
+@dataclass
+class SideBySide:
+    """The arguments of one ``train_side_by_side`` call."""
+
+    arms: list[Arm]
+    train: TrainConfig
+    steps: int
+    loss_fn: LossFn
+    evaluate: Evaluate
+    epoch_size: int
+    on_record: OnRecord | None = None
+    description: str = ""
+
+    @property
+    def stackable(self) -> bool:
+        return all(type(arm.model) is MLP for arm in self.arms)
+
+
+def train_side_by_side(arms: list[Arm], train: TrainConfig, steps: int, loss_fn: LossFn, evaluate: Evaluate, *,
+                       epoch_size: int, on_record: OnRecord | None = None, description: str = "") -> None:
+    """``harness.train.loop.train_side_by_side``; inside ``run_together`` the call waits to be
+    trained with the other functions' calls by ``train_together``."""
+    if handoff.current() is None:
+        loop.train_side_by_side(arms, train, steps, loss_fn, evaluate, epoch_size=epoch_size, on_record=on_record,
+                                description=description)
+    else:
+        handoff.park(SideBySide(arms, train, steps, loss_fn, evaluate, epoch_size, on_record, description))
+
+
+def run_together(functions: Sequence[Callable[[], Any]]) -> list[Any]:
+    """Each function's result (or the exception it raised); their training calls are batched."""
+    return handoff.run_tasks(functions, _serve)
+
+
+def _serve(calls: list[SideBySide]) -> list[None]:
+    train_together(calls)
+    return [None] * len(calls)
+
+
+def train_together(calls: Sequence[SideBySide]) -> None:
+    """Every call's arms trained as ``train_side_by_side`` would, the compatible ones stacked.
+
+    Calls with a model other than an MLP run one after another through the loop; the others are
+    trained in lockstep, one lockstep per (steps, eval_every).
+    """
+    lockstep: dict[tuple[int, int], list[SideBySide]] = {}
+    for call in calls:
+        if call.stackable:
+            lockstep.setdefault((call.steps, call.train.eval_every), []).append(call)
+        else:
+            loop.train_side_by_side(call.arms, call.train, call.steps, call.loss_fn, call.evaluate,
+                                    epoch_size=call.epoch_size, on_record=call.on_record, description=call.description)
+    for (steps, _), group in lockstep.items():
+        _Lockstep(group, steps).run()
+
+
+class _Stack:
+    """Arms of one stacking key: their models, data and samplers stacked, one optimizer."""
+
+    def __init__(self, members: list[tuple[SideBySide, Arm]]) -> None:
+        self.members = members
+        call = members[0][0]
+        self.train, self.loss_fn = call.train, call.loss_fn
+        self.factor = _schedule_factor(call.train, call.steps)
+        models = [arm.model for _, arm in members]
+        if len({id(model) for model in models}) != len(models):
+            raise ValueError("two arms share one model object: they cannot be stacked")
+        self.model = StackedMLP.of(models)
+        self.model.bind(models)
+        self.optimizer = StackedOptimizer(self.model.parameters, self.train)
+        self.lrs = torch.tensor([c.train.lr for c, _ in members], dtype=torch.float64, device=self.model.weights_t[0].device)
+        self.full = self.train.batch_size is None
+        sources: dict[tuple[int, int], Arm] = {}  # each training set once (arms of a config share one)
+        for _, arm in members:
+            sources.setdefault((id(arm.x), id(arm.y)), arm)
+        rows = {key: row for row, key in enumerate(sources)}
+        self.source = torch.tensor([rows[id(arm.x), id(arm.y)] for arm in self.arms], device=self.lrs.device)
+        # Each training set once, as rows of one (sets x n_max, ...) tensor: a batch is one index_select.
+        self.x = _stack_padded([arm.x for arm in sources.values()])
+        self.y = _stack_padded([arm.y for arm in sources.values()])
+        self.n_max = self.x.shape[1]
+
+    @property
+    def arms(self) -> list[Arm]:
+        return [arm for _, arm in self.members]
+
+    def step(self, step: int, batches: dict[int, tuple]) -> None:
+        """Step ``step`` (from 1) of every model, on its sampler's batch of this step."""
+        if self.full:
+            x, y = self.x[self.source], self.y[self.source]
+        else:
+            rows = torch.stack([batches[id(arm.sampler)][0] for arm in self.arms])
+            rows = (rows + self.n_max * self.source[:, None]).view(-1)
+            x = self.x.flatten(0, 1).index_select(0, rows).view(len(self.members), -1, self.x.shape[2])
+            y = self.y.flatten(0, 1).index_select(0, rows).view(len(self.members), -1, self.y.shape[2])
+        loss_weights = torch.stack([batches[id(arm.sampler)][1] for arm in self.arms]).to(x.dtype)
+        loss = (loss_weights * self.loss_fn(self.model.forward(x), y)).sum()
+        for parameter in self.model.parameters:
+            parameter.grad = None
+        loss.backward()
+        if self.train.divide_gradients:
+            self.model.divide_gradients()
+        self.optimizer.step(self.lrs * self.factor(step - 1))
+
+    def drop_diverged(self) -> None:
+        """Go on with the arms still running; a diverged arm's model keeps its last values."""
+        keep = [i for i, (_, arm) in enumerate(self.members) if arm.status == "running"]
+        if len(keep) == len(self.members):
+            return
+        rows = torch.tensor(keep, device=self.lrs.device)
+        self.members = [self.members[i] for i in keep]
+        if not keep:
+            return
+        self.model = self.model.keep(rows)
+        self.model.bind([arm.model for arm in self.arms])
+        self.optimizer.keep(rows, self.model.parameters)
+        self.lrs, self.source = self.lrs[rows], self.source[rows]
+
+
+def _stack_padded(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """(U, n_max, ...) with zero rows after each tensor's own (never drawn: rows < its n)."""
+    if len({len(t) for t in tensors}) == 1:
+        return torch.stack(tensors)
+    out = tensors[0].new_zeros((len(tensors), max(len(t) for t in tensors), *tensors[0].shape[1:]))
+    for i, t in enumerate(tensors):
+        out[i, : len(t)] = t
+    return out
+
+
+def _schedule_factor(train: TrainConfig, steps: int) -> Callable[[int], float]:
+    """The schedule's own factor (LambdaLR: lr_t = base_lr * factor(t)), read off make_schedule."""
+    probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    return make_schedule(probe, train, steps).lr_lambdas[0]
+
+
+def _stacking_key(call: SideBySide, arm: Arm) -> tuple:
+    rows = arm.sampler.n if call.train.batch_size is None else call.train.batch_size
+    return shape_of(arm.model), dataclasses.replace(call.train, lr=1.0), rows, call.loss_fn
+
+
+class _Lockstep:
+    """Calls of one number of steps and evaluation interval, trained step by step together."""
+
+    def __init__(self, calls: list[SideBySide], steps: int) -> None:
+        self.calls, self.steps = calls, steps
+        keyed: dict[tuple, list[tuple[SideBySide, Arm]]] = {}
+        for call in calls:
+            for arm in call.arms:
+                keyed.setdefault(_stacking_key(call, arm), []).append((call, arm))
+        self.stacks = [_Stack(members) for members in keyed.values()]
+        self.factors = [_schedule_factor(call.train, steps) for call in calls]
+
+    def run(self) -> None:
+        self.record(0)
+        models = sum(len(stack.members) for stack in self.stacks)
+        bar = tqdm(range(1, self.steps + 1), desc=f"batched {models} models", disable=None, leave=False, mininterval=1.0)
+        for step in bar:
+            stacks = [stack for stack in self.stacks if stack.members]
+            if not stacks:
+                break
+            batches: dict[int, tuple] = {}
+            for stack in stacks:
+                for arm in stack.arms:
+                    if id(arm.sampler) not in batches:
+                        batches[id(arm.sampler)] = arm.sampler.next()
+            for stack in stacks:
+                start = time.perf_counter()
+                stack.step(step, batches)
+                if stack.lrs.is_cuda:
+                    torch.cuda.synchronize(stack.lrs.device)
+                share = (time.perf_counter() - start) / len(stack.members)
+                for arm in stack.arms:
+                    arm.seconds += share
+            if step % self.calls[0].train.eval_every == 0 or step == self.steps:
+                self.record(step)
+        for call in self.calls:
+            for arm in call.arms:
+                if arm.status == "running":
+                    arm.status = "done"
+
+    def record(self, step: int) -> None:
+        """Each call's evaluation of its live arms, recorded as the loop records it."""
+        for call, factor in zip(self.calls, self.factors):
+            live = [arm for arm in call.arms if arm.status == "running"]
+            if not live:
+                continue
+            results = call.evaluate(live)
+            per_step = call.train.batch_size if call.train.batch_size is not None else call.epoch_size
+            for arm in live:
+                entry = {"step": step, "epoch": step * per_step / call.epoch_size, "lr": call.train.lr * factor(step)}
+                entry.update(results[arm.name])
+                if not math.isfinite(entry["train_loss"]):
+                    arm.status = "diverged"
+                entry = {key: _finite_or_none(value) for key, value in entry.items()}
+                arm.history.append(entry)
+                if call.on_record is not None:
+                    call.on_record(arm.name, entry)
+        for stack in self.stacks:
+            stack.drop_diverged()

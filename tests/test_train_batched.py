@@ -1,0 +1,272 @@
+"""Batched training (harness/train/batched.py) against its truth, the one-at-a-time loop.
+
+Every comparison runs the same configurations twice: each alone through ``run_arms`` (the loop of
+harness/train/loop.py with torch.optim), and all together through ``run_together`` (stacked MLPs,
+vectorised optimizers), then holds every number of every record at every logged step to 1e-10.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from harness.config import OPTIMIZERS, Config, TrainConfig, parse_config
+from harness.experiments.runner import run_arms, run_config, run_configs
+from harness.experiments.units import compress_units
+from harness.models import init_mlp
+from harness.sweep.batching import batch_key, claim_compatible
+from harness.sweep.execute import job_id
+from harness.sweep.launch import jobs
+from harness.sweep.queue import RunQueue
+from harness.sweep.spec import expand_sweep
+from harness.sweep.worker import WorkerOptions, work
+from harness.train import run_together, stacked
+from harness.train.optim import make_optimizer
+from harness.train.stacked_optim import StackedOptimizer
+
+FLOAT64_TOLERANCE = 1e-10
+# float32, 40 steps, every optimizer, both experiments: the losses of the two paths differed by at
+# most 1.4e-6 relative (rounding, ~6e-8 per operation, grown by training); differences of losses
+# (train_gap, test_gap) by up to 1.4e-4 relative, as a difference of near-equal numbers must.
+FLOAT32_TOLERANCE = 1e-5
+LOSSES = ("train_loss", "test_loss", "full_train_loss")
+
+
+def config(experiment: str = "data", optimizer: str = "adamw", lr: float = 0.01, seed: int = 0, *,
+           dtype: str = "float64", task: dict | None = None, **train) -> Config:
+    """Small configurations: a teacher task (data) or a harmonic one with 40 neurons -> 15 (width)."""
+    if optimizer != "gd":
+        train.setdefault("batch_size", 32)
+    raw = {"experiment": experiment, "seed": seed, "device": "cpu",
+           "train": {"optimizer": optimizer, "lr": lr, "steps": 40, "eval_every": 10, "dtype": dtype, **train}}
+    if experiment == "data":
+        raw.update(task={"name": "teacher", "n_train": 200, "n_test": 100}, model={"width": 8},
+                   compression={"k": 2, "size": 30})
+    else:
+        raw.update(task={"name": "harmonic", "n_train": 200, "n_test": 100, "order": 2, "frequency": 3.0},
+                   model={"width": 40}, compression={"k": 2, "size": 15})
+    if task:
+        raw["task"].update(task)
+    return parse_config(raw)
+
+
+@pytest.fixture(autouse=True)
+def quiet():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # compression size warnings of the tiny configurations
+        yield
+
+
+@pytest.fixture
+def stack_sizes(monkeypatch) -> list[int]:
+    """The number of models in every stack built (so a test knows batching really happened)."""
+    sizes = []
+    original = stacked.StackedMLP.of.__func__
+
+    def spy(cls, models):
+        sizes.append(len(models))
+        return original(cls, models)
+
+    monkeypatch.setattr(stacked.StackedMLP, "of", classmethod(spy))
+    return sizes
+
+
+def solo_and_together(configs: list[Config]):
+    solo = [run_arms(c) for c in configs]
+    together = run_together([functools.partial(run_arms, c) for c in configs])
+    for result in together:
+        assert not isinstance(result, BaseException), result
+    return solo, together
+
+
+def largest_difference(solo: dict, together: dict, keys: tuple[str, ...] | None = None) -> float:
+    """The largest relative difference of any number (of ``keys``) in any record; identical keys
+    and statuses."""
+    worst = 0.0
+    assert solo.keys() == together.keys()
+    for arm in solo:
+        a, b = solo[arm], together[arm]
+        assert a.status == b.status and len(a.metrics) == len(b.metrics) and a.summary.keys() == b.summary.keys()
+        for ra, rb in zip(a.metrics, b.metrics):
+            assert ra.keys() == rb.keys()
+            for key, value in ra.items():
+                if keys is not None and key not in keys:
+                    continue
+                if isinstance(value, float):
+                    worst = max(worst, abs(value - rb[key]) / max(abs(value), 1e-300))
+                else:
+                    assert value == rb[key], (arm, key)
+    return worst
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+@pytest.mark.parametrize("variant", [{}, {"momentum": 0.9, "weight_decay": 0.05}])
+def test_stacked_optimizers_reproduce_torch_optim(optimizer, variant):
+    if optimizer == "rprop":
+        variant = {}  # no weight decay, no momentum
+    elif optimizer in ("adam", "adamw", "adamax"):
+        variant = {key: value for key, value in variant.items() if key != "momentum"}
+    generator = torch.Generator().manual_seed(0)
+    lrs = torch.tensor([0.01, 0.03, 0.002], dtype=torch.float64)
+    start = torch.randn(3, 4, 5, dtype=torch.float64, generator=generator)
+    grads = [torch.randn(3, 4, 5, dtype=torch.float64, generator=generator) for _ in range(25)]
+    stack = start.clone().requires_grad_()
+    ours = StackedOptimizer([stack], TrainConfig(optimizer=optimizer, lr=1.0, steps=1, **variant))
+    theirs = []
+    for k in range(3):
+        p = start[k].clone().requires_grad_()
+        theirs.append((p, make_optimizer([p], TrainConfig(optimizer=optimizer, lr=float(lrs[k]), steps=1, **variant))))
+    for g in grads:
+        stack.grad = g.clone()
+        ours.step(lrs)
+        for k, (p, optimizer_k) in enumerate(theirs):
+            p.grad = g[k].clone()
+            optimizer_k.step()
+    for k, (p, _) in enumerate(theirs):
+        torch.testing.assert_close(stack.detach()[k], p.detach(), rtol=0, atol=FLOAT64_TOLERANCE)
+
+
+@pytest.mark.parametrize("experiment", ["data", "width"])
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+def test_batched_runs_reproduce_the_loop_at_every_logged_step(experiment, optimizer, stack_sizes):
+    """Three configurations with their own seeds (data, initialisation, batches) and learning rates."""
+    extra = {"momentum": 0.5} if optimizer in ("sgd", "rmsprop") else {}
+    configs = [config(experiment, optimizer, lr, seed, **extra) for seed, lr in [(0, 0.01), (1, 0.003), (2, 0.02)]]
+    solo, together = solo_and_together(configs)
+    for a, b in zip(solo, together):
+        assert largest_difference(a, b) <= FLOAT64_TOLERANCE
+        assert all(len(arm.metrics) == 5 for arm in a.values())  # steps 0, 10, 20, 30, 40
+    # data arms share one shape: one stack of 12 on mini-batches; full batches (gd) stack by training-set
+    # size, the 3 originals and the 9 compressed arms; width: the 3 originals and the 9 compressed
+    assert sorted(stack_sizes) == ([12] if experiment == "data" and optimizer != "gd" else [3, 9])
+
+
+def test_multiplicities_and_their_gradient_division_are_reproduced(stack_sizes):
+    """The width moment arm carries non-unit multiplicities; with and without dividing gradients."""
+    for divide in (True, False):
+        configs = [config("width", "sgd", lr, seed, divide_gradients=divide) for seed, lr in [(3, 0.05), (4, 0.02)]]
+        solo, together = solo_and_together(configs)
+        for a, b in zip(solo, together):
+            assert largest_difference(a, b) <= FLOAT64_TOLERANCE
+        if divide:
+            divided = solo[0]["moment"].metrics[-1]["train_loss"]
+        else:
+            assert solo[0]["moment"].metrics[-1]["train_loss"] != divided  # the division matters here
+    moment, _ = compress_units(init_mlp([2, 40, 1], seed=0), "moment", configs[0].compression, 0, torch.device("cpu"))
+    assert not torch.all(moment.unit_multiplicities(0) == 1)
+
+
+@pytest.mark.parametrize("sampling", ["proportional", "weighted_loss"])
+def test_weighted_training_sets_are_reproduced(sampling):
+    """The data experiment's compressed arms are weighted sets of other sizes than the original."""
+    configs = [config("data", "adam", lr, seed, sampling=sampling) for seed, lr in [(5, 0.01), (6, 0.02)]]
+    solo, together = solo_and_together(configs)
+    for a, b in zip(solo, together):
+        assert largest_difference(a, b) <= FLOAT64_TOLERANCE
+    assert solo[0]["moment"].summary["d_eff"] < solo[0]["original"].summary["d"]
+
+
+def test_a_diverging_model_is_dropped_and_the_others_go_on_unchanged():
+    calm = [config("data", "gd", 0.05, seed) for seed in (0, 1)]
+    wild = config("data", "gd", 1e6, 2)  # its arms diverge at steps 10 and 30
+    with_wild = run_together([functools.partial(run_arms, c) for c in (calm[0], wild, calm[1])])
+    without = run_together([functools.partial(run_arms, c) for c in calm])
+    alone = run_arms(wild)
+    for arm, result in with_wild[1].items():
+        assert result.status == "diverged" and alone[arm].status == "diverged"
+        assert result.metrics[-1]["train_loss"] is None and result.metrics[-1]["step"] < 40
+    assert largest_difference(alone, with_wild[1]) <= FLOAT64_TOLERANCE
+    for a, b in ((without[0], with_wild[0]), (without[1], with_wild[2])):
+        assert largest_difference(a, b) == 0.0  # bit for bit
+        assert all(result.status == "done" and result.metrics[-1]["step"] == 40 for result in b.values())
+
+
+@pytest.mark.parametrize("experiment, optimizer", [("data", "adamw"), ("width", "sgd")])
+def test_float32_batched_losses_stay_within_the_measured_tolerance(experiment, optimizer):
+    configs = [config(experiment, optimizer, lr, seed, dtype="float32") for seed, lr in [(0, 0.01), (1, 0.003)]]
+    solo, together = solo_and_together(configs)
+    for a, b in zip(solo, together):
+        assert largest_difference(a, b, LOSSES) <= FLOAT32_TOLERANCE
+
+
+def test_run_configs_records_what_run_config_records(tmp_path):
+    configs = [config("data", "adamw", lr, seed) for seed, lr in [(0, 0.01), (1, 0.02)]]
+    broken = config("data", task={"name": "mnist", "n_train": 100, "n_test": 50, "data_root": str(tmp_path)})
+    for c in configs:
+        run_config(c, tmp_path / "solo", refresh_table=False)
+    results = run_configs([(c, None) for c in [configs[0], broken, configs[1]]], tmp_path / "batched")
+    assert isinstance(results[1], Exception)  # a missing dataset fails its own runs only
+    for records in (results[0], results[2]):
+        assert [r.status for r in records] == ["done"] * 4
+    batched = pd.read_parquet(tmp_path / "batched" / "runs.parquet").set_index("run_id")
+    assert set(batched.loc[batched["experiment"] == "data", "status"]) == {"done", "failed"}
+    for records in (results[0], results[2]):
+        for record in records:
+            solo_dir, batched_dir = (tmp_path / where / "runs" / record.run_id for where in ("solo", "batched"))
+            a, b = (json.loads((d / "status.json").read_text())["status"] for d in (solo_dir, batched_dir))
+            assert a == b == "done"
+            lines = [[json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
+                     for d in (solo_dir, batched_dir)]
+            assert [r.keys() for r in lines[0]] == [r.keys() for r in lines[1]]
+            np.testing.assert_allclose([r["test_loss"] for r in lines[1]], [r["test_loss"] for r in lines[0]],
+                                       rtol=FLOAT64_TOLERANCE)
+            summaries = [json.loads((d / "summary.json").read_text()) for d in (solo_dir, batched_dir)]
+            assert summaries[0].keys() == summaries[1].keys()
+
+
+def test_batch_keys_join_seeds_and_learning_rates_only_where_shapes_match():
+    base = config("data", "adamw", 0.01, 0)
+    assert batch_key(base) == batch_key(config("data", "adamw", 0.003, 7)) is not None
+    assert batch_key(base) != batch_key(config("data", "adam", 0.01, 0))
+    assert batch_key(config("data", "gd")) != batch_key(config("data", "gd", task={"n_train": 300}))
+    attention = parse_config({"experiment": "attention", "task": {"name": "piecewise"}, "train": {"steps": 5}})
+    assert batch_key(attention) is None
+
+
+SWEEP = {
+    "name": "batched", "experiment": "data", "arms": ["original", "moment"],
+    "task": {"name": "teacher", "n_train": 120, "n_test": 60}, "model": {"width": 6},
+    "compression": {"k": 2, "size": 20},
+    "train": {"optimizer": "adamw", "steps": 30, "batch_size": 16, "eval_every": 10, "dtype": "float64"},
+    "grid": {"train.lr": [0.01, 0.003], "model.width": [6, 7]}, "seeds": 2,
+}
+
+
+def test_the_worker_batches_compatible_jobs_and_matches_one_at_a_time(tmp_path, monkeypatch):
+    import harness.sweep.execute as execute
+
+    sweep = expand_sweep(SWEEP, Path("batched.yaml"))
+    batches = []
+    original = execute.execute_jobs
+    monkeypatch.setattr(execute, "execute_jobs", lambda jobs, *a: batches.append(len(jobs)) or original(jobs, *a))
+    tables = {}
+    for mode, k in (("batched", 3), ("alone", 1)):
+        out = tmp_path / mode
+        queue = RunQueue(str(tmp_path / f"{mode}.journal"), sweep.name, grace_seconds=60)
+        queue.enqueue(jobs(sweep.runs))
+        tally = work(queue, WorkerOptions(out=out, device="cpu", wandb_mode="disabled", batch_models=k))
+        assert tally == {"done": 8}
+        tables[mode] = pd.read_parquet(out / "runs.parquet").set_index("run_id").sort_index()
+    assert batches == [3, 3]  # per width 4 jobs (2 lrs x 2 seeds): 3 batched, 1 alone (run_claim)
+    assert list(tables["batched"].index) == sorted(run.run_id for run in sweep.runs)
+    assert (tables["batched"]["status"] == "done").all()
+    np.testing.assert_allclose(tables["batched"]["test_loss"], tables["alone"]["test_loss"], rtol=FLOAT64_TOLERANCE)
+
+
+def test_claims_take_only_compatible_waiting_jobs(tmp_path):
+    sweep = expand_sweep(SWEEP, Path("batched.yaml"))
+    queue = RunQueue(str(tmp_path / "queue.journal"), sweep.name)
+    queue.enqueue(jobs(sweep.runs))
+    first = queue.claim()
+    more = claim_compatible(queue, first, limit=10)
+    width = first.payload["config"]["model"]["width"]
+    assert len(more) == 3 and all(c.payload["config"]["model"]["width"] == width for c in more)
+    assert len({job_id(parse_config(c.payload["config"])) for c in [first, *more]}) == 4
+    assert queue.counts()["running"] == 4 and queue.counts()["waiting"] == 4
