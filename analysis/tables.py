@@ -48,8 +48,8 @@ def group_record(result: GroupResult, analysis: TableAnalysis) -> dict:
     }
     ratios = {
         (r["denominator"] if r["numerator"] == result.label else r["numerator"]): {
-            "ratio": _num(r["ratio"] if r["numerator"] == result.label else 1.0 / r["ratio"]),
-            "ci": _pair(r["ci"] if r["numerator"] == result.label else (1.0 / r["ci"][1], 1.0 / r["ci"][0])),
+            "ratio": _num(r["ratio"] if r["numerator"] == result.label else _inverse(r["ratio"])),
+            "ci": _pair(r["ci"] if r["numerator"] == result.label else (_inverse(r["ci"][1]), _inverse(r["ci"][0]))),
         }
         for r in analysis.ratios
         if result.label in (r["numerator"], r["denominator"])
@@ -200,3 +200,8 @@ def format_joint(records: list[dict]) -> str:
 def _columns(rows: list[tuple[str, ...]]) -> list[str]:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+
+
+def _inverse(value: float) -> float:
+    """1 / value, with an interval end at 0 (an exponent fitted at 0) inverted to infinity."""
+    return math.inf if value == 0 else 1.0 / value

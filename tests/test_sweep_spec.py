@@ -88,3 +88,15 @@ def test_missing_and_malformed_files(tmp_path):
         load_sweep(tmp_path / "nope.yaml")
     with pytest.raises(UsageError, match=r"bad.yaml: not valid YAML \(line \d+\)"):
         load_sweep(write(tmp_path, "a: 1\nb: [unclosed\n", "bad.yaml"))
+
+
+def test_dry_run_lists_runs_whose_varied_values_are_lists(tmp_path, capsys):
+    from harness.cli import main
+
+    path = write(tmp_path, BASE + """\
+    zip:
+      arms: [[original], [moment, random]]
+      task.n_train: [256, 512]
+""")
+    assert main(["sweep", str(path), "--dry-run"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "3 runs (2 configurations x arms) in sweep tiny"

@@ -207,7 +207,7 @@ def print_plan(sweep) -> None:
     print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
     for row in rows:
         print("  ".join(v.ljust(w) for v, w in zip(row, widths)))
-    configs = len({tuple(sorted(r.varied.items(), key=str)) for r in sweep.runs})
+    configs = len({json.dumps(r.varied, sort_keys=True, default=str) for r in sweep.runs})
     print(f"{len(sweep.runs)} runs ({configs} configurations x arms) in sweep {sweep.name}")
 
 
