@@ -1,0 +1,132 @@
+"""Per-arm summaries of the committed paper results (the numbers FINDINGS.md quotes beside fits.json).
+
+    .venv/bin/python results/paper/summarise.py        # writes results/paper/<exp>/summary.csv
+
+For every results folder with a runs.parquet: per (setting, arm), over seeds, the mean, median and
+range (min, max) of the final test loss, of its ratio to the original arm of the same seed and
+setting (paired: same data, same initialisation, same batches), and of the arm's largest
+trajectory gap to the original (width and attention experiments), or of the compression error
+(symmetric experiments). Only finished ('done') runs. For runtime (E5) folders also
+runtime_slopes.csv (the log-log slope of time against d) and runtime.png; for a folder
+that varies train.sampling, sampling_pairs.csv (paired loss ratios of the two modes).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parent
+SETTINGS = ["train.optimizer", "train.lr", "train.sampling", "d", "width", "task.input_dim", "compression.k"]
+VALUES = ["test_loss", "ratio_to_original", "max_test_gap", "max_train_gap", "error", "relative_error", "compress_seconds",
+          "d_eff", "width_eff"]
+
+
+def summarise(table: pd.DataFrame) -> pd.DataFrame:
+    runs = table[table["status"] == "done"].copy()
+    keys = [c for c in SETTINGS if c in runs.columns and runs[c].nunique(dropna=False) > 1]
+    if "test_loss" in runs.columns and (runs["arm"] == "original").any():
+        base = runs[runs["arm"] == "original"].set_index([*keys, "seed"])["test_loss"]
+        index = pd.MultiIndex.from_frame(runs[[*keys, "seed"]])
+        runs["ratio_to_original"] = runs["test_loss"].to_numpy() / base.reindex(index).to_numpy()
+    values = [c for c in VALUES if c in runs.columns and pd.to_numeric(runs[c], errors="coerce").notna().any()]
+    rows = []
+    for key, part in runs.groupby([*keys, "arm"], dropna=False, sort=True):
+        key = key if isinstance(key, tuple) else (key,)
+        row = dict(zip([*keys, "arm"], key))
+        row["n_seeds"] = len(part)
+        for col in values:
+            v = pd.to_numeric(part[col], errors="coerce").dropna()
+            if v.empty:
+                continue
+            row[f"{col}_mean"], row[f"{col}_median"] = v.mean(), v.median()
+            row[f"{col}_min"], row[f"{col}_max"] = v.min(), v.max()
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def runtime_slopes(table: pd.DataFrame, d_min: float = 4000, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """E5: the exponent b of compress_seconds ~ a d^b per (arm, m), least squares in log-log over
+    every run with d >= d_min, with a 95% percentile interval from resampling runs within each d.
+
+    (The scaling-law fits of `polyscale fit` are built for decreasing losses: their forms keep
+    alpha >= 0, so a growing runtime gets alpha = 0 there.)
+    """
+    runs = table[(table["status"] == "done") & (table["d"] >= d_min)]
+    rng = np.random.default_rng(seed)
+    rows = []
+    for (arm, m), part in runs.groupby(["arm", "task.input_dim"], sort=True):
+        x, y = np.log(part["d"].to_numpy(float)), np.log(part["compress_seconds"].to_numpy(float))
+        slope = np.polyfit(x, y, 1)[0]
+        cells = [np.flatnonzero(x == v) for v in np.unique(x)]
+        boot = []
+        for _ in range(n_boot):
+            pick = np.concatenate([rng.choice(c, len(c)) for c in cells])
+            boot.append(np.polyfit(x[pick], y[pick], 1)[0])
+        lo, hi = np.percentile(boot, [2.5, 97.5])
+        largest = part[part["d"] == part["d"].max()]["compress_seconds"]
+        rows.append({"arm": arm, "m": m, "d_min": d_min, "d_max": part["d"].max(), "n_runs": len(part), "slope": slope,
+                     "slope_lo": lo, "slope_hi": hi, "median_seconds_at_d_max": largest.median()})
+    return pd.DataFrame(rows)
+
+
+def runtime_plot(table: pd.DataFrame, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = table[table["status"] == "done"]
+    fig, ax = plt.subplots(figsize=(6.5, 4.5), constrained_layout=True)
+    for (arm, m), part in runs.groupby(["arm", "task.input_dim"], sort=True):
+        med = part.groupby("d")["compress_seconds"].median()
+        ax.plot(med.index, med.to_numpy(), "o-", label=f"{arm}, m = {m}")
+        ax.scatter(part["d"], part["compress_seconds"], s=6, alpha=0.4)
+    ax.set(xscale="log", yscale="log", xlabel="d (points compressed to 0.1 d, k = 5)", ylabel="seconds (median of seeds)",
+           title="E5: moment compression time (2-core CPU, one thread)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def sampling_pairs(table: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """Beyond the paper: test loss with weighted_loss batches over proportional sampling, paired by
+    (d, seed) (same data, same compression, same initialisation); per d and overall (geometric
+    mean, 95% percentile interval from resampling the pairs)."""
+    runs = table[table["status"] == "done"]
+    pairs = runs.pivot_table(index=["d", "seed"], columns="train.sampling", values="test_loss").dropna()
+    log_ratio = np.log(pairs["weighted_loss"] / pairs["proportional"])
+    rng = np.random.default_rng(seed)
+    rows = []
+    for d, part in [*log_ratio.groupby(level="d"), ("all", log_ratio)]:
+        v = part.to_numpy()
+        boot = [rng.choice(v, len(v)).mean() for _ in range(n_boot)]
+        lo, hi = np.exp(np.percentile(boot, [2.5, 97.5]))
+        rows.append({"d": d, "n_pairs": len(v), "ratio_weighted_loss_over_proportional": np.exp(v.mean()),
+                     "ratio_lo": lo, "ratio_hi": hi, "fraction_weighted_loss_better": float((v < 0).mean())})
+    return pd.DataFrame(rows)
+
+
+def main(folders: list[str]) -> int:
+    paths = [Path(f) for f in folders] or sorted(p.parent for p in ROOT.glob("*/runs.parquet"))
+    for folder in paths:
+        table = pd.read_parquet(folder / "runs.parquet")
+        frame = summarise(table)
+        frame.to_csv(folder / "summary.csv", index=False, float_format="%.6g")
+        print(f"{folder}/summary.csv: {len(frame)} rows")
+        if (table["experiment"] == "runtime").all():
+            runtime_slopes(table).to_csv(folder / "runtime_slopes.csv", index=False, float_format="%.6g")
+            runtime_plot(table, folder / "runtime.png")
+            print(f"{folder}/runtime_slopes.csv, {folder}/runtime.png")
+        if "train.sampling" in table.columns and table["train.sampling"].nunique() == 2:
+            sampling_pairs(table).to_csv(folder / "sampling_pairs.csv", index=False, float_format="%.6g")
+            print(f"{folder}/sampling_pairs.csv")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
