@@ -100,3 +100,16 @@ def test_dry_run_lists_runs_whose_varied_values_are_lists(tmp_path, capsys):
 """)
     assert main(["sweep", str(path), "--dry-run"]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == "3 runs (2 configurations x arms) in sweep tiny"
+
+
+def test_worker_threads_follow_the_option_then_the_environment_then_the_cores(monkeypatch):
+    import os
+
+    from harness.sweep.launch import worker_threads
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert worker_threads(1, 2) == 1
+    assert worker_threads(None, 2) == 3
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert worker_threads(None, 2) == 4 and worker_threads(None, 16) == 1

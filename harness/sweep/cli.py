@@ -93,6 +93,9 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--retries", type=int, default=1, help="re-run a failed run up to this many times (default 1)")
     parser.add_argument("--grace", type=float, default=20.0,
                         help="seconds without a heartbeat before a run's worker is taken for dead (default 20)")
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="CPU threads of each worker's torch (default: $OMP_NUM_THREADS if set, else the "
+                             "cores divided among the workers); 1 is often fastest for small models on shared cores")
     batching = parser.add_mutually_exclusive_group()
     batching.add_argument("--batch-models", type=int, default=None, metavar="K",
                           help="train up to K compatible configurations (same shapes; other seeds, learning rates, "
@@ -117,8 +120,9 @@ def run_sweep(args: argparse.Namespace) -> int:
     options = LaunchOptions(
         out=out, storage=args.storage or os.environ.get(STORAGE_ENV), workers=args.workers, device=args.device,
         wandb_mode=resolve_mode(args.wandb), wandb_project=args.wandb_project, retries=args.retries,
-        grace_seconds=args.grace, batch_models=args.batch_models,
+        grace_seconds=args.grace, batch_models=args.batch_models, threads=args.threads,
     )
+    _set_threads(args.threads)  # for the tuning trials, which run in this process
     if sweep.tune is not None:
         from harness.sweep.tune import tune_sweep
 
@@ -132,6 +136,7 @@ def run_worker(args: argparse.Namespace) -> int:
     from harness.sweep.worker import WorkerOptions, work
 
     _check_counts(args)
+    _set_threads(args.threads)
     out = args.out or Path("results") / args.sweep
     storage = args.storage or os.environ.get(STORAGE_ENV) or default_storage(out)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
@@ -218,5 +223,14 @@ def _check_counts(args) -> None:
         raise UsageError(f"--retries must be >= 0; got {args.retries}")
     if args.grace <= 0:
         raise UsageError(f"--grace must be positive; got {args.grace}")
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads must be at least 1; got {args.threads}")
     if args.batch_models is not None and args.batch_models < 1:
         raise UsageError(f"--batch-models must be at least 1; got {args.batch_models}")
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)

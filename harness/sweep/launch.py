@@ -43,6 +43,7 @@ class LaunchOptions:
     retries: int = 1
     grace_seconds: float = 20.0
     batch_models: int | None = None  # compatible jobs a worker trains at once; None: auto, 1: off
+    threads: int | None = None  # CPU threads per worker; None: $OMP_NUM_THREADS, else cores / workers
 
 
 def default_storage(out: Path) -> str:
@@ -103,7 +104,7 @@ def start_workers(sweep_name: str, storage: str, options: LaunchOptions,
 
     ``batch_models``: passed on as ``--batch-models`` (None: each worker's own auto)."""
     devices = assign_devices(options.device, options.workers)
-    threads = max(1, (os.cpu_count() or 1) // options.workers)
+    threads = worker_threads(options.threads, options.workers)
     env = {**os.environ, STORAGE_ENV: storage, "OMP_NUM_THREADS": str(threads), "WANDB_SILENT": "true"}
     workers = []
     for device in devices:
@@ -186,3 +187,13 @@ def write_manifest(sweep: Sweep, out: Path, storage: str) -> None:
     tmp = out / "sweep.json.tmp"
     tmp.write_text(json.dumps(manifest, indent=1))
     tmp.replace(out / "sweep.json")
+
+
+def worker_threads(requested: int | None, workers: int) -> int:
+    """CPU threads per worker: --threads, else $OMP_NUM_THREADS, else the cores divided among workers."""
+    if requested:
+        return requested
+    inherited = os.environ.get("OMP_NUM_THREADS", "")
+    if inherited.isdigit() and int(inherited) > 0:
+        return int(inherited)
+    return max(1, (os.cpu_count() or 1) // workers)
