@@ -9,12 +9,13 @@ import pytest
 
 from analysis.joint import fit_joint, objective
 
-CHINCHILLA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "chinchilla_fig4_extracted.csv"
+# A copy of ../shared/data/chinchilla_fig4_extracted.csv (provenance in tests/data/README.md), so
+# the check runs wherever the repository is checked out.
+CHINCHILLA = Path(__file__).resolve().parent / "data" / "chinchilla_fig4_extracted.csv"
 # Besiroglu et al. 2024: their paper and their notebook (the spread between them).
 PUBLISHED = {"E": (1.82, 1.82), "A": (478.0, 482.0), "B": (2085.0, 2144.0), "alpha": (0.347, 0.347), "beta": (0.366, 0.366)}
 
 
-@pytest.mark.skipif(not CHINCHILLA.is_file(), reason=f"reference data {CHINCHILLA} is absent (shared/ is not beside the repo)")
 def test_chinchilla_refit_reproduces_the_published_parameters_within_2_percent():
     data = pd.read_csv(CHINCHILLA)
     n, loss = data["Model Size"].to_numpy(), data["loss"].to_numpy()
