@@ -12,14 +12,6 @@ from harness.experiments import run_arms, run_one
 from harness.experiments.common import Seeds
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 DATA = {
     "experiment": "data",
     "task": {"name": "teacher", "n_train": 1000, "n_test": 500},

@@ -25,15 +25,6 @@ SMALL_E3 = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Small nets on shared cores: a second intra-op thread made these tests up to 4x slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _gaps(result) -> np.ndarray:
     return np.array([np.inf if r["train_gap"] is None else r["train_gap"] for r in result.metrics])
 

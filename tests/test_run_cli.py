@@ -1,8 +1,6 @@
 """``polyscale run``: the command line over run_config."""
 
 import pandas as pd
-import pytest
-import torch
 
 from harness.cli import main
 from harness.config import load_configs
@@ -14,14 +12,6 @@ model: {width: 30}
 compression: {k: 1, size: 10}
 train: {optimizer: adamw, lr: 0.01, steps: 6, batch_size: 20, eval_every: 3}
 """
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def test_run_records_every_arm_and_skips_them_the_second_time(tmp_path, capsys):

@@ -4,7 +4,6 @@ import json
 
 import pandas as pd
 import pytest
-import torch
 
 from harness.config import parse_config
 from harness.errors import UsageError
@@ -18,14 +17,6 @@ REQUIRED = ["run_id", "experiment", "arm", "seed", "d", "d_eff", "width", "width
 TINY_WIDTH = {"experiment": "width", "task": {"name": "teacher", "n_train": 100, "n_test": 50}, "model": {"width": 30},
               "compression": {"k": 1, "size": 10},
               "train": {"optimizer": "sgd", "lr": 0.01, "steps": 10, "batch_size": 20, "eval_every": 5}}
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def test_run_config_writes_every_file_and_the_table(tmp_path):
