@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from harness.compression import compress, n_moments
+from harness.compression import Compression, compress, n_moments
 from harness.config import Config, CompressionConfig
 
 # Called with (arm, record) at every evaluation of a training experiment, as it happens.
@@ -57,8 +57,15 @@ def warm_up_compression(arms: tuple[str, ...], compression: CompressionConfig, m
     timed ones (E1, E5, E7) exclude one-off costs such as CUDA's lazily loaded linear algebra."""
     points = np.random.default_rng(0).uniform(-1.0, 1.0, (2 * n_moments(m, compression.k) + 1, m))
     for arm in arms:
-        compress(torch.as_tensor(points, device=device) if arm == "moment" else points, k=compression.k,
-                 method=method_of(arm, compression), seed=0)
+        compress_objects(points, arm, compression, None, 0, device)
+
+
+def compress_objects(objects: np.ndarray, arm: str, compression: CompressionConfig, size, seed: int,
+                     device: torch.device) -> Compression:
+    """An arm's compression of (d, m) objects: the moment arm's linear algebra on ``device``, the
+    baselines on the host (E1, E5, E7). ``size``: a size rule, None for N(m, k)."""
+    points = torch.as_tensor(objects, device=device) if arm == "moment" else objects
+    return compress(points, k=compression.k, size=size, method=method_of(arm, compression), seed=seed)
 
 
 def dtype_of(config: Config) -> torch.dtype:

@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import torch
 
-from harness.compression import compress
 from harness.config import Config
 from harness.data.symmetric import symmetric_problem
-from harness.experiments.common import ArmResult, OnRecord, Seeds, method_of, warm_up_compression
+from harness.experiments.common import ArmResult, OnRecord, Seeds, compress_objects, warm_up_compression
 
 
 def run(config: Config, arms: tuple[str, ...], device: torch.device, on_record: OnRecord | None = None) -> dict[str, ArmResult]:
@@ -24,9 +23,7 @@ def run(config: Config, arms: tuple[str, ...], device: torch.device, on_record: 
     warm_up_compression(arms, config.compression, task.input_dim, device)
     results = {}
     for arm in arms:
-        points = torch.as_tensor(objects, device=device) if arm == "moment" else objects
-        result = compress(points, k=config.compression.k, size=config.compression.size,
-                          method=method_of(arm, config.compression), seed=seeds.compression)
+        result = compress_objects(objects, arm, config.compression, config.compression.size, seeds.compression, device)
         record = {"step": 0, "compress_seconds": result.seconds, "moment_error": result.moment_error,
                   "d_eff": result.size}
         if on_record is not None:

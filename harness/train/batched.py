@@ -23,7 +23,6 @@ harness/train/handoff.py.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -35,7 +34,7 @@ from tqdm import tqdm
 from harness.config import TrainConfig
 from harness.models import MLP
 from harness.train import handoff, loop
-from harness.train.loop import Arm, Evaluate, OnRecord, _finite_or_none
+from harness.train.loop import Arm, Evaluate, OnRecord, record_evaluation
 from harness.train.losses import LossFn
 from harness.train.optim import make_schedule
 from harness.train.stacked import StackedMLP, shape_of
@@ -225,19 +224,9 @@ class _Lockstep:
     def record(self, step: int) -> None:
         """Each call's evaluation of its live arms, recorded as the loop records it."""
         for call, factor in zip(self.calls, self.factors):
-            live = [arm for arm in call.arms if arm.status == "running"]
-            if not live:
-                continue
-            results = call.evaluate(live)
             per_step = call.train.batch_size if call.train.batch_size is not None else call.epoch_size
-            for arm in live:
-                entry = {"step": step, "epoch": step * per_step / call.epoch_size, "lr": call.train.lr * factor(step)}
-                entry.update(results[arm.name])
-                if not math.isfinite(entry["train_loss"]):
-                    arm.status = "diverged"
-                entry = {key: _finite_or_none(value) for key, value in entry.items()}
-                arm.history.append(entry)
-                if call.on_record is not None:
-                    call.on_record(arm.name, entry)
+            lr = call.train.lr * factor(step)
+            record_evaluation(call.arms, call.evaluate, step, step * per_step / call.epoch_size, lambda arm: lr,
+                              call.on_record)
         for stack in self.stacks:
             stack.drop_diverged()

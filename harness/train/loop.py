@@ -58,17 +58,8 @@ def train_side_by_side(arms: list[Arm], train: TrainConfig, steps: int, loss_fn:
     per_step = train.batch_size if train.batch_size is not None else epoch_size
 
     def record(step: int) -> None:
-        live = [arm for arm in arms if arm.status == "running"]
-        results = evaluate(live)
-        for arm in live:
-            entry = {"step": step, "epoch": step * per_step / epoch_size, "lr": schedules[arm.name].get_last_lr()[0]}
-            entry.update(results[arm.name])
-            if not math.isfinite(entry["train_loss"]):
-                arm.status = "diverged"
-            entry = {key: _finite_or_none(value) for key, value in entry.items()}
-            arm.history.append(entry)
-            if on_record is not None:
-                on_record(arm.name, entry)
+        record_evaluation(arms, evaluate, step, step * per_step / epoch_size,
+                          lambda arm: schedules[arm.name].get_last_lr()[0], on_record)
 
     record(0)
     for step in tqdm(range(1, steps + 1), desc=description, disable=None, leave=False, mininterval=1.0):
@@ -91,6 +82,25 @@ def train_side_by_side(arms: list[Arm], train: TrainConfig, steps: int, loss_fn:
     for arm in arms:
         if arm.status == "running":
             arm.status = "done"
+
+
+def record_evaluation(arms: list[Arm], evaluate: Evaluate, step: int, epoch: float, lr_of: Callable[[Arm], float],
+                      on_record: OnRecord | None) -> None:
+    """Evaluate the running arms and append one record each (step, epoch, lr, then the evaluation's
+    values; non-finite values as null). An arm whose training loss is not finite is marked diverged."""
+    live = [arm for arm in arms if arm.status == "running"]
+    if not live:
+        return
+    results = evaluate(live)
+    for arm in live:
+        entry = {"step": step, "epoch": epoch, "lr": lr_of(arm)}
+        entry.update(results[arm.name])
+        if not math.isfinite(entry["train_loss"]):
+            arm.status = "diverged"
+        entry = {key: _finite_or_none(value) for key, value in entry.items()}
+        arm.history.append(entry)
+        if on_record is not None:
+            on_record(arm.name, entry)
 
 
 def _step(arm: Arm, rows: torch.Tensor | None, loss_weights: torch.Tensor, loss_fn: LossFn,
