@@ -106,3 +106,14 @@ def test_tuning_picks_each_cells_best_trial_resumes_and_fixes_the_final_runs(tmp
     again, _ = tune_sweep(sweep, out, storage, device="cpu")  # a rerun adds no trial, changes nothing
     assert len(pd.read_parquet(out / "tune" / "runs.parquet")) == len(trials)
     assert [run.run_id for run in again.runs] == [run.run_id for run in tuned.runs]
+
+
+def test_cells_may_be_keyed_by_list_values(tmp_path):
+    text = SPEC.replace("    arms: [original, moment]\n", "").replace(
+        "    grid:\n      task.n_train: [96, 160]\n",
+        "    zip:\n      arms: [[original], [original, moment]]\n      task.n_train: [96, 160]\n")
+    sweep = load_sweep(write(tmp_path, text + TUNE.replace("      arm: original\n", "")))
+    cells = [(dict(cell.values), cell.arm) for cell in tuning_cells(sweep)]
+    assert cells == [({"arms": ["original"], "task.n_train": 96}, "original"),
+                     ({"arms": ["original", "moment"], "task.n_train": 160}, "original"),
+                     ({"arms": ["original", "moment"], "task.n_train": 160}, "moment")]

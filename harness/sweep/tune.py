@@ -63,12 +63,21 @@ class Best:
 def tuning_cells(sweep: Sweep) -> list[Cell]:
     """The (cell, arm) pairs to tune, in the sweep's order; a cell's data is its first run's."""
     spec = _spec(sweep)
-    cells: dict[tuple, Cell] = {}
+    cells: dict[str, Cell] = {}
     for run in sweep.runs:
-        arm = spec.arm or run.arm
-        values = tuple((key, run.varied[key]) for key in spec.per)
-        cells.setdefault((values, arm), Cell(values, arm, run.raw))
+        values, arm = _cell_of(run, spec)
+        cells.setdefault(_key(values, arm), Cell(values, arm, run.raw))
     return list(cells.values())
+
+
+def _cell_of(run: PlannedRun, spec: TuneSpec) -> tuple[tuple[tuple[str, object], ...], str]:
+    """The cell (its values of ``tune.per``) and the tuned arm whose best values ``run`` takes."""
+    return tuple((key, run.varied[key]) for key in spec.per), spec.arm or run.arm
+
+
+def _key(values: tuple, arm: str) -> str:
+    """A cell's dictionary key: its values may be lists (a zip of arms), which do not hash."""
+    return json.dumps([values, arm], default=str)
 
 
 def tune_sweep(sweep: Sweep, out: Path, storage_url: str, device: str = "auto") -> tuple[Sweep, list[Best]]:
@@ -140,10 +149,10 @@ def trial_config(cell: Cell, values: dict, spec: TuneSpec):
 def apply_best(sweep: Sweep, results: list[Best]) -> Sweep:
     """The sweep's runs at their cell's best values (new run ids; each arm its own configuration)."""
     spec = _spec(sweep)
-    best = {(r.cell.values, r.cell.arm): r.params for r in results}
+    best = {_key(r.cell.values, r.cell.arm): r.params for r in results}
     runs = []
     for run in sweep.runs:
-        values = best[(tuple((key, run.varied[key]) for key in spec.per), spec.arm or run.arm)]
+        values = best[_key(*_cell_of(run, spec))]
         raw = with_values(run.raw, {**values, "arms": [run.arm]}, sweep.source)
         config = parse_config(raw, f"{sweep.source.name} [tuned]")
         runs.append(PlannedRun(run_id(config, run.arm), run.arm, config, raw, {**run.varied, **values}))
