@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from harness.compression import compress, n_moments, parse_size, reduce_support
-from harness.compression.caratheodory import eliminate
+from harness.compression.caratheodory import eliminate, lu_tableau
 from harness.compression.partition import kd_cells, morton_order
 from harness.data.symmetric import sigmoid_sum, uniform_objects
 
@@ -174,6 +174,23 @@ def test_eliminate_removes_exactly_the_requested_count_and_keeps_moments(rank_re
     before = torch.einsum("bs,bsn->bn", weights, features)
     after = torch.einsum("bs,bsn->bn", new, features)
     assert torch.allclose(before, after, rtol=1e-12, atol=1e-12)
+
+
+def test_eliminate_moves_all_weight_onto_the_basis_when_its_solution_is_feasible():
+    """Light non-basic points: the basic solution is positive, so every one of them goes at once and
+    the basic weights are the unique solution of F_B^T w = F^T c (numpy's solve)."""
+    rng = np.random.default_rng(11)
+    features = torch.as_tensor(rng.uniform(-1, 1, size=(1, 40, 12)))
+    features[..., 0] = 1.0
+    basic, free, _ = lu_tableau(features, 40 - 12)
+    weights = torch.full((1, 40), 1e-4, dtype=torch.float64)
+    weights[0, basic[0]] = 1.0
+    new = eliminate(features, weights, torch.tensor([28]))
+    f, c = features[0].numpy(), weights[0].numpy()
+    expected = np.linalg.solve(f[basic[0].numpy()].T, f.T @ c)
+    assert expected.min() > 0
+    np.testing.assert_array_equal(new[0, free[0]].numpy(), 0.0)
+    np.testing.assert_allclose(new[0, basic[0]].numpy(), expected, rtol=1e-12)
 
 
 @pytest.mark.parametrize("rank_revealing", [False, True])

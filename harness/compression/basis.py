@@ -73,10 +73,11 @@ def product_features(x: torch.Tensor, k: int, basis: str = "legendre") -> torch.
     m = x.shape[-1]
     table = _legendre_table(x, k) if basis == "legendre" else _power_table(x, k)
     index = torch.tensor(exponents(m, k), device=x.device)  # (N, m)
-    # Coordinate-major layout: each factor is a gather of whole rows of length n (fast copies).
-    features = table[..., 0, index[:, 0], :]
+    # Coordinate-major layout: each factor is a gather of whole rows of length n (fast copies),
+    # and the (..., n, N) result is a transposed view: the column-major layout LAPACK wants.
+    features = table[..., 0, :, :].index_select(-2, index[:, 0])
     for j in range(1, m):
-        features = features * table[..., j, index[:, j], :]
+        features = features * table[..., j, :, :].index_select(-2, index[:, j])
     return features.transpose(-1, -2)
 
 

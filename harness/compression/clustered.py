@@ -7,7 +7,8 @@ section 3). Each round here:
 1. splits the live points into kd cells of about 2N points (small diameter, similar sizes);
 2. orders the cells by diameter and picks the smallest ones until their combined capacity
    (cell size - N) covers the excess over the target, the last one only partly, as the
-   proof's greedy smallest-diameter choice does;
+   proof's greedy smallest-diameter choice does (cells one point larger than the rest take part
+   with all but one point, so that one batch holds them all);
 3. reduces all picked cells at once with the batched Caratheodory elimination, each cell in its
    own [-1, 1]^m box and Legendre basis (so the moments of each cell are preserved exactly).
 
@@ -40,14 +41,15 @@ def clustered_weights(x: torch.Tensor, weights: torch.Tensor, k: int, target: in
     c = weights.clone()
     live = np.flatnonzero(c.cpu().numpy() > 0)
     while len(live) > target:
-        for members, remove in _pick_cells(grid[live], len(live) - target, n_features):
-            size = members.shape[1]
-            per_batch = max(1, WORKING_SET_BYTES.get(x.device.type, WORKING_SET_BYTES['cpu']) // (8 * size * max(1, size - n_features)))
-            for start in range(0, len(members), per_batch):
-                rows = torch.as_tensor(live[members[start : start + per_batch]], device=x.device)
-                features = product_features(to_box(unit[rows]), k)
-                cut = torch.as_tensor(remove[start : start + per_batch], device=x.device)
-                c[rows] = eliminate(features, c[rows], cut)
+        members, remove = _pick_cells(grid[live], len(live) - target, n_features)
+        size = members.shape[1]
+        working_set = WORKING_SET_BYTES.get(x.device.type, WORKING_SET_BYTES["cpu"])
+        per_batch = max(1, working_set // (8 * size * (size - n_features)))
+        for start in range(0, len(members), per_batch):
+            rows = torch.as_tensor(live[members[start : start + per_batch]], device=x.device)
+            features = product_features(to_box(unit[rows]), k)
+            cut = torch.as_tensor(remove[start : start + per_batch], device=x.device)
+            c[rows] = eliminate(features, c[rows], cut)
         survivors = (c[torch.as_tensor(live, device=x.device)] > 0).cpu().numpy()
         if survivors.all():
             raise RuntimeError("clustered compression made no progress; please report this input")
@@ -55,24 +57,26 @@ def clustered_weights(x: torch.Tensor, weights: torch.Tensor, k: int, target: in
     return c
 
 
-def _pick_cells(points: np.ndarray, excess: int, n_features: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Cells to reduce this round, batched by cell size, and how many points each drops.
+def _pick_cells(points: np.ndarray, excess: int, n_features: int) -> tuple[np.ndarray, np.ndarray]:
+    """Cells to reduce this round, all of one size, and how many points each drops.
 
-    Returns one ``(members, remove)`` pair per distinct cell size (kd cells have at most two):
-    members (B, s) are row positions into ``points``; remove (B,) how many of each cell's points
-    to drop. The removals add up to min(excess, total capacity).
+    kd cells have two sizes, s and s + 1; a cell of s + 1 takes part with its first s points (the
+    last one waits for the next round), so that all cells reduce in one batch: one walk of the
+    batched elimination per round instead of two.
+
+    Returns:
+        members (B, s): row positions into ``points`` of the picked cells, smallest diameter
+        first; remove (B,): how many of each cell's points to drop, adding up to
+        min(excess, total capacity).
     """
-    cells = kd_cells(points, 2 * n_features)
-    capacity = np.maximum(cells.sizes - n_features, 0)
+    # kd cells hold at least (cell size) / sqrt(2) points, rounded down: with 2N + 2 that is more
+    # than N for every N, so every cell can drop a point.
+    cells = kd_cells(points, 2 * n_features + 2)
+    size = int(cells.sizes.min())
+    capacity = size - n_features
     by_diameter = np.argsort(cells.diameters(points), kind="stable")
-    reach = np.cumsum(capacity[by_diameter])
-    n_picked = min(int(np.searchsorted(reach, excess)) + 1, len(by_diameter))
-    picked = by_diameter[:n_picked]
-    remove = capacity[picked].copy()
-    remove[-1] -= max(0, int(reach[n_picked - 1]) - excess)
-    batches = []
-    for size in np.unique(cells.sizes[picked]):
-        same = cells.sizes[picked] == size
-        members = cells.order[cells.starts[picked[same], None] + np.arange(size)]
-        batches.append((members, remove[same]))
-    return batches
+    n_picked = min(-(-excess // capacity), len(by_diameter))
+    remove = np.full(n_picked, capacity)
+    remove[-1] -= max(0, n_picked * capacity - excess)
+    members = cells.order[cells.starts[by_diameter[:n_picked], None] + np.arange(size)]
+    return members, remove

@@ -1,7 +1,7 @@
 """Spatial partitions of a point set into groups of small diameter, fully vectorised.
 
 ``kd_cells`` splits every cell at the median of its widest coordinate, level by level (one
-lexsort per level), so the cells of one level have sizes within one of each other and small
+argsort per level), so the cells of one level have sizes within one of each other and small
 diameters: the groups of the paper's Algorithm 1. ``morton_order`` sorts points along a Z-order
 curve in one argsort: a cheaper spatially coherent order for the global recombination, whose
 groups only need distinct barycentres.
@@ -45,18 +45,23 @@ def kd_cells(points: np.ndarray, cell_size: int) -> Cells:
     """
     n = len(points)
     depth = max(0, round(math.log2(n / cell_size))) if n > cell_size else 0
+    columns = np.ascontiguousarray(points.T)  # coordinate-major: gathers copy whole rows
     order = np.arange(n)
     starts = np.zeros(1, dtype=np.int64)
     sizes = np.array([n], dtype=np.int64)
     for _ in range(depth):
         labels = np.repeat(np.arange(len(sizes)), sizes)
-        sorted_points = points[order]
-        span = np.maximum.reduceat(sorted_points, starts, axis=0) - np.minimum.reduceat(
-            sorted_points, starts, axis=0
-        )
-        widest = np.argmax(span, axis=1)
-        key = sorted_points[np.arange(n), widest[labels]]
-        order = order[np.lexsort((key, labels))]
+        sorted_columns = np.take(columns, order, axis=1)
+        low_corner = np.minimum.reduceat(sorted_columns, starts, axis=1)
+        span = np.maximum.reduceat(sorted_columns, starts, axis=1) - low_corner
+        widest = np.argmax(span, axis=0)
+        # Sort each cell along its widest coordinate in one argsort: the key, scaled into
+        # [0, 0.5] within its cell, plus the cell's label (cells are contiguous in ``order``).
+        cell = np.arange(len(sizes))
+        lo, width = low_corner[widest, cell], span[widest, cell]
+        scale = np.divide(0.5, width, out=np.zeros_like(width), where=width > 0)
+        key = sorted_columns.ravel()[widest[labels] * n + np.arange(n)]
+        order = order[np.argsort((key - lo[labels]) * scale[labels] + labels)]
         low = sizes // 2
         sizes = np.stack([low, sizes - low], axis=1).ravel()
         starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
