@@ -13,8 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from harness.compression import compress, n_moments, parse_size, reduce_support
+from harness.compression.basis import exponents, product_features
 from harness.compression.caratheodory import eliminate, lu_tableau
-from harness.compression.partition import kd_cells, morton_order
+from harness.compression.partition import kd_cells, merge_siblings, morton_order
 from harness.data.symmetric import sigmoid_sum, uniform_objects
 
 TOLERANCE = 1e-9
@@ -227,6 +228,32 @@ def test_clustered_is_exact_on_integer_grids_full_of_ties_and_rank_deficient_cel
             result = compress(points, np.ones(d), k=k, method="clustered")
         assert result.weights.sum() == pytest.approx(d, rel=1e-12), seed
         assert relative_error(points, np.ones(d), result.points, result.weights, k) <= TOLERANCE, seed
+
+
+def test_legendre_features_are_products_of_normalised_legendre_polynomials():
+    """Against numpy's Legendre series: feature a of point x is prod_j sqrt(2 a_j + 1) P_{a_j}(x_j)."""
+    x = np.random.default_rng(3).uniform(-1, 1, size=(2, 9, 3))
+    features = product_features(torch.as_tensor(x), 4).numpy()  # (2, 9, N(3, 4))
+    expected = np.ones((2, 9, n_moments(3, 4)))
+    for column, powers in enumerate(exponents(3, 4)):
+        for j, p in enumerate(powers):
+            expected[..., column] *= np.sqrt(2 * p + 1) * np.polynomial.legendre.legval(x[..., j], np.eye(p + 1)[p])
+    np.testing.assert_allclose(features, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_merging_kd_siblings_gives_the_cells_one_level_up_over_the_kept_points():
+    points = np.random.default_rng(8).normal(size=(1024, 3))
+    fine, coarse = kd_cells(points, 64), kd_cells(points, 128)  # depths 4 and 3
+
+    def groups(cells, index):
+        return sorted(tuple(sorted(index[cells.order[a : a + n]])) for a, n in zip(cells.starts, cells.sizes))
+
+    everything = np.arange(1024)
+    assert groups(merge_siblings(fine, np.ones(1024, bool)), everything) == groups(coarse, everything)
+    keep = np.random.default_rng(9).random(1024) < 0.4
+    kept = np.flatnonzero(keep)
+    expected = sorted(tuple(sorted(set(group) & set(kept))) for group in groups(coarse, everything))
+    assert groups(merge_siblings(fine, keep), kept) == expected
 
 
 def test_kd_cells_partition_points_into_equal_cells_and_morton_is_a_permutation():

@@ -4,7 +4,9 @@ Global moment matching keeps N(m,k) points but approximates a non-polynomial fun
 matching the moments of each small ball separately is what drives the error down (SPEC
 section 3). Each round here:
 
-1. splits the live points into kd cells of about 2N points (small diameter, similar sizes);
+1. takes kd cells of about 2N live points (small diameter, similar sizes): the first round splits
+   all the points; a round that reduced every cell leaves about N points in each, so the next
+   one merges each cell with its kd sibling instead of splitting again;
 2. orders the cells by diameter and picks the smallest ones until their combined capacity
    (cell size - N) covers the excess over the target, the last one only partly, as the
    proof's greedy smallest-diameter choice does (cells one point larger than the rest take part
@@ -23,7 +25,7 @@ import torch
 
 from harness.compression.basis import n_moments, product_features, to_box
 from harness.compression.caratheodory import eliminate
-from harness.compression.partition import kd_cells
+from harness.compression.partition import Cells, kd_cells, merge_siblings
 
 # Bytes of null vectors one batched elimination may hold. Each step updates all of them, so on a
 # CPU they should stay in cache (many small batches); a GPU wants wide batches instead.
@@ -40,8 +42,14 @@ def clustered_weights(x: torch.Tensor, weights: torch.Tensor, k: int, target: in
     grid = unit.cpu().numpy()
     c = weights.clone()
     live = np.flatnonzero(c.cpu().numpy() > 0)
+    cells = None
     while len(live) > target:
-        members, remove = _pick_cells(grid[live], len(live) - target, n_features)
+        points = grid[live]
+        if cells is None or cells.sizes.min() <= n_features:
+            # kd cells hold at least (cell size) / sqrt(2) points, rounded down: with 2N + 2 that
+            # is more than N for every N, so every cell can drop a point.
+            cells = kd_cells(points, 2 * n_features + 2)
+        members, remove = _pick_cells(cells, points, len(live) - target, n_features)
         size = members.shape[1]
         working_set = WORKING_SET_BYTES.get(x.device.type, WORKING_SET_BYTES["cpu"])
         per_batch = max(1, working_set // (8 * size * (size - n_features)))
@@ -53,25 +61,23 @@ def clustered_weights(x: torch.Tensor, weights: torch.Tensor, k: int, target: in
         survivors = (c[torch.as_tensor(live, device=x.device)] > 0).cpu().numpy()
         if survivors.all():
             raise RuntimeError("clustered compression made no progress; please report this input")
+        cells = merge_siblings(cells, survivors)
         live = live[survivors]
     return c
 
 
-def _pick_cells(points: np.ndarray, excess: int, n_features: int) -> tuple[np.ndarray, np.ndarray]:
+def _pick_cells(cells: Cells, points: np.ndarray, excess: int, n_features: int) -> tuple[np.ndarray, np.ndarray]:
     """Cells to reduce this round, all of one size, and how many points each drops.
 
-    kd cells have two sizes, s and s + 1; a cell of s + 1 takes part with its first s points (the
-    last one waits for the next round), so that all cells reduce in one batch: one walk of the
-    batched elimination per round instead of two.
+    kd cells differ in size by a point or two; a larger cell takes part with its first s points
+    (s the smallest size; the rest wait for the next round), so that all cells reduce in one
+    batch: one walk of the batched elimination per round.
 
     Returns:
         members (B, s): row positions into ``points`` of the picked cells, smallest diameter
         first; remove (B,): how many of each cell's points to drop, adding up to
         min(excess, total capacity).
     """
-    # kd cells hold at least (cell size) / sqrt(2) points, rounded down: with 2N + 2 that is more
-    # than N for every N, so every cell can drop a point.
-    cells = kd_cells(points, 2 * n_features + 2)
     size = int(cells.sizes.min())
     capacity = size - n_features
     by_diameter = np.argsort(cells.diameters(points), kind="stable")

@@ -2,9 +2,9 @@
 
 ``kd_cells`` splits every cell at the median of its widest coordinate, level by level (one
 argsort per level), so the cells of one level have sizes within one of each other and small
-diameters: the groups of the paper's Algorithm 1. ``morton_order`` sorts points along a Z-order
-curve in one argsort: a cheaper spatially coherent order for the global recombination, whose
-groups only need distinct barycentres.
+diameters: the groups of the paper's Algorithm 1; ``merge_siblings`` goes one level back up.
+``morton_order`` sorts points along a Z-order curve in one argsort: a cheaper spatially coherent
+order for the global recombination, whose groups only need distinct barycentres.
 """
 
 from __future__ import annotations
@@ -66,6 +66,20 @@ def kd_cells(points: np.ndarray, cell_size: int) -> Cells:
         sizes = np.stack([low, sizes - low], axis=1).ravel()
         starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
     return Cells(order=order, starts=starts, sizes=sizes)
+
+
+def merge_siblings(cells: Cells, keep: np.ndarray) -> Cells:
+    """The cells one kd level up, over the points kept: each cell joined with its sibling.
+
+    ``keep`` is a (n,) mask over the points ``cells`` partitions; the result indexes the kept
+    points (0 .. keep.sum() - 1). ``kd_cells`` numbers the two halves of a split 2j and 2j + 1,
+    next to each other in ``order``, so the parent of cell c is c // 2 and stays contiguous.
+    """
+    kept = keep[cells.order]
+    position = np.cumsum(keep) - 1
+    sizes = np.bincount(cells.labels[kept] // 2, minlength=(len(cells.sizes) + 1) // 2)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    return Cells(order=position[cells.order[kept]], starts=starts, sizes=sizes)
 
 
 def morton_order(points: np.ndarray) -> np.ndarray:
