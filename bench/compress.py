@@ -22,7 +22,8 @@ import torch
 
 from harness.compression import compress, n_moments, raw_moments, relative_moment_error
 from harness.compression.basis import product_features, to_box
-from harness.compression.clustered import _pick_cells
+from harness.compression.clustered import _pick_cells, _round_cells
+from harness.compression.partition import merge_siblings
 
 
 def plain_peel(features: np.ndarray, weights: np.ndarray, n_remove: int) -> np.ndarray:
@@ -50,13 +51,17 @@ def plain_peel_clustered(points: np.ndarray, k: int, target: int) -> np.ndarray:
     unit = to_box(torch.as_tensor(points)).numpy()
     c = np.ones(len(points))
     live = np.arange(len(points))
+    cells = None
     while len(live) > target:
-        members, remove = _pick_cells(unit[live], len(live) - target, n_features)
+        cells = _round_cells(cells, unit[live], n_features)
+        members, remove = _pick_cells(cells, unit[live], len(live) - target, n_features)
         for cell, count in zip(members, remove):
             rows = live[cell]
             features = product_features(to_box(torch.as_tensor(unit[rows])), k).numpy()
             c[rows] = plain_peel(features, c[rows], int(count))
-        live = live[c[live] > 0]
+        survivors = c[live] > 0
+        cells = merge_siblings(cells, survivors)
+        live = live[survivors]
     return c
 
 

@@ -45,10 +45,7 @@ def clustered_weights(x: torch.Tensor, weights: torch.Tensor, k: int, target: in
     cells = None
     while len(live) > target:
         points = grid[live]
-        if cells is None or cells.sizes.min() <= n_features:
-            # kd cells hold at least (cell size) / sqrt(2) points, rounded down: with 2N + 2 that
-            # is more than N for every N, so every cell can drop a point.
-            cells = kd_cells(points, 2 * n_features + 2)
+        cells = _round_cells(cells, points, n_features)
         members, remove = _pick_cells(cells, points, len(live) - target, n_features)
         size = members.shape[1]
         working_set = WORKING_SET_BYTES.get(x.device.type, WORKING_SET_BYTES["cpu"])
@@ -64,6 +61,18 @@ def clustered_weights(x: torch.Tensor, weights: torch.Tensor, k: int, target: in
         cells = merge_siblings(cells, survivors)
         live = live[survivors]
     return c
+
+
+def _round_cells(merged: Cells | None, points: np.ndarray, n_features: int) -> Cells:
+    """This round's cells: the previous round's merged with their siblings, or fresh kd cells.
+
+    Fresh ones on the first round, and whenever a merged cell could drop nothing (N points or
+    fewer). kd cells hold at least (cell size) / sqrt(2) points, rounded down: with 2N + 2 that is
+    more than N for every N, so every cell can drop a point.
+    """
+    if merged is None or merged.sizes.min() <= n_features:
+        return kd_cells(points, 2 * n_features + 2)
+    return merged
 
 
 def _pick_cells(cells: Cells, points: np.ndarray, excess: int, n_features: int) -> tuple[np.ndarray, np.ndarray]:
