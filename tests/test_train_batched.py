@@ -27,7 +27,7 @@ from harness.sweep.launch import jobs
 from harness.sweep.queue import RunQueue
 from harness.sweep.spec import expand_sweep
 from harness.sweep.worker import WorkerOptions, work
-from harness.train import run_together, stacked
+from harness.train import batched, run_together, stacked
 from harness.train.optim import make_optimizer
 from harness.train.stacked_optim import StackedOptimizer
 
@@ -146,6 +146,17 @@ def test_batched_runs_reproduce_the_loop_at_every_logged_step(experiment, optimi
     # data arms share one shape: one stack of 12 on mini-batches; full batches (gd) stack by training-set
     # size, the 3 originals and the 9 compressed arms; width: the 3 originals and the 9 compressed
     assert sorted(stack_sizes) == ([12] if experiment == "data" and optimizer != "gd" else [3, 9])
+
+
+def test_a_small_cpu_stack_budget_splits_stacks_evenly_and_still_reproduces_the_loop(stack_sizes, monkeypatch):
+    """12 data arms of width 8, batch 32 in float64: 2 KiB of activations each; a 10 KiB budget
+    gives 3 stacks of 4."""
+    monkeypatch.setattr(batched, "CPU_STACK_BYTES", 10 << 10)
+    configs = [config("data", "adamw", lr, seed) for seed, lr in [(0, 0.01), (1, 0.003), (2, 0.02)]]
+    solo, together = solo_and_together(configs)
+    for a, b in zip(solo, together):
+        assert largest_difference(a, b) <= FLOAT64_TOLERANCE
+    assert stack_sizes == [4, 4, 4]
 
 
 def test_multiplicities_and_their_gradient_division_are_reproduced(stack_sizes):

@@ -22,15 +22,14 @@ from harness.data import load_task
 from harness.experiments.common import ArmResult, OnRecord, Seeds, dtype_of, final_summary, method_of, tensor
 from harness.models import init_mlp
 from harness.train import Arm, BatchSampler, accuracy, loss_for, mean_loss, predict, train_side_by_side
-
-CHUNK_ROWS = 8192
-
+from harness.train.losses import chunk_rows_for
 
 def run(config: Config, arms: tuple[str, ...], device: torch.device, on_record: OnRecord | None = None) -> dict[str, ArmResult]:
     seeds, dtype, train = Seeds.of(config), dtype_of(config), config.train
     data = load_task(config.task, seeds.data)
     d, n_inputs = len(data.x_train), data.n_inputs
     model = config.model
+    chunk_rows = chunk_rows_for(model.width)
     student = init_mlp([n_inputs] + [model.width] * model.depth + [data.n_outputs], seed=seeds.init,
                        init=model.init, init_range=model.init_range)
     loss_fn = loss_for(data.classification)
@@ -60,10 +59,10 @@ def run(config: Config, arms: tuple[str, ...], device: torch.device, on_record: 
     def evaluate(live: list[Arm]) -> dict[str, dict]:
         records = {}
         for arm in live:
-            test_out = predict(arm.model, x_test, CHUNK_ROWS)
+            test_out = predict(arm.model, x_test, chunk_rows)
             records[arm.name] = {
-                "train_loss": mean_loss(loss_fn, predict(arm.model, arm.x, CHUNK_ROWS), arm.y, arm.weights),
-                "full_train_loss": mean_loss(loss_fn, predict(arm.model, full_x, CHUNK_ROWS), full_y),
+                "train_loss": mean_loss(loss_fn, predict(arm.model, arm.x, chunk_rows), arm.y, arm.weights),
+                "full_train_loss": mean_loss(loss_fn, predict(arm.model, full_x, chunk_rows), full_y),
                 "test_loss": mean_loss(loss_fn, test_out, y_test),
             }
             if data.classification:

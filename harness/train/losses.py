@@ -29,6 +29,16 @@ def loss_for(classification: bool) -> LossFn:
     return cross_entropy if classification else squared_error
 
 
+# Activations one evaluation chunk may hold (float32: 4 MB, about a core's L2 cache here). At
+# width 1000 a model evaluated 20000 points in 46 ms in chunks of 1024 rows, 73 ms in chunks of 8192.
+EVAL_FLOATS = 1 << 20
+
+
+def chunk_rows_for(width: int) -> int:
+    """Rows per evaluation chunk for an MLP whose widest layer has ``width`` units."""
+    return max(256, EVAL_FLOATS // width)
+
+
 @torch.no_grad()
 def predict(model: torch.nn.Module, x: torch.Tensor, chunk_rows: int = 8192) -> torch.Tensor:
     """The model's outputs on x, ``chunk_rows`` examples at a time."""

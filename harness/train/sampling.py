@@ -35,6 +35,9 @@ class BatchSampler:
         self.generator = torch.Generator().manual_seed(seed)
         self._order = torch.empty(0, dtype=torch.long)
         self._full = (self.weights / self.weights.sum()).to(self.device)
+        # Equal weights give every batch the loss weights 1/B: made once, not per step.
+        self._uniform = None if batch_size is None else torch.full((batch_size,), 1.0 / batch_size, dtype=torch.float64,
+                                                                   device=self.device)
 
     def next(self) -> tuple[torch.Tensor | None, torch.Tensor]:
         """(indices on the device or None for the full set, loss weights (float64) summing to 1)."""
@@ -42,9 +45,11 @@ class BatchSampler:
             return None, self._full
         if self.mode == "proportional":
             rows = torch.multinomial(self.weights, self.batch_size, replacement=True, generator=self.generator)
-            return rows.to(self.device), torch.full((self.batch_size,), 1.0 / self.batch_size, dtype=torch.float64, device=self.device)
+            return rows.to(self.device), self._uniform
         while len(self._order) < self.batch_size:
             self._order = torch.cat([self._order, torch.randperm(self.n, generator=self.generator)])
         rows, self._order = self._order[: self.batch_size], self._order[self.batch_size :]
+        if self.equal:
+            return rows.to(self.device), self._uniform
         weights = self.weights[rows]
         return rows.to(self.device), (weights / weights.sum()).to(self.device)
