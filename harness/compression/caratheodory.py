@@ -146,7 +146,7 @@ def walk_to_vertex(
     ones = torch.ones_like(c_basic[:, :1])
     live = torch.cat([in_j.to(c_basic.dtype), ones, ones], dim=1)  # column W (the target) always updates
     shrink = ones.clone()  # the J weights are c_free * shrink
-    while True:
+    for _ in range(width + 1):  # every swap uses up a J column of each problem still walking
         ratio = c_now / (c_now - target)  # along c + t (target - c), basic i reaches zero at t = ratio_i
         ratio.masked_fill_(target >= threshold, torch.inf)
         t, leave = ratio.min(dim=1, keepdim=True)
@@ -173,6 +173,7 @@ def walk_to_vertex(
         weights.scatter_(1, leave, c_free.gather(1, enter) * shrink)
         basis.scatter_(1, leave, free.gather(1, enter))
         live.scatter_(1, enter.masked_fill_(idle, width + 1), 0.0)
+    raise RuntimeError("the Caratheodory walk found no J point to swap in; please report this input")
 
 
 def row_order(pivots: torch.Tensor, size: int) -> torch.Tensor:
