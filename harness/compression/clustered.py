@@ -9,8 +9,8 @@ section 3). Each round here:
    one merges each cell with its kd sibling instead of splitting again;
 2. orders the cells by diameter and picks the smallest ones until their combined capacity
    (cell size - N) covers the excess over the target, the last one only partly, as the
-   proof's greedy smallest-diameter choice does (cells one point larger than the rest take part
-   with all but one point, so that one batch holds them all);
+   proof's greedy smallest-diameter choice does (a cell a point or two larger than the smallest
+   takes part with that many points, the rest waiting, so that one batch holds them all);
 3. reduces all picked cells at once with the batched Caratheodory elimination, each cell in its
    own [-1, 1]^m box and Legendre basis (so the moments of each cell are preserved exactly).
 
