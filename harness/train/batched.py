@@ -193,16 +193,19 @@ def _stack_parts(members: list[tuple[SideBySide, Arm]]) -> list[list[tuple[SideB
     weight = arm.model.weights[0]
     if weight.device.type != "cpu":
         return [members]
-    rows = arm.sampler.n if call.train.batch_size is None else call.train.batch_size
-    per_model = rows * max(max(w.shape) for w in arm.model.weights) * weight.element_size()
+    per_model = _batch_rows(call, arm) * max(max(w.shape) for w in arm.model.weights) * weight.element_size()
     parts = min(len(members), max(1, -(-len(members) * per_model // CPU_STACK_BYTES)))
     size = -(-len(members) // parts)
     return [members[start : start + size] for start in range(0, len(members), size)]
 
 
+def _batch_rows(call: SideBySide, arm: Arm) -> int:
+    """Examples in each of the arm's batches: its whole training set for full-batch training."""
+    return arm.sampler.n if call.train.batch_size is None else call.train.batch_size
+
+
 def _stacking_key(call: SideBySide, arm: Arm) -> tuple:
-    rows = arm.sampler.n if call.train.batch_size is None else call.train.batch_size
-    return shape_of(arm.model), dataclasses.replace(call.train, lr=1.0), rows, call.loss_fn
+    return shape_of(arm.model), dataclasses.replace(call.train, lr=1.0), _batch_rows(call, arm), call.loss_fn
 
 
 class _Lockstep:
