@@ -52,13 +52,14 @@ def eliminate(
         (B, s) non-negative weights with ``sum_j c_j F_j`` unchanged up to round-off and at least
         ``min(n_remove[b], capacity[b])`` more zeros in problem b (more only on exact ties).
     """
+    n_remove = n_remove.to(weights.device)
     if not rank_revealing:
-        return _eliminate_full_rank(features, weights, n_remove.to(weights.device))
+        return _eliminate_full_rank(features, weights, n_remove)
     space, rank = column_space(features)
     c = weights.clone()
     for value in torch.unique(rank).tolist():
         same = torch.nonzero(rank == value).squeeze(1)
-        c[same] = _eliminate_full_rank(space[same, :, :value], weights[same], n_remove.to(weights.device)[same])
+        c[same] = _eliminate_full_rank(space[same, :, :value], weights[same], n_remove[same])
     return c
 
 
