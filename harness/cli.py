@@ -12,6 +12,7 @@ import argparse
 import importlib
 import sys
 
+from harness.allocator import retain_freed_memory
 from harness.errors import UsageError
 from harness.redact import redact
 from harness.tracking.wandb_mirror import forget_inherited_service
@@ -45,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     # password given in a storage URL: keep only the redacted form once the arguments are parsed.
     sys.argv[:] = [redact(arg) for arg in sys.argv]
     forget_inherited_service()
+    retain_freed_memory()
     try:
         return int(args.handler(args) or 0)
     except (UsageError, ValueError, FileNotFoundError) as exc:

@@ -106,6 +106,43 @@ def largest_difference(solo: dict, together: dict, keys: tuple[str, ...] | None 
     return worst
 
 
+@pytest.mark.parametrize("sizes, rows", [
+    ([1, 30, 1], 20),       # a contraction of 1 (the input layer) and a single output
+    ([3, 8, 8, 4], 50),     # fewer units than rows: products computed transposed
+    ([5, 60, 40, 1], 12),   # more units than rows
+    ([2, 16, 3], 16),       # as many as rows
+])
+def test_stacked_forward_and_gradients_match_each_mlp(sizes, rows):
+    """Every orientation of batched_matmul: outputs and every parameter's gradient of three stacked
+    MLPs (one with multiplicities) against each MLP's own autograd, in float64."""
+    models = [init_mlp(sizes, seed=seed) for seed in range(3)]
+    models[1] = models[1].select_units(0, np.arange(sizes[1]), np.linspace(0.5, 3.0, sizes[1]))
+    stack = stacked.StackedMLP.of(models)
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(3, rows, sizes[0], dtype=torch.float64, generator=generator)
+    upstream = torch.randn(3, rows, sizes[-1], dtype=torch.float64, generator=generator)
+    out = stack.forward(x)
+    (out * upstream).sum().backward()
+    for k, model in enumerate(models):
+        expected = model(x[k])
+        (expected * upstream[k]).sum().backward()
+        torch.testing.assert_close(out[k], expected, rtol=1e-12, atol=1e-12)
+        for layer in range(model.depth + 1):
+            torch.testing.assert_close(stack.weights_t[layer].grad[k], model.weights[layer].grad.T, rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(stack.biases[layer].grad[k], model.biases[layer].grad, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("r, n, c", [(6, 1, 4), (6, 1, 9), (6, 3, 4), (6, 3, 9)])
+def test_batched_matmul_is_bmm_stored_with_the_longer_side_contiguous(r, n, c):
+    a = torch.randn(2, r, n, dtype=torch.float64)
+    b = torch.randn(2, n, c, dtype=torch.float64)
+    bias = torch.randn(2, c, dtype=torch.float64)
+    product = stacked.batched_matmul(a, b, bias)
+    torch.testing.assert_close(product, torch.bmm(a, b) + bias[:, None], rtol=1e-14, atol=1e-14)
+    fastest = 1 if c < r else 2  # the dimension whose elements are adjacent in memory
+    assert product.stride(fastest) == 1
+
+
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
 @pytest.mark.parametrize("variant", [{}, {"momentum": 0.9, "weight_decay": 0.05}])
 def test_stacked_optimizers_reproduce_torch_optim(optimizer, variant):

@@ -53,10 +53,8 @@ class StackedMLP:
         """(K, B, n_0) -> (K, B, outputs)."""
         h = x
         for layer, c in enumerate(self.multiplicities):
-            h = torch.baddbmm(self.biases[layer][:, None], h, self.weights_t[layer]).relu_()
-            if self._scaled[layer]:
-                h = h * c[:, None]
-        return torch.baddbmm(self.biases[-1][:, None], h, self.weights_t[-1])
+            h = _Layer.apply(h, self.weights_t[layer], self.biases[layer], c if self._scaled[layer] else None)
+        return _Layer.apply(h, self.weights_t[-1], self.biases[-1], None, False)
 
     @torch.no_grad()
     def divide_gradients(self) -> None:
@@ -79,3 +77,58 @@ class StackedMLP:
         """A new stack of models ``rows`` only (the others keep their last values in their views)."""
         return StackedMLP([w[rows] for w in self.weights_t], [b[rows] for b in self.biases],
                           [c[rows] for c in self.multiplicities])
+
+
+def batched_matmul(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """a @ b for (K, r, n) and (K, n, c), plus bias (K, c) on every row, in a fast orientation.
+
+    On a CPU, torch.bmm is 3-10x slower when the product has fewer columns than rows, or when n is 1,
+    than the same product computed as (b^T a^T)^T, or as a broadcast outer product. For K = 4 models,
+    128 rows and width 1000, the output layer's product took 400 us as a @ b and 85 us as
+    (b^T a^T)^T; the gradient of its input (n = 1) 283 us and 21 us. Products with as many columns
+    as rows take the same time either way.
+
+    The result is stored (K, c, r) when c < r and (K, r, c) otherwise, whatever the path, so that a
+    layer's activations and the gradient that comes back to them share one memory layout
+    (elementwise operations on two layouts were up to 37x slower).
+    """
+    transposed = b.shape[2] < a.shape[1]
+    if a.shape[2] == 1:
+        shape = (a.shape[0], b.shape[2], a.shape[1]) if transposed else (a.shape[0], a.shape[1], b.shape[2])
+        product = a.new_empty(shape)
+        torch.mul(a, b, out=product.transpose(1, 2) if transposed else product)
+        if bias is not None:
+            product.add_(bias[:, :, None] if transposed else bias[:, None])
+    elif transposed:
+        at, bt = a.transpose(1, 2), b.transpose(1, 2)
+        product = torch.bmm(bt, at) if bias is None else torch.baddbmm(bias[:, :, None], bt, at)
+    else:
+        return torch.bmm(a, b) if bias is None else torch.baddbmm(bias[:, None], a, b)
+    return product.transpose(1, 2) if transposed else product
+
+
+class _Layer(torch.autograd.Function):
+    """One layer of K MLPs: h = x W^T + b, then (hidden layers) relu, then the multiplicities c.
+
+    Forward and backward go through ``batched_matmul``; otherwise this is what autograd would
+    compute for baddbmm, relu and the product with c (the same sums, in another orientation).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight_t, bias, multiplicity, relu=True):
+        h = batched_matmul(x, weight_t, bias)
+        if relu:
+            h.relu_()
+        ctx.relu = relu
+        ctx.save_for_backward(x, weight_t, h if relu else None, multiplicity)
+        return h if multiplicity is None else h * multiplicity[:, None]
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight_t, h, multiplicity = ctx.saved_tensors
+        if multiplicity is not None:
+            grad = grad * multiplicity[:, None]
+        if ctx.relu:
+            grad = torch.ops.aten.threshold_backward(grad, h, 0)
+        grad_x = batched_matmul(grad, weight_t.transpose(1, 2)) if ctx.needs_input_grad[0] else None
+        return grad_x, batched_matmul(x.transpose(1, 2), grad), grad.sum(dim=1), None, None
