@@ -221,9 +221,11 @@ def test_weighted_training_sets_are_reproduced(sampling):
     assert solo[0]["moment"].summary["d_eff"] < solo[0]["original"].summary["d"]
 
 
-def test_a_diverging_model_is_dropped_and_the_others_go_on_unchanged():
-    calm = [config("data", "gd", 0.05, seed) for seed in (0, 1)]
-    wild = config("data", "gd", 1e6, 2)  # its arms diverge at steps 10 and 30
+@pytest.mark.parametrize("optimizer, state", [("gd", {}), ("sgd", {"momentum": 0.9})])
+def test_a_diverging_model_is_dropped_and_the_others_go_on_unchanged(optimizer, state):
+    """With momentum, the survivors' optimizer state must follow them into the smaller stack."""
+    calm = [config("data", optimizer, 0.05, seed, **state) for seed in (0, 1)]
+    wild = config("data", optimizer, 1e6, 2, **state)  # its arms diverge before step 40
     with_wild = run_together([functools.partial(run_arms, c) for c in (calm[0], wild, calm[1])])
     without = run_together([functools.partial(run_arms, c) for c in calm])
     alone = run_arms(wild)

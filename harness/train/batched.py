@@ -117,8 +117,8 @@ class _Stack:
             raise ValueError("two arms share one model object: they cannot be stacked")
         self.model = StackedMLP.of(models)
         self.model.bind(models)
-        self.optimizer = StackedOptimizer(self.model.parameters, self.train)
-        self.lrs = torch.tensor([c.train.lr for c, _ in members], dtype=torch.float64, device=self.model.weights_t[0].device)
+        self.optimizer = StackedOptimizer([self.model.flat], self.train)
+        self.lrs = torch.tensor([c.train.lr for c, _ in members], dtype=torch.float64, device=self.model.flat.device)
         self.full = self.train.batch_size is None
         sources: dict[tuple[int, int], Arm] = {}  # each training set once (arms of a config share one)
         for _, arm in members:
@@ -145,11 +145,10 @@ class _Stack:
             y = self.y.flatten(0, 1).index_select(0, rows).view(len(self.members), -1, self.y.shape[2])
         loss_weights = torch.stack([batches[id(arm.sampler)][1] for arm in self.arms]).to(x.dtype)
         loss = (loss_weights * self.loss_fn(self.model.forward(x), y)).sum()
-        for parameter in self.model.parameters:
-            parameter.grad = None
         loss.backward()
         if self.train.divide_gradients:
             self.model.divide_gradients()
+        self.model.gather_grad()
         self.optimizer.step(self.lrs * self.factor(step - 1))
 
     def drop_diverged(self) -> None:
@@ -163,7 +162,7 @@ class _Stack:
             return
         self.model = self.model.keep(rows)
         self.model.bind([arm.model for arm in self.arms])
-        self.optimizer.keep(rows, self.model.parameters)
+        self.optimizer.keep(rows, [self.model.flat])
         self.lrs, self.source = self.lrs[rows], self.source[rows]
 
 
