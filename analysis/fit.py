@@ -235,7 +235,22 @@ def fit_batch(
             np.where(better, fit.loss, best.loss),
             np.where(better, fit.converged, best.converged),
         )
-    return best
+    return BatchFit(best.form, flat_as_amplitude(best.theta), best.loss, best.converged)
+
+
+def flat_as_amplitude(theta: np.ndarray) -> np.ndarray:
+    """theta with every flat fit (a = 0: L = L0 + e^c at every x) written with L0 = 0.
+
+    A flat fit fixes only the sum L0 + e^c; where the optimiser ends on that line is round-off (two
+    CPUs reported L0 = 4e-5, A = 2.6e-3 and L0 = 2.6e-3, A = 5e-5 for the same data), so it is
+    reported one way: all amplitude.
+    """
+    theta = theta.copy()
+    flat = (theta[:, 2] == 0.0) & (theta[:, 0] > 0.0)
+    with np.errstate(divide="ignore"):
+        theta[flat, 1] = np.logaddexp(theta[flat, 1], np.log(theta[flat, 0]))
+    theta[flat, 0] = 0.0
+    return theta
 
 
 def aicc(rss: float, n_points: int, n_params: int) -> float:

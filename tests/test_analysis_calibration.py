@@ -149,6 +149,21 @@ def test_bootstrap_p_value_counts_replicates_at_least_as_extreme():
     assert np.allclose(bootstrap_p_value(observed, null), [(1 + 3) / 5, 1 / 5])
 
 
+def test_a_nested_fit_on_the_gamma_bound_has_no_drop_and_p_one():
+    """Where the nested fit ends on gamma = 0 it is the null fit: its drop in loss is round-off, which
+    counts as none, so the statistic is 0 and p = 1 however the round-off falls (before, p ranged
+    0.84-1.0 with the CPU's BLAS kernels for the same data)."""
+    series = draws(power_law_offset(X, **PLO), X, SEEDS, 40, np.random.default_rng(5), 0.03)
+    nudged = Series(series.group, series.label, series.x, series.run_x, series.log_y * (1 + 1e-13))
+    for data in (series, nudged):
+        result = analyse_batch(data, N_BOOT, np.random.default_rng(6), forms=("power_law_offset", "nested"))
+        on_bound = result.fits["nested"].theta[:, 3] == 0.0
+        assert 5 <= on_bound.sum() < 40
+        assert np.array_equal(result.statistic[on_bound], np.zeros(on_bound.sum()))
+        assert np.array_equal(result.p_value[on_bound], np.ones(on_bound.sum()))
+        assert (result.statistic[~on_bound] > 0).all()
+
+
 def test_verdict_rules():
     x = 2.0 ** np.arange(10)
     span = np.log(x[-1] / x[0])

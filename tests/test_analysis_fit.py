@@ -5,7 +5,7 @@ import pytest
 from scipy.optimize import least_squares
 
 from analysis.analyse import FORM_ORDER, fit_forms
-from analysis.fit import fit_batch, fit_form, normalised_log_x
+from analysis.fit import fit_batch, fit_form, flat_as_amplitude, normalised_log_x
 from analysis.forms import FORMS, h_gamma, local_slope, log_model, log_model_and_jacobian
 from tests.analysis_fixtures import power_law, power_law_offset, stretched_exp
 
@@ -167,3 +167,21 @@ def test_noisy_plateaued_series_from_a_real_sweep_still_gets_a_verdict_per_group
     assert all(verdicts[arm] == "inconclusive" for arm in losses)  # d' spans a factor 5.7 < 8: too short
     assert verdicts["original"] in ("power_law", "inconclusive")  # d spans 32, but the noise is large
     assert all(np.isfinite(result.forms["power_law"].params["alpha"]) for result in analysis.results)
+
+
+def test_a_flat_fit_is_reported_as_amplitude_alone():
+    """Rising data: the best offset forms are flat (a = 0), L = weighted geometric mean of the data,
+    which fixes only L0 + e^c; it is reported with L0 = 0 wherever the optimiser ended on that line."""
+    t, _ = normalised_log_x(X)
+    w = np.arange(1.0, len(X) + 1)
+    rising = np.log(0.2 + 0.01 * np.outer([1.0, 2.0, 3.0], t) ** 2)
+    for form in ("power_law_offset", "nested"):
+        fit = fit_batch(form, t, rising, w)
+        assert np.array_equal(fit.theta[:, 2], [0.0] * 3) and np.array_equal(fit.theta[:, 0], [0.0] * 3)
+        assert np.allclose(fit.theta[:, 1], rising @ w / w.sum(), rtol=1e-9)
+
+    level = np.log(0.3)
+    on_the_line = np.array([[s * 0.3, np.log((1 - s) * 0.3), 0.0, 0.0] for s in (0.0, 0.2, 0.5, 0.9)])
+    assert np.allclose(flat_as_amplitude(on_the_line), [[0.0, level, 0.0, 0.0]] * 4, rtol=1e-14, atol=0)
+    curved = np.array([[0.1, -1.0, 0.4, 0.0]])
+    assert np.array_equal(flat_as_amplitude(curved), curved)

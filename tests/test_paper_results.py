@@ -9,9 +9,15 @@ grouping columns (the keys of ``group``), the bootstrap replicates and the level
   runs.parquet and must match; one group per file (the smallest) is re-analysed in full with the
   recorded options and every field of its record must match. Groups are analysed independently
   (each with its own seeded generator, ``analysis.analyse.group_seed``), so one group recomputed
-  alone must reproduce its committed record exactly; only the exponent ratios against the other
-  groups are left to the slow test.
+  alone must reproduce its committed record; only the exponent ratios against the other groups are
+  left to the slow test.
 - Slow (``-m slow``): every fits.json recomputed whole, as `polyscale fit` does, ratios included.
+
+"Reproduce" means what another CPU can promise (numpy's SIMD exp and log and OpenBLAS's kernels
+differ in the last bits between CPUs, and the fits carry that forward): text, verdicts and counts
+exactly; point estimates to REL; p-values to one bootstrap replicate; interval ends, which are
+bootstrap percentiles of replicate fits that round-off can reorder, within the recomputed
+percentiles RANK further in and further out.
 """
 
 from __future__ import annotations
@@ -22,13 +28,21 @@ from pathlib import Path
 
 import pytest
 
+from analysis import analyse as analyse_module
 from analysis.analyse import TableAnalysis, analyse_series, analyse_table
+from analysis.bootstrap import percentile_interval
 from analysis.load import make_series, read_source
 from analysis.tables import group_record
 
 ROOT = Path(__file__).resolve().parent.parent / "results" / "paper"
 FITS = sorted(ROOT.glob("*/analysis/fits.json"))
-REL = 1e-6  # floats may differ in the last digits across BLAS builds; structure and verdicts may not
+# The fitter stops once a step gains under 1e-12 of the loss, leaving ~1e-6 in the parameters;
+# another CPU lands elsewhere within that (seen: 1.4e-6).
+REL = 1e-4
+# Share of the bootstrap replicates each side of an interval end. Seen on a CPU without AVX-512:
+# half of this needed (poorly determined exponents of the random baseline), a fifth not enough.
+RANK = 0.01
+INTERVAL_KEYS = {"gamma_ci", "alpha_ci", "ci"}
 
 
 def _ids(paths):
@@ -43,20 +57,56 @@ def _options(records: list[dict]) -> tuple[str, str, list[str], int, float]:
     return first["x"], first["y"], by, first["n_boot"], first["level"]
 
 
-def _same(got, want, where: str = "") -> None:
-    """Equal JSON trees; floats to a relative 1e-6."""
+def _same(got, want, where: str = "", bracket=(), n_boot: int = 0) -> None:
+    """got (recomputed) matches want (committed) as the module docstring says.
+
+    bracket: the same tree recomputed with every interval RANK narrower and RANK wider.
+    """
+    key = where.rsplit(".", 1)[-1]
     if isinstance(want, dict):
         assert isinstance(got, dict) and set(got) == set(want), f"{where}: keys {sorted(got)} != {sorted(want)}"
-        for key in want:
-            _same(got[key], want[key], f"{where}.{key}")
+        for k in want:
+            if where.endswith(".param_ci") or k in INTERVAL_KEYS:
+                _same_interval(got[k], want[k], [b[k] for b in bracket], f"{where}.{k}")
+            else:
+                _same(got[k], want[k], f"{where}.{k}", [b[k] for b in bracket], n_boot)
     elif isinstance(want, list):
         assert isinstance(got, list) and len(got) == len(want), f"{where}: {got!r} != {want!r}"
         for i, (g, w) in enumerate(zip(got, want)):
-            _same(g, w, f"{where}[{i}]")
-    elif isinstance(want, float) and not isinstance(want, bool) and isinstance(got, (int, float)):
-        assert math.isclose(got, want, rel_tol=REL, abs_tol=1e-12), f"{where}: {got!r} != {want!r}"
+            _same(g, w, f"{where}[{i}]", [b[i] for b in bracket], n_boot)
+    elif key == "p_value" and want is not None:
+        assert got is not None and abs(got - want) <= 1.0 / (n_boot + 1) + 1e-12, f"{where}: {got!r} != {want!r}"
+    elif isinstance(want, float) and isinstance(got, (int, float)):
+        abs_tol = 1e-6 if key == "delta_aicc" else 1e-12  # a difference of two AICc values
+        assert math.isclose(got, want, rel_tol=REL, abs_tol=abs_tol), f"{where}: {got!r} != {want!r}"
     else:
         assert got == want, f"{where}: {got!r} != {want!r}"
+
+
+def _same_interval(got, want, bracket, where: str) -> None:
+    """Each committed end lies between the recomputed ends (None: unbounded, outside the float range)."""
+    if want is None or got is None:
+        assert want is None and got is None, f"{where}: {got!r} != {want!r}"
+        return
+    assert len(got) == len(want) == 2, f"{where}: {got!r} != {want!r}"
+    for end, unbounded in ((0, -math.inf), (1, math.inf)):
+        ends = [unbounded if v is None else v for v in (got[end], *(b[end] for b in bracket))]
+        value = unbounded if want[end] is None else want[end]
+        lo, hi = min(ends), max(ends)
+        slack = REL * max(abs(lo), abs(hi)) if math.isfinite(lo) and math.isfinite(hi) else 0.0
+        assert lo - slack <= value <= hi + slack, f"{where}[{end}]: {want[end]!r} outside the recomputed {ends!r}"
+
+
+def _with_intervals_shifted(monkeypatch, shift: float, compute):
+    """compute() with every interval of the analysis at level + shift."""
+    with monkeypatch.context() as patch:
+        patch.setattr(analyse_module, "percentile_interval", lambda samples, level=0.95, axis=-1: percentile_interval(samples, level + shift, axis))
+        return compute()
+
+
+def _recomputed(monkeypatch, compute):
+    """compute() as committed, then with intervals 2 RANK narrower and 2 RANK wider (RANK per end)."""
+    return compute(), [_with_intervals_shifted(monkeypatch, shift, compute) for shift in (-2 * RANK, 2 * RANK)]
 
 
 def _roundtrip(record: dict) -> dict:
@@ -73,7 +123,7 @@ def test_every_experiment_has_its_evidence():
 
 
 @pytest.mark.parametrize("path", FITS, ids=_ids(FITS))
-def test_fits_match_the_committed_table(path: Path):
+def test_fits_match_the_committed_table(path: Path, monkeypatch):
     records = json.loads(path.read_text())
     x, y, by, n_boot, level = _options(records)
     source = read_source(path.parent.parent)
@@ -86,18 +136,27 @@ def test_fits_match_the_committed_table(path: Path):
         _same([float(s.x[0]), float(s.x[-1])], r["x_range"], r["label"])
 
     want = min(records, key=lambda r: (r["n_runs"], r["label"]))
-    result = analyse_series(by_label[want["label"]], n_boot, 0, level=level)
-    analysis = TableAnalysis(x, y, by, [result], [], [], n_boot, level, None)
-    got = _roundtrip(group_record(result, analysis))
-    got["alpha_ratios"] = want["alpha_ratios"]  # needs the other groups: the slow test checks them
-    _same(got, want, want["label"])
+
+    def record():
+        result = analyse_series(by_label[want["label"]], n_boot, 0, level=level)
+        got = _roundtrip(group_record(result, TableAnalysis(x, y, by, [result], [], [], n_boot, level, None)))
+        got["alpha_ratios"] = want["alpha_ratios"]  # needs the other groups: the slow test checks them
+        return got
+
+    got, bracket = _recomputed(monkeypatch, record)
+    _same(got, want, want["label"], bracket, n_boot)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", FITS, ids=_ids(FITS))
-def test_fits_match_the_committed_table_whole(path: Path):
+def test_fits_match_the_committed_table_whole(path: Path, monkeypatch):
     records = json.loads(path.read_text())
     x, y, by, n_boot, level = _options(records)
     source = read_source(path.parent.parent)
-    analysis = analyse_table(source.table, x, y, by, n_boot, 0, None, level, source.description)
-    _same(_roundtrip([group_record(r, analysis) for r in analysis.results]), records, path.parent.parent.name)
+
+    def table():
+        analysis = analyse_table(source.table, x, y, by, n_boot, 0, None, level, source.description)
+        return _roundtrip([group_record(r, analysis) for r in analysis.results])
+
+    got, bracket = _recomputed(monkeypatch, table)
+    _same(got, records, path.parent.parent.name, bracket, n_boot)
