@@ -1,8 +1,8 @@
 """Spatial partitions of a point set into groups of small diameter, fully vectorised.
 
 ``kd_cells`` splits every cell at the median of its widest coordinate, level by level (one
-argsort per level), so the cells of one level have sizes within one of each other and small
-diameters: the groups of the paper's Algorithm 1; ``merge_siblings`` goes one level back up.
+row-wise partition per level), so the cells of one level have sizes within one of each other and
+small diameters: the groups of the paper's Algorithm 1; ``merge_siblings`` goes one level back up.
 ``morton_order`` sorts points along a Z-order curve in one argsort: a cheaper spatially coherent
 order for the global recombination, whose groups only need distinct barycentres.
 """
@@ -49,20 +49,25 @@ def kd_cells(points: np.ndarray, cell_size: int) -> Cells:
     order = np.arange(n)
     starts = np.zeros(1, dtype=np.int64)
     sizes = np.array([n], dtype=np.int64)
-    for _ in range(depth):
-        labels = np.repeat(np.arange(len(sizes)), sizes)
+    for level in range(depth):
         sorted_columns = np.take(columns, order, axis=1)
         low_corner = np.minimum.reduceat(sorted_columns, starts, axis=1)
         span = np.maximum.reduceat(sorted_columns, starts, axis=1) - low_corner
         widest = np.argmax(span, axis=0)
-        # Sort each cell along its widest coordinate in one argsort: the key, scaled into
-        # [0, 0.5] within its cell, plus the cell's label (cells are contiguous in ``order``).
-        cell = np.arange(len(sizes))
-        lo, width = low_corner[widest, cell], span[widest, cell]
-        scale = np.divide(0.5, width, out=np.zeros_like(width), where=width > 0)
-        key = sorted_columns.ravel()[widest[labels] * n + np.arange(n)]
-        order = order[np.argsort((key - lo[labels]) * scale[labels] + labels)]
+        # One row per cell holding its widest coordinate, padded with inf (the sizes of a level
+        # differ by at most one). A row-wise partition at each cell's half splits them all at
+        # once in linear time; the last level sorts instead, leaving every cell ordered along
+        # the coordinate it was split on, so that the first s points of a cell are a slab at one
+        # end (the clustered method reduces a larger cell's first s points). A sort at every
+        # level took twice as long.
+        labels = np.repeat(np.arange(len(sizes)), sizes)
+        present = np.arange(sizes.max()) < sizes[:, None]
+        key = np.full(present.shape, np.inf)
+        key[present] = sorted_columns.ravel()[widest[labels] * n + np.arange(n)]
         low = sizes // 2
+        halves = [low.min(), low.max()]
+        split = np.argsort(key, axis=1) if level == depth - 1 else np.argpartition(key, halves, axis=1)
+        order = order[np.minimum(starts[:, None] + split, n - 1)][split < sizes[:, None]]
         sizes = np.stack([low, sizes - low], axis=1).ravel()
         starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
     return Cells(order=order, starts=starts, sizes=sizes)
