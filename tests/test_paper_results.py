@@ -100,7 +100,7 @@ def _same_interval(got, want, bracket, where: str) -> None:
 def _with_intervals_shifted(monkeypatch, shift: float, compute):
     """compute() with every interval of the analysis at level + shift."""
     with monkeypatch.context() as patch:
-        patch.setattr(analyse_module, "percentile_interval", lambda samples, level=0.95, axis=-1: percentile_interval(samples, level + shift, axis))
+        patch.setattr(analyse_module, "percentile_interval", lambda samples, level=analyse_module.INTERVAL, axis=-1: percentile_interval(samples, level + shift, axis))
         return compute()
 
 
