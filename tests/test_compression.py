@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from harness.compression import compress, n_moments, parse_size, reduce_support
-from harness.compression.basis import exponents, product_features
-from harness.compression.caratheodory import eliminate, lu_tableau
+from harness.compression.basis import exponents, graded_exponents, product_features
+from harness.compression.caratheodory import eliminate, lu_tableau, row_order
 from harness.compression.partition import kd_cells, merge_siblings, morton_order
 from harness.data.symmetric import sigmoid_sum, uniform_objects
 
@@ -239,6 +239,31 @@ def test_legendre_features_are_products_of_normalised_legendre_polynomials():
         for j, p in enumerate(powers):
             expected[..., column] *= np.sqrt(2 * p + 1) * np.polynomial.legendre.legval(x[..., j], np.eye(p + 1)[p])
     np.testing.assert_allclose(features, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(("m", "k"), [(1, 4), (2, 6), (3, 5), (4, 3)])
+def test_exponents_list_every_multi_index_once_and_graded_ones_nest_by_degree(m, k):
+    """Against itertools: each a with |a| <= k exactly once, constant first; the graded list of
+    degree <= r is a prefix of the one of degree <= k (product_features multiplies such prefixes)."""
+    expected = {a for a in itertools.product(range(k + 1), repeat=m) if sum(a) <= k}
+    listed = [tuple(a) for a in exponents(m, k)]
+    assert len(listed) == len(expected) == n_moments(m, k) and set(listed) == expected
+    assert listed[0] == (0,) * m
+    graded = graded_exponents(m, k)
+    assert sorted(map(tuple, graded)) == sorted(expected)
+    assert np.all(np.diff(graded.sum(axis=1)) >= 0)
+    for r in range(k):
+        np.testing.assert_array_equal(graded_exponents(m, r), graded[: n_moments(m, r)])
+
+
+def test_row_order_is_the_permutation_of_the_lu_factorisation():
+    """Against torch.lu_unpack's permutation matrix: F = P L U, so row i of L U is row order[i] of F."""
+    features = torch.as_tensor(np.random.default_rng(4).normal(size=(5, 30, 8)))
+    packed, pivots = torch.linalg.lu_factor(features)
+    permutation, lower, upper = torch.lu_unpack(packed, pivots)
+    order = row_order(pivots, 30)
+    np.testing.assert_array_equal(order.numpy(), permutation.argmax(dim=1).numpy())  # (P^T F)_i = F_order[i]
+    torch.testing.assert_close(features.gather(1, order.unsqueeze(2).expand(-1, -1, 8)), lower @ upper)
 
 
 def test_merging_kd_siblings_gives_the_cells_one_level_up_over_the_kept_points():

@@ -21,8 +21,13 @@ def n_moments(m: int, k: int) -> int:
 
 
 @lru_cache(maxsize=64)
-def exponents(m: int, k: int) -> np.ndarray:
-    """All multi-indices a in N^m with |a| <= k, graded (degree 0 first), shape (N(m,k), m)."""
+def graded_exponents(m: int, k: int) -> np.ndarray:
+    """All multi-indices a in N^m with |a| <= k, graded (degree 0 first), shape (N(m,k), m).
+
+    Graded order makes the indices of degree <= r a prefix, for every r.
+    """
+    if m == 0:
+        return np.zeros((1, 0), dtype=np.int64)  # the empty index, of degree 0
     rows = [np.zeros((1, m), dtype=np.int64)]
     current = np.zeros((1, m), dtype=np.int64)
     for _ in range(k):
@@ -38,6 +43,23 @@ def exponents(m: int, k: int) -> np.ndarray:
         current = np.concatenate(grown)
         rows.append(current)
     table = np.concatenate(rows)
+    table.setflags(write=False)
+    return table
+
+
+@lru_cache(maxsize=64)
+def exponents(m: int, k: int) -> np.ndarray:
+    """The multi-indices of ``product_features``' columns, shape (N(m,k), m); (0, ..., 0) first.
+
+    Blocks by the power i = 0..k of the last coordinate, each holding the graded indices of
+    degree <= k - i of the other coordinates: each block is then one product of a prefix of the
+    graded features of m - 1 coordinates with one row of the last coordinate's table.
+    """
+    blocks = [
+        np.concatenate([graded_exponents(m - 1, k - i), np.full((n_moments(m - 1, k - i), 1), i)], axis=1)
+        for i in range(k + 1)
+    ]
+    table = np.concatenate(blocks)
     table.setflags(write=False)
     return table
 
@@ -71,19 +93,27 @@ def _power_table(x: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def product_features(x: torch.Tensor, k: int, basis: str = "legendre") -> torch.Tensor:
-    """Features prod_j B_{a_j}(x_j) for every multi-index a of degree <= k: (n, N(m,k)).
+    """Features prod_j B_{a_j}(x_j) for every multi-index a of ``exponents(m, k)``: (n, N(m,k)).
 
     ``basis`` is ``"legendre"`` (normalised Legendre polynomials; use on points in [-1, 1]^m) or
     ``"monomial"`` (raw powers). ``x`` may carry leading batch dimensions: (..., n, m) -> (..., n, N).
     """
     m = x.shape[-1]
     table = _legendre_table(x, k) if basis == "legendre" else _power_table(x, k)
-    index = torch.tensor(exponents(m, k), device=x.device)  # (N, m)
-    # Coordinate-major layout: each factor is a gather of whole rows of length n (fast copies),
+    # Coordinate-major layout: the graded features of the first m - 1 coordinates are gathers of
+    # whole rows of length n, each block of the result one broadcast product written in place,
     # and the (..., n, N) result is a transposed view: the column-major layout LAPACK wants.
-    features = table[..., 0, :, :].index_select(-2, index[:, 0])
-    for j in range(1, m):
-        features = features * table[..., j, :, :].index_select(-2, index[:, j])
+    # Only the head (N(m-1, k) rows) is gathered; the full N(m, k) rows are written once.
+    index = torch.tensor(graded_exponents(m - 1, k), device=x.device)  # (N(m-1,k), m-1)
+    head = table[..., 0, :, :].index_select(-2, index[:, 0]) if m > 1 else table[..., m - 1, :1, :]
+    for j in range(1, m - 1):
+        head = head * table[..., j, :, :].index_select(-2, index[:, j])
+    features = x.new_empty(*x.shape[:-2], n_moments(m, k), x.shape[-2])
+    offset = 0
+    for i in range(k + 1):
+        size = n_moments(m - 1, k - i)
+        torch.mul(head[..., :size, :], table[..., m - 1, i : i + 1, :], out=features[..., offset : offset + size, :])
+        offset += size
     return features.transpose(-1, -2)
 
 

@@ -180,12 +180,12 @@ def walk_to_vertex(
 def row_order(pivots: torch.Tensor, size: int) -> torch.Tensor:
     """LAPACK's sequential row swaps (1-based) as a permutation: row i of L U is row order[i] of F."""
     swaps = pivots.cpu().numpy().astype(np.int64) - 1
-    batch = swaps.shape[0]
-    order = np.tile(np.arange(size), (batch, 1))
-    rows = np.arange(batch)
-    for i in range(swaps.shape[1]):
-        j = swaps[:, i]
-        held = order[rows, i]
-        order[rows, i] = order[rows, j]
-        order[rows, j] = held
-    return torch.as_tensor(order, device=pivots.device)
+    batch, n_swaps = swaps.shape
+    # One flat array for the whole batch: each swap is then two 1-d gathers and two scatters.
+    offsets = np.arange(batch)[:, None] * size
+    here = (offsets + np.arange(n_swaps)).T.copy()
+    there = (offsets + swaps).T.copy()
+    order = np.tile(np.arange(size), batch)
+    for a, b in zip(here, there):
+        order[a], order[b] = order[b], order[a]
+    return torch.as_tensor(order.reshape(batch, size), device=pivots.device)

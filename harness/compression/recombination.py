@@ -77,6 +77,7 @@ def reduce_support(points, weights=None, k: int = 2) -> tuple[np.ndarray, np.nda
     """
     x, w = check_inputs(points, weights, k)
     check_memory(*x.shape, k)
-    c = recombine(x, w, k)
+    with torch.inference_mode():  # thousands of small ops; only numpy arrays reach the caller
+        c = recombine(x, w, k)
     keep = torch.nonzero(c > 0).squeeze(1)
     return keep.cpu().numpy(), c[keep].cpu().numpy()
