@@ -27,7 +27,9 @@ def test_mlp_forward_is_the_weighted_sum_of_neurons():
     np.testing.assert_allclose(net(torch.as_tensor(x)).detach().numpy(), expected, rtol=1e-12)
 
 
-def test_deep_mlp_scales_each_layers_outgoing_columns_by_its_multiplicities():
+@pytest.mark.parametrize("grad", [True, False], ids=["autograd", "no_grad"])
+def test_deep_mlp_scales_each_layers_outgoing_columns_by_its_multiplicities(grad):
+    """Both forward paths (without autograd the multiplicities are applied in place)."""
     net = init_mlp([2, 4, 3, 1], seed=2)
     c1, c2 = np.array([1.0, 2.0, 3.0, 0.5]), np.array([2.0, 1.0, 4.0])
     net = net.select_units(0, np.arange(4), c1).select_units(1, np.arange(3), c2)
@@ -36,7 +38,11 @@ def test_deep_mlp_scales_each_layers_outgoing_columns_by_its_multiplicities():
     b = [p.detach().numpy() for p in net.biases]
     h1 = c1 * relu(x @ w[0].T + b[0])
     h2 = c2 * relu(h1 @ w[1].T + b[1])
-    np.testing.assert_allclose(net(torch.as_tensor(x)).detach().numpy(), h2 @ w[2].T + b[2], rtol=1e-12)
+    with torch.set_grad_enabled(grad):
+        output = net(torch.as_tensor(x))
+    np.testing.assert_allclose(output.detach().numpy(), h2 @ w[2].T + b[2], rtol=1e-12)
+    np.testing.assert_array_equal(net.unit_multiplicities(0).numpy(), c1)  # buffers untouched
+    np.testing.assert_array_equal(net.unit_multiplicities(1).numpy(), c2)
 
 
 def test_init_is_pytorch_default_rule_and_independent_of_the_global_seed():

@@ -66,7 +66,11 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x
         for layer in range(self.depth):
-            h = F.relu(F.linear(h, self.weights[layer], self.biases[layer])) * self.unit_multiplicities(layer)
+            # In place where autograd allows: a linear layer's output is not saved for backward,
+            # a ReLU's is. Evaluating 30000 points at width 1000 took 35 ms instead of 53.
+            h = F.linear(h, self.weights[layer], self.biases[layer]).relu_()
+            c = self.unit_multiplicities(layer)
+            h = h * c if torch.is_grad_enabled() else h.mul_(c)
         return F.linear(h, self.weights[-1], self.biases[-1])
 
     @torch.no_grad()
