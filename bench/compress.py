@@ -20,6 +20,7 @@ import time
 import numpy as np
 import torch
 
+from harness.allocator import retain_freed_memory
 from harness.compression import compress, n_moments, raw_moments, relative_moment_error
 from harness.compression.basis import product_features, to_box
 from harness.compression.clustered import _pick_cells, _round_cells
@@ -85,6 +86,7 @@ def main() -> None:
                         help="torch threads for the peeling (default 1, as ours always runs on a CPU: small "
                              "SVDs gain nothing from more, and lose much when the cores are shared)")
     args = parser.parse_args()
+    retain_freed_memory()  # as the polyscale command does; both sides run under it
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
     print(f"torch {torch.__version__}, peeling on {torch.get_num_threads()} thread(s), ours on 1, float64, CPU")
