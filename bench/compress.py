@@ -7,7 +7,9 @@ clustered schedule as ours (same kd cells, same smallest-diameter picking, same 
 features computed once per cell), so the ratio measures batched elimination vs peeling alone.
 
 Both sides are timed on the reduction alone: ours by ``Compression.seconds`` (input checks and
-the moment-error measurement excluded), best of 5; the peeling once (it takes seconds).
+the moment-error measurement excluded), best of 5; the peeling once (it takes seconds). Freed
+memory stays in the process for both (``retain_freed_memory``, as the ``polyscale`` command does):
+otherwise the first round's buffers of a few MB are page-faulted in afresh on every call.
 
 Run: make bench   (or .venv/bin/python bench/compress.py [--quick])
 """
@@ -86,7 +88,7 @@ def main() -> None:
                         help="torch threads for the peeling (default 1, as ours always runs on a CPU: small "
                              "SVDs gain nothing from more, and lose much when the cores are shared)")
     args = parser.parse_args()
-    retain_freed_memory()  # as the polyscale command does; both sides run under it
+    retain_freed_memory()
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
     print(f"torch {torch.__version__}, peeling on {torch.get_num_threads()} thread(s), ours on 1, float64, CPU")
