@@ -194,6 +194,24 @@ def test_eliminate_moves_all_weight_onto_the_basis_when_its_solution_is_feasible
     np.testing.assert_allclose(new[0, basic[0]].numpy(), expected, rtol=1e-12)
 
 
+def test_eliminate_gives_each_problem_of_a_batch_what_it_gives_that_problem_alone():
+    """Lock-step walking, and dropping finished problems from the batch, change nothing per problem:
+    problems needing from 0 to many swaps, with uneven weights and removal counts, batched vs one
+    by one."""
+    rng = np.random.default_rng(21)
+    features = torch.as_tensor(rng.uniform(-1, 1, size=(24, 40, 10)))
+    features[..., 0] = 1.0
+    weights = torch.as_tensor(rng.lognormal(0.0, 1.0, size=(24, 40)))
+    n_remove = torch.as_tensor(rng.integers(0, 31, size=24))
+    together = eliminate(features, weights, n_remove)
+    for b in range(24):
+        alone = eliminate(features[b : b + 1], weights[b : b + 1], n_remove[b : b + 1])
+        torch.testing.assert_close(together[b], alone[0], rtol=1e-12, atol=1e-14)
+        assert int((together[b] == 0).sum()) >= int(n_remove[b])
+    moments = torch.einsum("bs,bsn->bn", together - weights, features)
+    assert float(moments.abs().max()) < 1e-11 * float(weights.sum(dim=1).max())
+
+
 @pytest.mark.parametrize("rank_revealing", [False, True])
 def test_eliminate_keeps_moments_when_two_weights_reach_zero_in_one_step(rank_revealing):
     """Integer points with a duplicate: the first null vector zeroes two weights at once (a tie).
