@@ -142,16 +142,17 @@ def walk_to_vertex(
     # moments, not on how far the weights have moved. The tableau is kept transposed,
     # (B, W + 1, N): the solve leaves it in this layout, and the basic solution (its last row),
     # read by every step, is then contiguous.
-    null_vectors = tableau.transpose(1, 2)
-    target = 1.0 - torch.bmm(live.unsqueeze(1), null_vectors)
+    # Rows of free points that cannot enter (outside J, or in the basis already) are zero, and
+    # stay zero: their update coefficients are their own entries of the leaving row.
+    null_vectors = tableau.transpose(1, 2) * live.unsqueeze(2)
+    target = 1.0 - live.unsqueeze(1).bmm(null_vectors)
     augmented = torch.cat([null_vectors, target], dim=1)
     threshold = -ROUNDOFF * (n_basic + live.sum(dim=1, keepdim=True))
-    # Slot N of the basis and column W + 1 are scratch: a problem with nothing left to swap
-    # writes there, so that the loop needs no per-problem branches.
+    # Slot N of the weights and the basis is scratch: a problem with nothing left to swap writes
+    # there, so that the loop needs no per-problem branches.
     ones = live.new_ones(batch, 1)
     weights = live.new_ones(batch, n_basic + 1)
     basis = torch.cat([basic, basic[:, :1]], dim=1)
-    live = torch.cat([live, ones, ones], dim=1)  # column W (the target) always updates
     shrink = ones.clone()  # the J points' weights
     position = torch.arange(batch, device=tableau.device)  # of each walking problem in the batch
     final_weights, final_basis = live.new_empty(batch, n_basic), basic.clone()
@@ -170,9 +171,9 @@ def walk_to_vertex(
             if n_walking == 0:
                 return final_weights, final_basis
             keep = idle.logical_not().squeeze(1).nonzero().squeeze(1)
-            augmented, weights, basis, live, shrink, free, threshold, position, t, leave = (
+            augmented, weights, basis, shrink, free, threshold, position, t, leave = (
                 state.index_select(0, keep)
-                for state in (augmented, weights, basis, live, shrink, free, threshold, position, t, leave)
+                for state in (augmented, weights, basis, shrink, free, threshold, position, t, leave)
             )
             ones, idle = ones[: len(keep)], idle[keep]
             target, c_now = augmented[:, width], weights[:, :n_basic]
@@ -186,16 +187,16 @@ def walk_to_vertex(
         # swaps; it must be at least POSITIVE_PIVOT of the row's largest entry, which bounds the
         # growth of the tableau per swap (otherwise the largest entry: partial pivoting).
         pivot_row = augmented.gather(2, leave.unsqueeze(1).expand(-1, width + 1, 1)).squeeze(2)
-        candidates = pivot_row[:, :width] * live[:, :width]
+        candidates = pivot_row[:, :width]
         enter = candidates.maximum(candidates * -POSITIVE_PIVOT).argmax(dim=1, keepdim=True)
         pivot = pivot_row.gather(1, enter).masked_fill_(idle, torch.inf)  # idle problems: coef 0
-        coef = pivot_row.div_(pivot).mul_(live[:, : width + 1])
+        coef = pivot_row.div_(pivot)
         column = augmented.gather(1, enter.unsqueeze(2).expand(-1, 1, n_basic)).squeeze(1).scatter_add_(1, leave, ones)
         augmented.addcmul_(coef.unsqueeze(2), column.unsqueeze(1), value=-1.0)
         leave.masked_fill_(idle, n_basic)
         weights.scatter_(1, leave, shrink)
         basis.scatter_(1, leave, free.gather(1, enter))
-        live.scatter_(1, enter.masked_fill_(idle, width + 1), 0.0)
+        augmented.scatter_(1, enter.unsqueeze(2).expand(-1, 1, n_basic), 0.0)  # it is basic now
     raise RuntimeError("the Caratheodory walk found no J point to swap in; please report this input")
 
 
