@@ -97,9 +97,7 @@ def compress(
         indices, kept_weights, kept_points = np.arange(d), host_weights, host_points
     elif method in ("clustered", "global"):
         check_memory(d, m, k)
-        # Inference mode: the reductions are thousands of small ops, and skipping autograd's
-        # bookkeeping on each makes them about 8% faster. Only numpy arrays reach the caller.
-        with _one_cpu_thread(x.device), torch.inference_mode():
+        with _one_cpu_thread(x.device):
             c = recombine(x, w, k) if method == "global" else clustered_weights(x, w, k, target)
         keep = torch.nonzero(c > 0).squeeze(1)
         indices = keep.cpu().numpy()
