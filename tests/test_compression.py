@@ -310,6 +310,17 @@ def test_kd_cells_partition_points_into_equal_cells_and_morton_is_a_permutation(
     np.testing.assert_array_equal(np.sort(morton_order(points)), np.arange(1000))
 
 
+@pytest.mark.parametrize("n", [1000, 1021, 1024])
+def test_kd_cells_of_points_on_a_line_are_runs_of_the_sorted_order(n):
+    """Median splits of one coordinate: cell c holds the ranks starts[c] .. starts[c] + sizes[c] - 1."""
+    points = np.random.default_rng(n).normal(size=(n, 1))
+    cells = kd_cells(points, 64)
+    rank = np.empty(n, dtype=np.int64)
+    rank[np.argsort(points[:, 0])] = np.arange(n)
+    np.testing.assert_array_equal(rank[cells.order], np.arange(n))  # the last level sorts each cell
+    assert cells.sizes.max() - cells.sizes.min() <= 1
+
+
 @pytest.mark.parametrize(
     "spec, d, expected",
     [("1000", 10**4, 1000), ("0.1d", 10**4, 1000), ("16*d^0.5", 10**4, 1600), ("16*sqrt(d)", 2**10, 512),

@@ -64,11 +64,13 @@ def kd_cells(points: np.ndarray, cell_size: int) -> Cells:
         present = np.arange(sizes.max()) < sizes[:, None]
         key = np.full(present.shape, np.inf)
         key[present] = sorted_columns.ravel()[widest[labels] * n + np.arange(n)]
-        low = sizes // 2
-        halves = [low.min(), low.max()]
-        split = np.argsort(key, axis=1) if level == depth - 1 else np.argpartition(key, halves, axis=1)
+        # The sizes of a level are s or s + 1, one of them even, 2h: every cell's lower half
+        # gets h points (halves h - 1 and h of 2h - 1, or h and h + 1 of 2h + 1), so one
+        # partition point serves every row (with two, numpy's selection is 1.4x slower).
+        half = sizes.max() // 2 if sizes.max() % 2 == 0 else sizes.min() // 2
+        split = np.argsort(key, axis=1) if level == depth - 1 else np.argpartition(key, half, axis=1)
         order = order[np.minimum(starts[:, None] + split, n - 1)][split < sizes[:, None]]
-        sizes = np.stack([low, sizes - low], axis=1).ravel()
+        sizes = np.stack([np.full_like(sizes, half), sizes - half], axis=1).ravel()
         starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
     return Cells(order=order, starts=starts, sizes=sizes)
 
