@@ -122,8 +122,11 @@ def box_affine(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
     A dimension of zero width gets half-width 1 (it is constant; any scale matches it).
     """
-    lo = x.amin(dim=-2, keepdim=True)
-    hi = x.amax(dim=-2, keepdim=True)
+    # Reduced along contiguous rows, one per coordinate: torch's CPU min and max over a short
+    # strided axis (the points of a row-major (n, m) array) are 5-15x slower than the copy.
+    columns = x.transpose(-1, -2).contiguous()
+    lo = columns.amin(dim=-1).unsqueeze(-2)
+    hi = columns.amax(dim=-1).unsqueeze(-2)
     centre = (hi + lo) / 2
     half = (hi - lo) / 2
     half = torch.where(half > 0, half, torch.ones_like(half))
