@@ -144,9 +144,14 @@ def walk_to_vertex(
     # read by every step, is then contiguous.
     # Rows of free points that cannot enter (outside J, or in the basis already) are zero, and
     # stay zero: their update coefficients are their own entries of the leaving row.
-    null_vectors = tableau.transpose(1, 2) * live.unsqueeze(2)
-    target = 1.0 - live.unsqueeze(1).bmm(null_vectors)
-    augmented = torch.cat([null_vectors, target], dim=1)
+    augmented = tableau.new_empty(batch, width + 1, n_basic)
+    null_vectors = torch.mul(tableau.transpose(1, 2), live.unsqueeze(2), out=augmented[:, :width])
+    augmented[:, width] = 1.0 - live.unsqueeze(1).bmm(null_vectors).squeeze(1)
+    # Rows and entries are picked by flat index (a contiguous row copy each), several times
+    # faster than gather and scatter along an expanded index: row w of problem b is row
+    # first_row[b] + w of the (B (W + 1), N) view, and entry (w, i) is entry row_start[b, w] + i.
+    first_row = torch.arange(0, batch * (width + 1), width + 1, device=tableau.device).unsqueeze(1)
+    row_start = (first_row + torch.arange(width + 1, device=tableau.device)) * n_basic
     threshold = -ROUNDOFF * (n_basic + live.sum(dim=1, keepdim=True))
     # Slot N of the weights and the basis is scratch: a problem with nothing left to swap writes
     # there, so that the loop needs no per-problem branches.
@@ -186,17 +191,19 @@ def walk_to_vertex(
         # point a positive target weight (-target_leave / pivot), which saves about a third of the
         # swaps; it must be at least POSITIVE_PIVOT of the row's largest entry, which bounds the
         # growth of the tableau per swap (otherwise the largest entry: partial pivoting).
-        pivot_row = augmented.gather(2, leave.unsqueeze(1).expand(-1, width + 1, 1)).squeeze(2)
+        rows = augmented.view(-1, n_basic)
+        pivot_row = rows.view(-1).index_select(0, (row_start[: len(leave)] + leave).view(-1)).view(-1, width + 1)
         candidates = pivot_row[:, :width]
         enter = candidates.maximum(candidates * -POSITIVE_PIVOT).argmax(dim=1, keepdim=True)
         pivot = pivot_row.gather(1, enter).masked_fill_(idle, torch.inf)  # idle problems: coef 0
         coef = pivot_row.div_(pivot)
-        column = augmented.gather(1, enter.unsqueeze(2).expand(-1, 1, n_basic)).squeeze(1).scatter_add_(1, leave, ones)
+        enter_row = (first_row[: len(enter)] + enter).view(-1)
+        column = rows.index_select(0, enter_row).scatter_add_(1, leave, ones)
         augmented.addcmul_(coef.unsqueeze(2), column.unsqueeze(1), value=-1.0)
         leave.masked_fill_(idle, n_basic)
         weights.scatter_(1, leave, shrink)
         basis.scatter_(1, leave, free.gather(1, enter))
-        augmented.scatter_(1, enter.unsqueeze(2).expand(-1, 1, n_basic), 0.0)  # it is basic now
+        rows.index_fill_(0, enter_row, 0.0)  # it is basic now
     raise RuntimeError("the Caratheodory walk found no J point to swap in; please report this input")
 
 
