@@ -104,10 +104,13 @@ def product_features(x: torch.Tensor, k: int, basis: str = "legendre") -> torch.
     # whole rows of length n, each block of the result one broadcast product written in place,
     # and the (..., n, N) result is a transposed view: the column-major layout LAPACK wants.
     # Only the head (N(m-1, k) rows) is gathered; the full N(m, k) rows are written once.
-    index = torch.tensor(graded_exponents(m - 1, k), device=x.device)  # (N(m-1,k), m-1)
-    head = table[..., 0, :, :].index_select(-2, index[:, 0]) if m > 1 else table[..., m - 1, :1, :]
-    for j in range(1, m - 1):
-        head = head * table[..., j, :, :].index_select(-2, index[:, j])
+    if m <= 2:  # the graded indices of one coordinate are 0..k in order (of none, the empty one)
+        head = table[..., 0, : k + 1 if m == 2 else 1, :]
+    else:
+        index = torch.tensor(graded_exponents(m - 1, k), device=x.device)  # (N(m-1,k), m-1)
+        head = table[..., 0, :, :].index_select(-2, index[:, 0])
+        for j in range(1, m - 1):
+            head = head * table[..., j, :, :].index_select(-2, index[:, j])
     features = x.new_empty(*x.shape[:-2], n_moments(m, k), x.shape[-2])
     offset = 0
     for i in range(k + 1):

@@ -49,16 +49,16 @@ def clustered_weights(x: torch.Tensor, weights: torch.Tensor, k: int, target: in
     c = weights.cpu().numpy().copy()
     live = np.flatnonzero(c > 0)
     cells = None
+    working_set = WORKING_SET_BYTES.get(x.device.type, WORKING_SET_BYTES["cpu"])
     while len(live) > target:
-        points = columns[:, live].T
+        points = np.take(columns, live, axis=1).T
         cells = _round_cells(cells, points, n_features)
         members, remove = _pick_cells(cells, points, len(live) - target, n_features)
         size = members.shape[1]
-        working_set = WORKING_SET_BYTES.get(x.device.type, WORKING_SET_BYTES["cpu"])
         per_batch = max(1, working_set // (8 * size * (size - n_features)))
         for start in range(0, len(members), per_batch):
             rows = live[members[start : start + per_batch]]
-            cell_points = torch.as_tensor(columns[:, rows], device=x.device).permute(1, 2, 0)
+            cell_points = torch.as_tensor(np.take(columns, rows, axis=1), device=x.device).permute(1, 2, 0)
             features = product_features(to_box(cell_points), k)
             cut = torch.as_tensor(remove[start : start + per_batch], device=x.device)
             c[rows] = eliminate(features, torch.as_tensor(c[rows], device=x.device), cut).cpu().numpy()

@@ -30,11 +30,11 @@ class Cells:
 
     def diameters(self, points: np.ndarray) -> np.ndarray:
         """Diagonal of each cell's bounding box."""
-        sorted_points = points[self.order]
-        span = np.maximum.reduceat(sorted_points, self.starts, axis=0) - np.minimum.reduceat(
-            sorted_points, self.starts, axis=0
+        sorted_columns = np.take(points.T, self.order, axis=1)  # whole rows when points.T is contiguous
+        span = np.maximum.reduceat(sorted_columns, self.starts, axis=1) - np.minimum.reduceat(
+            sorted_columns, self.starts, axis=1
         )
-        return np.sqrt((span**2).sum(axis=1))
+        return np.sqrt((span**2).sum(axis=0))
 
 
 def kd_cells(points: np.ndarray, cell_size: int) -> Cells:
@@ -84,7 +84,9 @@ def merge_siblings(cells: Cells, keep: np.ndarray) -> Cells:
     """
     kept = keep[cells.order]
     position = np.cumsum(keep) - 1
-    sizes = np.bincount(cells.labels[kept] // 2, minlength=(len(cells.sizes) + 1) // 2)
+    kept_before = np.concatenate([[0], np.cumsum(kept)])
+    kept_per_cell = kept_before[cells.starts + cells.sizes] - kept_before[cells.starts]
+    sizes = np.add.reduceat(kept_per_cell, np.arange(0, len(kept_per_cell), 2)) if len(kept_per_cell) else kept_per_cell
     starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
     return Cells(order=position[cells.order[kept]], starts=starts, sizes=sizes)
 
