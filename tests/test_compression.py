@@ -177,6 +177,16 @@ def test_eliminate_removes_exactly_the_requested_count_and_keeps_moments(rank_re
     assert torch.allclose(before, after, rtol=1e-12, atol=1e-12)
 
 
+def test_lu_tableau_in_place_gives_what_it_gives_on_a_copy_and_leaves_the_lu_factors():
+    features = torch.as_tensor(np.random.default_rng(12).normal(size=(3, 10, 40))).transpose(1, 2)  # column-major
+    expected = lu_tableau(features.clone(), 25)
+    packed, _ = torch.linalg.lu_factor(features)
+    got = lu_tableau(features, 25, overwrite=True)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    torch.testing.assert_close(features, packed, rtol=0, atol=0)
+
+
 def test_eliminate_moves_all_weight_onto_the_basis_when_its_solution_is_feasible():
     """Light non-basic points: the basic solution is positive, so every one of them goes at once and
     the basic weights are the unique solution of F_B^T w = F^T c (numpy's solve)."""

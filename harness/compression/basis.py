@@ -65,7 +65,7 @@ def exponents(m: int, k: int) -> np.ndarray:
 
 
 def _legendre_table(x: torch.Tensor, k: int) -> torch.Tensor:
-    """Q_0..Q_k at every coordinate of x (..., n, m) by the three-term recurrence: (..., m, k+1, n).
+    """Q_0..Q_k at every coordinate of x (..., n, m) by the three-term recurrence: (k+1, m, ..., n).
 
     Q_p = sqrt(2p+1) P_p, the Legendre polynomials scaled to unit L2 norm on [-1, 1] under the
     uniform measure; this keeps the feature columns of comparable size at high degree. From
@@ -73,23 +73,23 @@ def _legendre_table(x: torch.Tensor, k: int) -> torch.Tensor:
     a_p = sqrt((2p+3)(2p+1)) / (p+1) and b_p = p sqrt((2p+3) / (2p-1)) / (p+1), two fused
     operations per degree written straight into the table.
     """
-    t = x.transpose(-1, -2)
-    table = x.new_empty(*t.shape[:-1], k + 1, t.shape[-1])
-    table[..., 0, :] = 1.0
+    t = x.movedim(-1, 0)
+    table = x.new_empty(k + 1, *t.shape)
+    table[0] = 1.0
     if k >= 1:
-        torch.mul(t, math.sqrt(3.0), out=table[..., 1, :])
+        torch.mul(t, math.sqrt(3.0), out=table[1])
     for p in range(1, k):
         a = math.sqrt((2 * p + 3) * (2 * p + 1)) / (p + 1)
         b = p * math.sqrt((2 * p + 3) / (2 * p - 1)) / (p + 1)
-        torch.mul(table[..., p - 1, :], -b, out=table[..., p + 1, :])
-        table[..., p + 1, :].addcmul_(t, table[..., p, :], value=a)
+        torch.mul(table[p - 1], -b, out=table[p + 1])
+        table[p + 1].addcmul_(t, table[p], value=a)
     return table
 
 
 def _power_table(x: torch.Tensor, k: int) -> torch.Tensor:
-    """x^0..x^k at every coordinate of x (..., n, m): (..., m, k+1, n)."""
-    t = x.transpose(-1, -2).unsqueeze(-2)
-    return t ** torch.arange(k + 1, dtype=x.dtype, device=x.device).unsqueeze(-1)
+    """x^0..x^k at every coordinate of x (..., n, m): (k+1, m, ..., n)."""
+    powers = torch.arange(k + 1, dtype=x.dtype, device=x.device).view(-1, *[1] * x.dim())
+    return x.movedim(-1, 0).unsqueeze(0) ** powers
 
 
 def product_features(x: torch.Tensor, k: int, basis: str = "legendre") -> torch.Tensor:
@@ -99,23 +99,27 @@ def product_features(x: torch.Tensor, k: int, basis: str = "legendre") -> torch.
     ``"monomial"`` (raw powers). ``x`` may carry leading batch dimensions: (..., n, m) -> (..., n, N).
     """
     m = x.shape[-1]
+    # Degree-major table (k+1, m, ..., n): every recurrence step and every product below runs
+    # over whole rows of length n, contiguous when the points of x are (a view of a
+    # coordinate-major array, as the clustered method passes them; 2-3x faster than strided).
     table = _legendre_table(x, k) if basis == "legendre" else _power_table(x, k)
-    # Coordinate-major layout: the graded features of the first m - 1 coordinates are gathers of
-    # whole rows of length n, each block of the result one broadcast product written in place,
-    # and the (..., n, N) result is a transposed view: the column-major layout LAPACK wants.
-    # Only the head (N(m-1, k) rows) is gathered; the full N(m, k) rows are written once.
+    # The graded features of the first m - 1 coordinates (the head) are gathers of whole rows,
+    # each block of the result one broadcast product written in place, and the (..., n, N)
+    # result is a transposed view: the column-major layout LAPACK wants. Only the head
+    # (N(m-1, k) rows) is gathered; the full N(m, k) rows are written once.
     if m <= 2:  # the graded indices of one coordinate are 0..k in order (of none, the empty one)
-        head = table[..., 0, : k + 1 if m == 2 else 1, :]
+        head = table[: k + 1 if m == 2 else 1, 0]
     else:
         index = torch.tensor(graded_exponents(m - 1, k), device=x.device)  # (N(m-1,k), m-1)
-        head = table[..., 0, :, :].index_select(-2, index[:, 0])
+        head = table[:, 0].index_select(0, index[:, 0])
         for j in range(1, m - 1):
-            head = head * table[..., j, :, :].index_select(-2, index[:, j])
+            head = head * table[:, j].index_select(0, index[:, j])
     features = x.new_empty(*x.shape[:-2], n_moments(m, k), x.shape[-2])
     offset = 0
     for i in range(k + 1):
         size = n_moments(m - 1, k - i)
-        torch.mul(head[..., :size, :], table[..., m - 1, i : i + 1, :], out=features[..., offset : offset + size, :])
+        block = features[..., offset : offset + size, :].movedim(-2, 0)
+        torch.mul(head[:size], table[i, m - 1], out=block)
         offset += size
     return features.transpose(-1, -2)
 
