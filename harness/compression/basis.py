@@ -129,15 +129,16 @@ def box_affine(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
     A dimension of zero width gets half-width 1 (it is constant; any scale matches it).
     """
-    # Reduced along contiguous rows, one per coordinate: torch's CPU min and max over a short
-    # strided axis (the points of a row-major (n, m) array) are 5-15x slower than the copy.
-    columns = x.transpose(-1, -2).contiguous()
+    columns = x.transpose(-1, -2)
+    if columns.stride(-1) != 1:
+        # Reduced along contiguous rows, one per coordinate: torch's CPU min and max over a
+        # short strided axis (the points of a row-major (n, m) array) are 5-15x slower than
+        # this copy.
+        columns = columns.contiguous()
     lo = columns.amin(dim=-1).unsqueeze(-2)
-    hi = columns.amax(dim=-1).unsqueeze(-2)
-    centre = (hi + lo) / 2
-    half = (hi - lo) / 2
-    half = torch.where(half > 0, half, torch.ones_like(half))
-    return centre, half
+    half = (columns.amax(dim=-1).unsqueeze(-2) - lo) / 2
+    centre = lo + half
+    return centre, half.masked_fill_(half <= 0, 1.0)
 
 
 def to_box(x: torch.Tensor) -> torch.Tensor:

@@ -28,10 +28,11 @@ import torch
 # features of points in [-1, 1]^m keep genuine directions far above this; exactly degenerate
 # inputs (duplicates, points on a line) give values near 1e-16.
 RANK_RTOL = 1e-11
-# A basic weight of the target counts as negative only below -ROUNDOFF * (the problem's total
-# weight; the walk's weights are ratios new / old, so the total is the number of points it moves
-# weight between): round-off in the tableau updates stays far below it. Smaller negatives are set
-# to zero at the end, which changes a point's weight by at most that fraction of it.
+# A basic weight of the target counts as negative only below -ROUNDOFF * (a bound on the
+# problem's total weight; the walk's weights are ratios new / old, so the total is the number of
+# points it moves weight between, at most N + W): round-off in the tableau updates stays far
+# below it. Smaller negatives are set to zero at the end, which changes a point's weight by at
+# most that fraction of the total.
 ROUNDOFF = 64 * torch.finfo(torch.float64).eps
 # The entering point of a swap is the largest positive tableau entry of the leaving row when that
 # is at least this fraction of the row's largest magnitude; each swap then grows the tableau by
@@ -164,14 +165,17 @@ def walk_to_vertex(
     # first_row[b] + w of the (B (W + 1), N) view, and entry (w, i) is entry row_start[b, w] + i.
     first_row = torch.arange(0, batch * (width + 1), width + 1, device=tableau.device).unsqueeze(1)
     row_start = (first_row + torch.arange(width + 1, device=tableau.device)) * n_basic
-    threshold = -ROUNDOFF * (n_basic + live.sum(dim=1, keepdim=True))
+    threshold = -ROUNDOFF * (n_basic + width)
     # Slot N of the weights and the basis is scratch: a problem with nothing left to swap writes
     # there, so that the loop needs no per-problem branches.
     ones = live.new_ones(batch, 1)
     weights = live.new_ones(batch, n_basic + 1)
-    basis = torch.cat([basic, basic[:, :1]], dim=1)
     shrink = ones.clone()  # the J points' weights
-    position = torch.arange(batch, device=tableau.device)  # of each walking problem in the batch
+    # One integer row per problem: its basis, its free points and its position in the batch,
+    # selected together when the batch shrinks.
+    position = torch.arange(batch, device=tableau.device).unsqueeze(1)
+    indices = torch.cat([basic, basic[:, :1], free, position], dim=1)
+    basis, free, position = indices[:, : n_basic + 1], indices[:, n_basic + 1 : -1], indices[:, -1]
     final_weights, final_basis = live.new_empty(batch, n_basic), basic.clone()
     for _ in range(width + 1):  # every swap uses up a J column of each problem still walking
         target, c_now = augmented[:, width], weights[:, :n_basic]
@@ -188,10 +192,10 @@ def walk_to_vertex(
             if n_walking == 0:
                 return final_weights, final_basis
             keep = idle.logical_not().squeeze(1).nonzero().squeeze(1)
-            augmented, weights, basis, shrink, free, threshold, position, t, leave = (
-                state.index_select(0, keep)
-                for state in (augmented, weights, basis, shrink, free, threshold, position, t, leave)
+            augmented, weights, shrink, indices, t, leave = (
+                state.index_select(0, keep) for state in (augmented, weights, shrink, indices, t, leave)
             )
+            basis, free, position = indices[:, : n_basic + 1], indices[:, n_basic + 1 : -1], indices[:, -1]
             ones, idle = ones[: len(keep)], idle[keep]
             target, c_now = augmented[:, width], weights[:, :n_basic]
         t.masked_fill_(idle, 0.0)
