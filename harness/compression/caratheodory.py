@@ -159,7 +159,7 @@ def walk_to_vertex(
     # stay zero: their update coefficients are their own entries of the leaving row.
     augmented = tableau.new_empty(batch, width + 1, n_basic)
     null_vectors = torch.mul(tableau.transpose(1, 2), live.unsqueeze(2), out=augmented[:, :width])
-    augmented[:, width] = 1.0 - live.unsqueeze(1).bmm(null_vectors).squeeze(1)
+    torch.sum(null_vectors, dim=1, out=augmented[:, width]).neg_().add_(1.0)
     # Rows and entries are picked by flat index (a contiguous row copy each), several times
     # faster than gather and scatter along an expanded index: row w of problem b is row
     # first_row[b] + w of the (B (W + 1), N) view, and entry (w, i) is entry row_start[b, w] + i.
@@ -183,21 +183,11 @@ def walk_to_vertex(
         ratio.masked_fill_(target >= threshold, torch.inf)
         t, leave = ratio.min(dim=1, keepdim=True)
         idle = t.isinf()
-        n_walking = len(position) - int(idle.sum())
-        if 2 * n_walking <= len(position):
-            # Record every problem's state, then go on with the walking ones alone: after a few
-            # swaps most problems are done, and the rest should not drag them along.
+        n_walking = len(idle) - int(idle.sum())
+        if n_walking == 0:
             final_weights.index_copy_(0, position, target.clamp(min=0.0))
             final_basis.index_copy_(0, position, basis[:, :n_basic])
-            if n_walking == 0:
-                return final_weights, final_basis
-            keep = idle.logical_not().squeeze(1).nonzero().squeeze(1)
-            augmented, weights, shrink, indices, t, leave = (
-                state.index_select(0, keep) for state in (augmented, weights, shrink, indices, t, leave)
-            )
-            basis, free, position = indices[:, : n_basic + 1], indices[:, n_basic + 1 : -1], indices[:, -1]
-            ones, idle = ones[: len(keep)], idle[keep]
-            target, c_now = augmented[:, width], weights[:, :n_basic]
+            return final_weights, final_basis
         t.masked_fill_(idle, 0.0)
         c_now.lerp_(target, t).clamp_(min=0.0)
         shrink.addcmul_(shrink, t, value=-1.0)
@@ -220,6 +210,18 @@ def walk_to_vertex(
         weights.scatter_(1, leave, shrink)
         basis.scatter_(1, leave, free.gather(1, enter))
         rows.index_fill_(0, enter_row, 0.0)  # it is basic now
+        if 2 * n_walking <= len(idle):
+            # Record every problem's state (an idle one's is final: nothing moves it any more),
+            # then go on with the walking ones alone: after a few swaps most problems are done,
+            # and the rest should not drag them along.
+            final_weights.index_copy_(0, position, target.clamp(min=0.0))
+            final_basis.index_copy_(0, position, basis[:, :n_basic])
+            keep = idle.logical_not().squeeze(1).nonzero().squeeze(1)
+            augmented, weights, shrink, indices = (
+                state.index_select(0, keep) for state in (augmented, weights, shrink, indices)
+            )
+            basis, free, position = indices[:, : n_basic + 1], indices[:, n_basic + 1 : -1], indices[:, -1]
+            ones = ones[: len(keep)]
     raise RuntimeError("the Caratheodory walk found no J point to swap in; please report this input")
 
 
