@@ -43,35 +43,37 @@ def kd_cells(points: np.ndarray, cell_size: int) -> Cells:
     The depth is round(log2(n / cell_size)), so a cell is never smaller than
     n / 2^depth >= cell_size / sqrt(2) points (for n >= cell_size).
     """
-    n = len(points)
+    n, m = points.shape
     depth = max(0, round(math.log2(n / cell_size))) if n > cell_size else 0
-    columns = np.ascontiguousarray(points.T)  # coordinate-major: gathers copy whole rows
-    order = np.arange(n)
-    starts = np.zeros(1, dtype=np.int64)
+    # One row per cell. The sizes of a level differ by at most one, so the rows of a level are
+    # padded to one width with index n: a point at +inf for the lows (and the sort keys, which
+    # put it last) and at -inf for the highs. Coordinate-major, so gathers copy whole rows.
+    padded = np.empty((2 * m, n + 1))
+    padded[:m, :n] = padded[m:, :n] = points.T
+    padded[:m, n], padded[m:, n] = np.inf, -np.inf
+    order = np.arange(n)[None, :]
     sizes = np.array([n], dtype=np.int64)
     for level in range(depth):
-        sorted_columns = np.take(columns, order, axis=1)
-        low_corner = np.minimum.reduceat(sorted_columns, starts, axis=1)
-        span = np.maximum.reduceat(sorted_columns, starts, axis=1) - low_corner
-        widest = np.argmax(span, axis=0)
-        # One row per cell holding its widest coordinate, padded with inf (the sizes of a level
-        # differ by at most one). A row-wise partition at each cell's half splits them all at
-        # once in linear time; the last level sorts instead, leaving every cell ordered along
-        # the coordinate it was split on, so that the first s points of a cell are a slab at one
-        # end (the clustered method reduces a larger cell's first s points). A sort at every
-        # level took twice as long.
-        labels = np.repeat(np.arange(len(sizes)), sizes)
-        present = np.arange(sizes.max()) < sizes[:, None]
-        key = np.full(present.shape, np.inf)
-        key[present] = sorted_columns.ravel()[widest[labels] * n + np.arange(n)]
+        coordinates = np.take(padded, order, axis=1)  # (2m, cells, width)
+        span = coordinates[m:].max(axis=2) - coordinates[:m].min(axis=2)
+        key = coordinates[span.argmax(axis=0), np.arange(len(order))]  # each cell's widest coordinate
+        # A row-wise partition at the half splits every cell at once in linear time; the last
+        # level sorts instead, leaving every cell ordered along the coordinate it was split on,
+        # so that the first s points of a cell are a slab at one end (the clustered method
+        # reduces a larger cell's first s points). A sort at every level took twice as long.
         # The sizes of a level are s or s + 1, one of them even, 2h: every cell's lower half
         # gets h points (halves h - 1 and h of 2h - 1, or h and h + 1 of 2h + 1), so one
         # partition point serves every row (with two, numpy's selection is 1.4x slower).
         half = sizes.max() // 2 if sizes.max() % 2 == 0 else sizes.min() // 2
         split = np.argsort(key, axis=1) if level == depth - 1 else np.argpartition(key, half, axis=1)
-        order = order[np.minimum(starts[:, None] + split, n - 1)][split < sizes[:, None]]
+        order = np.take(order, split + np.arange(0, order.size, order.shape[1])[:, None])  # each row by its split
+        halves = np.full((len(order), 2, order.shape[1] - half), n)  # the upper halves are the wider
+        halves[:, 0, :half] = order[:, :half]
+        halves[:, 1] = order[:, half:]
+        order = halves.reshape(2 * len(order), -1)
         sizes = np.stack([np.full_like(sizes, half), sizes - half], axis=1).ravel()
-        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    order = order[order < n]
     return Cells(order=order, starts=starts, sizes=sizes)
 
 
