@@ -173,12 +173,18 @@ def walk_to_vertex(
     shrink = ones.clone()  # the J points' weights
     # One integer row per problem: its basis, its free points and its position in the batch,
     # selected together when the batch shrinks.
-    position = torch.arange(batch, device=tableau.device).unsqueeze(1)
-    indices = torch.cat([basic, basic[:, :1], free, position], dim=1)
-    basis, free, position = indices[:, : n_basic + 1], indices[:, n_basic + 1 : -1], indices[:, -1]
+    indices = torch.cat([basic, basic[:, :1], free, torch.arange(batch, device=tableau.device).unsqueeze(1)], dim=1)
     final_weights, final_basis = live.new_empty(batch, n_basic), basic.clone()
+
+    def views():
+        """Views of the batch's state: every update below is in place, so they last until it shrinks."""
+        walking = len(indices)
+        return (augmented[:, width], weights[:, :n_basic], augmented.view(-1, n_basic),
+                indices[:, : n_basic + 1], indices[:, n_basic + 1 : -1], indices[:, -1],
+                first_row[:walking], row_start[:walking], ones[:walking])
+
+    target, c_now, rows, basis, free, position, first_rows, row_starts, units = views()
     for _ in range(width + 1):  # every swap uses up a J column of each problem still walking
-        target, c_now = augmented[:, width], weights[:, :n_basic]
         ratio = c_now / (c_now - target)  # along c + t (target - c), basic i reaches zero at t = ratio_i
         ratio.masked_fill_(target >= threshold, torch.inf)
         t, leave = ratio.min(dim=1, keepdim=True)
@@ -197,14 +203,13 @@ def walk_to_vertex(
         # point a positive target weight (-target_leave / pivot), which saves about a third of the
         # swaps; it must be at least POSITIVE_PIVOT of the row's largest entry, which bounds the
         # growth of the tableau per swap (otherwise the largest entry: partial pivoting).
-        rows = augmented.view(-1, n_basic)
-        pivot_row = rows.view(-1).index_select(0, (row_start[: len(leave)] + leave).view(-1)).view(-1, width + 1)
+        pivot_row = rows.view(-1).index_select(0, (row_starts + leave).view(-1)).view(-1, width + 1)
         candidates = pivot_row[:, :width]
         enter = candidates.maximum(candidates * -POSITIVE_PIVOT).argmax(dim=1, keepdim=True)
         pivot = pivot_row.gather(1, enter).masked_fill_(idle, torch.inf)  # idle problems: coef 0
         coef = pivot_row.div_(pivot)
-        enter_row = (first_row[: len(enter)] + enter).view(-1)
-        column = rows.index_select(0, enter_row).scatter_add_(1, leave, ones)
+        enter_row = (first_rows + enter).view(-1)
+        column = rows.index_select(0, enter_row).scatter_add_(1, leave, units)
         augmented.addcmul_(coef.unsqueeze(2), column.unsqueeze(1), value=-1.0)
         leave.masked_fill_(idle, n_basic)
         weights.scatter_(1, leave, shrink)
@@ -220,8 +225,7 @@ def walk_to_vertex(
             augmented, weights, shrink, indices = (
                 state.index_select(0, keep) for state in (augmented, weights, shrink, indices)
             )
-            basis, free, position = indices[:, : n_basic + 1], indices[:, n_basic + 1 : -1], indices[:, -1]
-            ones = ones[: len(keep)]
+            target, c_now, rows, basis, free, position, first_rows, row_starts, units = views()
     raise RuntimeError("the Caratheodory walk found no J point to swap in; please report this input")
 
 
