@@ -108,6 +108,8 @@ def largest_difference(solo: dict, together: dict, keys: tuple[str, ...] | None 
 
 @pytest.mark.parametrize("sizes, rows", [
     ([1, 30, 1], 20),       # a contraction of 1 (the input layer) and a single output
+    ([2, 40, 1], 16),       # one hidden layer, one output: the first layer's gradients through the mask
+    ([3, 8, 1], 50),        # the same with fewer units than rows
     ([3, 8, 8, 4], 50),     # fewer units than rows: products computed transposed
     ([5, 60, 40, 1], 12),   # more units than rows
     ([2, 16, 3], 16),       # as many as rows
