@@ -43,8 +43,9 @@ from harness.train.stacked_optim import StackedOptimizer
 
 
 # Activation bytes of one stack on a CPU (about a core's L2 cache here). Beyond it a wide model's
-# forward and backward passes are bound by memory: width 1000, batch 128 took 0.17-0.20 ms per
-# model-step in stacks of 4 to 8, 0.23 ms in one stack of 16 and 0.27 ms in stacks of 2.
+# forward and backward passes are bound by memory: width 1000, batch 128 took 0.16-0.19 ms per
+# model-step in stacks of 4 to 8, 0.18-0.20 ms in one of 16, 0.24-0.26 ms in one of 32 and
+# 0.26 ms in stacks of 2.
 CPU_STACK_BYTES = 4 << 20
 
 
