@@ -161,34 +161,35 @@ class _Layer(torch.autograd.Function):
 class _OneHiddenLayer(torch.autograd.Function):
     """K MLPs with one hidden layer and one output, on inputs that need no gradient.
 
-    y = (relu(z) * c) w2 + b2 with z = x W1^T + b1. The output's gradient dy (one number per
-    example) makes the hidden layer's gradient rank one: dz = mask * (dy v^T), with v = c * w2 and
-    mask = (z > 0). So one small product with the mask, P = [x * dy, dy]^T mask, gives all the
-    gradients without forming dz: dW1^T = P[:n_0] scaled by v, db1 = P[n_0] scaled by v, and the
-    output weights' h^T dy = sum_b mask (x W1^T + b1) dy = sum_j W1^T[j] * P[j] + b1 * P[n_0]. The
-    backward then makes three passes over the (K, B, width) activations (the mask and its
-    product) instead of seven (outer product, ReLU backward, h^T dy, x^T dz, the sum of dz): the
-    same sums in another order. At width 1000, batch 128, 8 models: 0.17 instead of 0.23 ms per
-    model-step with AdamW.
+    y = (relu(z) * c) w2 + b2 with z = x W1^T + b1, so with mask = (z > 0) and v = c * w2:
+    relu(z) = mask * z, and both passes need only the mask. Forward:
+    y = sum_j x_j (mask (W1^T[j] v)^T) + mask (b1 v)^T + b2, one product of the mask with n_0 + 1
+    columns. Backward: the output's gradient dy (one number per example) makes the hidden layer's
+    gradient rank one, dz = mask * (dy v^T), so one product P = [x * dy, dy]^T mask gives
+    dW1^T = P[:n_0] scaled by v, db1 = P[n_0] scaled by v, and the output weights' gradient
+    h^T dy = sum_j W1^T[j] * P[j] + b1 * P[n_0]. Neither relu(z) nor dz is ever formed: five
+    passes over the (K, B, width) activations in all (z, the mask in place, two products) where
+    layer by layer takes eleven; the same sums in another order. At width 1000, batch 128, 8
+    models, forward and backward took 0.12-0.16 ms per model-step (three runs), against 0.17-0.22
+    with relu(z) formed and its h^T dy read off it.
     """
 
     @staticmethod
     def forward(ctx, x, weight1_t, bias1, weight2_t, bias2, multiplicity):
-        h = batched_matmul(x, weight1_t, bias1).relu_()
-        hidden = h if multiplicity is None else h * multiplicity[:, None]
-        ctx.save_for_backward(x, h, weight1_t, bias1, weight2_t, multiplicity)
-        return batched_matmul(hidden, weight2_t, bias2)
+        mask = batched_matmul(x, weight1_t, bias1).gt_(0.0)  # z, then 1.0 where z > 0, in place
+        outgoing = weight2_t[:, :, 0] if multiplicity is None else weight2_t[:, :, 0] * multiplicity
+        folded = torch.cat([weight1_t * outgoing[:, None], (bias1 * outgoing)[:, None]], dim=1)  # (K, n_0 + 1, width)
+        through_mask = batched_matmul(mask, folded.transpose(1, 2))  # (K, B, n_0 + 1)
+        ctx.save_for_backward(x, mask, weight1_t, bias1, outgoing, multiplicity)
+        return (through_mask[:, :, :-1] * x).sum(dim=2, keepdim=True) + through_mask[:, :, -1:] + bias2[:, None]
 
     @staticmethod
     def backward(ctx, grad):
-        x, h, weight1_t, bias1, weight2_t, multiplicity = ctx.saved_tensors
-        mask = torch.sign(h)  # h >= 0: 1 where the unit is active, else 0
+        x, mask, weight1_t, bias1, outgoing, multiplicity = ctx.saved_tensors
         per_example = torch.cat([x * grad, grad], dim=2)  # (K, B, n_0 + 1)
         through_mask = torch.bmm(per_example.transpose(1, 2), mask)  # (K, n_0 + 1, width)
         grad_weight2 = (weight1_t * through_mask[:, :-1]).sum(dim=1) + bias1 * through_mask[:, -1]  # h^T dy
-        outgoing = weight2_t[:, :, 0]
         if multiplicity is not None:
             grad_weight2 = grad_weight2 * multiplicity
-            outgoing = outgoing * multiplicity
         through_mask *= outgoing[:, None]
         return (None, through_mask[:, :-1], through_mask[:, -1], grad_weight2[:, :, None], grad.sum(dim=1), None)
