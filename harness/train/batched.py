@@ -43,9 +43,10 @@ from harness.train.stacked_optim import StackedOptimizer
 
 
 # Activation bytes of one stack on a CPU (about a core's L2 cache here). Beyond it a wide model's
-# forward and backward passes are bound by memory: width 1000, batch 128 took 0.16-0.19 ms per
-# model-step in stacks of 4 to 8, 0.18-0.20 ms in one of 16, 0.24-0.26 ms in one of 32 and
-# 0.26 ms in stacks of 2.
+# forward and backward passes are bound by memory: width 1000, batch 128, AdamW took 0.18-0.28 ms
+# per model-step layer by layer in stacks of 4 to 8 and 0.26-0.34 ms in one of 16; the
+# one-hidden-layer pass (stacked._OneHiddenLayer) 0.13-0.18 ms in stacks of 4 to 16, 0.26 ms in
+# one of 32.
 CPU_STACK_BYTES = 4 << 20
 
 
