@@ -3,8 +3,10 @@
 ``weights_t[l]`` is (K, n_l, n_{l+1}) (each model's weight matrix transposed, so that the batched
 matmuls and their backward passes read contiguous memory), ``biases[l]`` (K, n_{l+1}) and
 ``multiplicities[l]`` (K, n_l); the forward pass is one batched matmul per layer on inputs
-(K, B, n_0), so K small models cost about what one model K times wider does. Slice k computes exactly what MLP k computes
-(harness/models/mlp.py), with its own multiplicities and the same gradient division.
+(K, B, n_0), so K small models cost about what one model K times wider does (a net with one
+hidden layer and one output runs both passes on its ReLU mask alone: ``_OneHiddenLayer``). Slice k
+computes what MLP k computes (harness/models/mlp.py; the same sums, in another order), with its own
+multiplicities and the same gradient division.
 
 ``bind`` makes each member MLP's parameters views of its slice, so code that evaluates a member
 (``predict(arm.model, x)``) sees the stacked training without copies.
@@ -74,8 +76,8 @@ class StackedMLP:
             return _OneHiddenLayer.apply(x, self.weights_t[0], self.biases[0], self.weights_t[1], self.biases[1],
                                          scaled[0])
         h = x
-        for layer, c in enumerate(self.multiplicities):
-            h = _Layer.apply(h, self.weights_t[layer], self.biases[layer], c if self._scaled[layer] else None)
+        for layer, c in enumerate(scaled):
+            h = _Layer.apply(h, self.weights_t[layer], self.biases[layer], c)
         return _Layer.apply(h, self.weights_t[-1], self.biases[-1], None, False)
 
     @torch.no_grad()
