@@ -14,7 +14,8 @@ arms, at step 0, every ``eval_every`` steps and the last), statuses and ``second
 time shared equally among the models stacked in it). An arm whose training loss is NaN/inf at an
 evaluation is marked diverged and leaves its stack; the other models never see it (their slices of
 every batched operation are their own). On a CPU in float64 the losses match the loop's to about
-1e-13 (tests/test_train_batched.py holds them to 1e-10).
+1e-14, at worst 5e-12 (Adamax, whose max-based steps amplify rounding; tests/test_train_batched.py
+holds them to 1e-10).
 
 ``run_together(functions)`` runs functions that train through ``harness.train.train_side_by_side``
 (e.g. ``run_config`` of several configurations) so that all their training calls meet here: see
