@@ -100,8 +100,8 @@ def product_features(x: torch.Tensor, k: int, basis: str = "legendre") -> torch.
     """
     m = x.shape[-1]
     # Degree-major table (k+1, m, ..., n): every recurrence step and every product below runs
-    # over whole rows of length n, contiguous when the points of x are (a view of a
-    # coordinate-major array, as the clustered method passes them; 2-3x faster than strided).
+    # over whole rows of length n. They are contiguous when x is a view of a coordinate-major
+    # array, as the clustered method passes it (2-3x faster than strided rows).
     table = _legendre_table(x, k) if basis == "legendre" else _power_table(x, k)
     # The graded features of the first m - 1 coordinates (the head) are gathers of whole rows,
     # each block of the result one broadcast product written in place, and the (..., n, N)

@@ -45,7 +45,8 @@ def clustered_weights(x: torch.Tensor, weights: torch.Tensor, k: int, target: in
     # to x's device for the features and the elimination. The points are kept coordinate-major,
     # (m, n): a batch gathered from them is (m, B, s), and its view as (B, s, m) has each cell's
     # coordinates contiguous, the layout that the box and the features reduce and compute along.
-    columns = to_box(torch.from_numpy(np.ascontiguousarray(x.cpu().numpy().T)).T).T.numpy()
+    coordinate_major = torch.from_numpy(np.ascontiguousarray(x.cpu().numpy().T))  # (m, n)
+    columns = to_box(coordinate_major.T).T.numpy()  # to_box takes (n, m) and keeps the layout
     c = weights.cpu().numpy().copy()
     live = np.flatnonzero(c > 0)
     cells = None

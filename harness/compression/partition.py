@@ -23,11 +23,6 @@ class Cells:
     starts: np.ndarray
     sizes: np.ndarray
 
-    @property
-    def labels(self) -> np.ndarray:
-        """Cell index of each position of ``order``."""
-        return np.repeat(np.arange(len(self.sizes)), self.sizes)
-
     def diameters(self, points: np.ndarray) -> np.ndarray:
         """Diagonal of each cell's bounding box."""
         sorted_columns = np.take(points.T, self.order, axis=1)  # whole rows when points.T is contiguous
