@@ -20,7 +20,7 @@ import torch
 from harness.config import OPTIMIZERS, Config, TrainConfig, parse_config
 from harness.experiments.runner import run_arms, run_config, run_configs
 from harness.experiments.units import compress_units
-from harness.models import init_mlp
+from harness.models import init_mlp, relu_kernels
 from harness.sweep.batching import batch_key, claim_compatible
 from harness.sweep.execute import job_id
 from harness.sweep.launch import jobs
@@ -114,9 +114,13 @@ def largest_difference(solo: dict, together: dict, keys: tuple[str, ...] | None 
     ([5, 60, 40, 1], 12),   # more units than rows
     ([2, 16, 3], 16),       # as many as rows
 ])
-def test_stacked_forward_and_gradients_match_each_mlp(sizes, rows):
-    """Every orientation of batched_matmul: outputs and every parameter's gradient of three stacked
+@pytest.mark.parametrize("fused", [True, False], ids=["fused kernels", "torch passes"])
+def test_stacked_forward_and_gradients_match_each_mlp(sizes, rows, fused, monkeypatch):
+    """Every orientation of batched_matmul, and the one-hidden-layer pass through the fused CPU
+    kernels and through torch (as on a GPU): outputs and every parameter's gradient of three stacked
     MLPs (one with multiplicities) against each MLP's own autograd, in float64."""
+    if not fused:
+        monkeypatch.setattr(relu_kernels, "applies", lambda x: False)
     models = [init_mlp(sizes, seed=seed) for seed in range(3)]
     models[1] = models[1].select_units(0, np.arange(sizes[1]), np.linspace(0.5, 3.0, sizes[1]))
     stack = stacked.StackedMLP.of(models)
@@ -187,15 +191,17 @@ def test_batched_runs_reproduce_the_loop_at_every_logged_step(experiment, optimi
     assert sorted(stack_sizes) == ([12] if experiment == "data" and optimizer != "gd" else [3, 9])
 
 
-def test_a_small_cpu_stack_budget_splits_stacks_evenly_and_still_reproduces_the_loop(stack_sizes, monkeypatch):
+@pytest.mark.parametrize("inputs", [6, 2])
+def test_a_small_cpu_stack_budget_splits_stacks_evenly_and_still_reproduces_the_loop(inputs, stack_sizes, monkeypatch):
     """12 data arms of width 8, batch 32 in float64: 2 KiB of activations each; a 10 KiB budget
-    gives 3 stacks of 4."""
+    gives 3 stacks of 4. With 2 inputs the fused kernels keep no activations: one stack of 12."""
+    assert (inputs <= relu_kernels.MAX_INPUTS) == (inputs == 2)
     monkeypatch.setattr(batched, "CPU_STACK_BYTES", 10 << 10)
-    configs = [config("data", "adamw", lr, seed) for seed, lr in [(0, 0.01), (1, 0.003), (2, 0.02)]]
+    configs = [config("data", "adamw", lr, seed, task={"input_dim": inputs}) for seed, lr in [(0, 0.01), (1, 0.003), (2, 0.02)]]
     solo, together = solo_and_together(configs)
     for a, b in zip(solo, together):
         assert largest_difference(a, b) <= FLOAT64_TOLERANCE
-    assert stack_sizes == [4, 4, 4]
+    assert stack_sizes == ([4, 4, 4] if inputs == 6 else [12])
 
 
 def test_multiplicities_and_their_gradient_division_are_reproduced(stack_sizes):

@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness.models import relu_kernels
+
 
 class MLP(nn.Module):
     """``weights[l]``: (n_{l+1}, n_l); ``biases[l]``: (n_{l+1},); one multiplicity vector per hidden layer."""
@@ -64,6 +66,12 @@ class MLP(nn.Module):
         return getattr(self, f"multiplicity{layer}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._fused_evaluation(x):
+            # One fused pass, no (rows, width) activations in memory (harness/models/relu_kernels.py):
+            # 30000 points at width 1000 in 4.1-4.6 ms in predict's chunks, against 11-12 ms layer by layer.
+            outgoing = self.weights[1][0] * self.unit_multiplicities(0)
+            readout = relu_kernels.relu_readout(x[None], self.weights[0].T[None], self.biases[0][None], outgoing[None])
+            return readout[0, :, None] + self.biases[1]
         h = x
         for layer in range(self.depth):
             # In place where autograd allows: a linear layer's output is not saved for backward,
@@ -72,6 +80,12 @@ class MLP(nn.Module):
             c = self.unit_multiplicities(layer)
             h = h * c if torch.is_grad_enabled() else h.mul_(c)
         return F.linear(h, self.weights[-1], self.biases[-1])
+
+    def _fused_evaluation(self, x: torch.Tensor) -> bool:
+        """Whether to evaluate (no autograd) through the fused kernel: one hidden layer, one output,
+        inputs of a few coordinates on a CPU."""
+        return (self.depth == 1 and self.weights[1].shape[0] == 1 and not torch.is_grad_enabled()
+                and x.dim() == 2 and x.dtype == self.weights[0].dtype and relu_kernels.applies(x))
 
     @torch.no_grad()
     def divide_gradients(self) -> None:

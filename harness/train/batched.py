@@ -3,8 +3,8 @@
 ``train_together(calls)`` does what ``train_side_by_side`` (harness/train/loop.py) does for each
 call, for all of them in lockstep: the arms whose MLPs share layer shapes, dtype, device, the
 training settings other than the learning rate and the batch size are stacked
-(harness/train/stacked.py; on a CPU in stacks of at most CPU_STACK_BYTES of activations) and
-take each step together through one batched forward and backward
+(harness/train/stacked.py; on a CPU in stacks of at most CPU_STACK_BYTES of activations, unless
+the fused kernels keep none) and take each step together through one batched forward and backward
 pass and one vectorised optimizer update (harness/train/stacked_optim.py) with each model's own
 learning rate. Each arm keeps its own training set, sample weights, sampler and multiplicities;
 a sampler shared by several arms is drawn once per step, as in the loop.
@@ -14,7 +14,7 @@ arms, at step 0, every ``eval_every`` steps and the last), statuses and ``second
 time shared equally among the models stacked in it). An arm whose training loss is NaN/inf at an
 evaluation is marked diverged and leaves its stack; the other models never see it (their slices of
 every batched operation are their own). On a CPU in float64 the losses match the loop's to about
-1e-14, at worst 5e-12 (Adamax, whose max-based steps amplify rounding; tests/test_train_batched.py
+1e-14, at worst 3.4e-12 (Adamax, whose max-based steps amplify rounding; tests/test_train_batched.py
 holds them to 1e-10).
 
 ``run_together(functions)`` runs functions that train through ``harness.train.train_side_by_side``
@@ -39,7 +39,7 @@ from harness.train import handoff, loop
 from harness.train.loop import Arm, Evaluate, OnRecord, record_evaluation
 from harness.train.losses import LossFn
 from harness.train.optim import make_schedule
-from harness.train.stacked import StackedMLP, shape_of
+from harness.train.stacked import StackedMLP, shape_of, trains_fused
 from harness.train.stacked_optim import StackedOptimizer
 
 
@@ -47,7 +47,8 @@ from harness.train.stacked_optim import StackedOptimizer
 # forward and backward passes are bound by memory: width 1000, batch 128, AdamW took 0.18-0.28 ms
 # per model-step layer by layer in stacks of 4 to 8 and 0.26-0.34 ms in one of 16; the
 # one-hidden-layer pass (stacked._OneHiddenLayer) 0.13-0.18 ms in stacks of 4 to 16, 0.26 ms in
-# one of 32.
+# one of 32. Stacks that train through the fused kernels (stacked.trains_fused) store no
+# activations and are never split: fewer, larger stacks dispatch fewer operations per model.
 CPU_STACK_BYTES = 4 << 20
 
 
@@ -189,11 +190,12 @@ def _stack_parts(members: list[tuple[SideBySide, Arm]]) -> list[list[tuple[SideB
     """Members of one stacking key in stacks of about equal size, small enough for a CPU's cache.
 
     On a CPU a stack's activations (models x batch rows x widest layer) should stay within
-    CPU_STACK_BYTES; a GPU takes them all in one stack.
+    CPU_STACK_BYTES; a GPU takes them all in one stack, and so does a CPU where the fused kernels
+    keep no activations.
     """
     call, arm = members[0]
     weight = arm.model.weights[0]
-    if weight.device.type != "cpu":
+    if weight.device.type != "cpu" or trains_fused(arm.model):
         return [members]
     per_model = _batch_rows(call, arm) * max(max(w.shape) for w in arm.model.weights) * weight.element_size()
     parts = min(len(members), max(1, -(-len(members) * per_model // CPU_STACK_BYTES)))

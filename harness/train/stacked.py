@@ -3,10 +3,11 @@
 ``weights_t[l]`` is (K, n_l, n_{l+1}) (each model's weight matrix transposed, so that the batched
 matmuls and their backward passes read contiguous memory), ``biases[l]`` (K, n_{l+1}) and
 ``multiplicities[l]`` (K, n_l); the forward pass is one batched matmul per layer on inputs
-(K, B, n_0), so K small models cost about what one model K times wider does (a net with one
-hidden layer and one output runs both passes on its ReLU mask alone: ``_OneHiddenLayer``). Slice k
-computes what MLP k computes (harness/models/mlp.py; the same sums, in another order), with its own
-multiplicities and the same gradient division.
+(K, B, n_0), so K small models cost about what one model K times wider does. A net with one
+hidden layer and one output runs both passes on its ReLU mask alone (``_OneHiddenLayer``), and on
+a CPU with a few inputs through fused kernels that never store the mask
+(harness/models/relu_kernels.py). Slice k computes what MLP k computes (harness/models/mlp.py; the
+same sums, in another order), with its own multiplicities and the same gradient division.
 
 ``bind`` makes each member MLP's parameters views of its slice, so code that evaluates a member
 (``predict(arm.model, x)``) sees the stacked training without copies.
@@ -18,13 +19,19 @@ from collections.abc import Sequence
 
 import torch
 
-from harness.models import MLP
+from harness.models import MLP, relu_kernels
 
 
 def shape_of(model: MLP) -> tuple:
     """What MLPs must share to be stacked: layer shapes, dtype and device."""
     weight = model.weights[0]
     return tuple(tuple(w.shape) for w in model.weights), weight.dtype, weight.device
+
+
+def trains_fused(model: MLP) -> bool:
+    """Whether a stack of such MLPs trains through the fused CPU kernels (harness/models/relu_kernels.py),
+    which keep no (K, B, width) activations: one hidden layer, one output, a few inputs, on a CPU."""
+    return model.depth == 1 and model.weights[1].shape[0] == 1 and relu_kernels.applies(model.weights[0])
 
 
 class StackedMLP:
@@ -174,12 +181,20 @@ class _OneHiddenLayer(torch.autograd.Function):
     layer by layer takes eleven; the same sums in another order. At width 1000, batch 128, 8
     models, forward and backward took 0.12-0.16 ms per model-step (three runs), against 0.17-0.22
     with relu(z) formed and its h^T dy read off it.
+
+    Where ``relu_kernels.applies`` (a CPU, at most MAX_INPUTS inputs) the forward pass is
+    ``relu_readout`` and P comes from ``masked_products``, which recompute the mask from x and the
+    weights: no pass over stored activations at all. At width 1000, batch 128, in a stack of 16,
+    the two kernels took about 0.03 ms per model-step.
     """
 
     @staticmethod
     def forward(ctx, x, weight1_t, bias1, weight2_t, bias2, multiplicity):
-        mask = batched_matmul(x, weight1_t, bias1).gt_(0.0)  # z, then 1.0 where z > 0, in place
         outgoing = weight2_t[:, :, 0] if multiplicity is None else weight2_t[:, :, 0] * multiplicity
+        if relu_kernels.applies(x):  # z never stored: recomputed in the backward pass
+            ctx.save_for_backward(x, None, weight1_t, bias1, outgoing, multiplicity)
+            return relu_kernels.relu_readout(x, weight1_t, bias1, outgoing)[:, :, None] + bias2[:, None]
+        mask = batched_matmul(x, weight1_t, bias1).gt_(0.0)  # z, then 1.0 where z > 0, in place
         folded = torch.cat([weight1_t * outgoing[:, None], (bias1 * outgoing)[:, None]], dim=1)  # (K, n_0 + 1, width)
         through_mask = batched_matmul(mask, folded.transpose(1, 2))  # (K, B, n_0 + 1)
         ctx.save_for_backward(x, mask, weight1_t, bias1, outgoing, multiplicity)
@@ -189,7 +204,10 @@ class _OneHiddenLayer(torch.autograd.Function):
     def backward(ctx, grad):
         x, mask, weight1_t, bias1, outgoing, multiplicity = ctx.saved_tensors
         per_example = torch.cat([x * grad, grad], dim=2)  # (K, B, n_0 + 1)
-        through_mask = torch.bmm(per_example.transpose(1, 2), mask)  # (K, n_0 + 1, width)
+        if mask is None:
+            through_mask = relu_kernels.masked_products(x, weight1_t, bias1, per_example)  # (K, n_0 + 1, width)
+        else:
+            through_mask = torch.bmm(per_example.transpose(1, 2), mask)
         grad_weight2 = (weight1_t * through_mask[:, :-1]).sum(dim=1) + bias1 * through_mask[:, -1]  # h^T dy
         if multiplicity is not None:
             grad_weight2 = grad_weight2 * multiplicity
