@@ -13,6 +13,8 @@ Both evaluate every 256 steps on their training and 10000 test points, in float3
 Also reported: the median and largest relative difference between the two paths' final test
 losses: float32 rounding (about 1e-7 per operation) grown over 2048 steps, by far the most at the
 largest learning rates, where training is chaotic. Speed is measured here, never asserted in tests.
+The fused CPU kernels (harness/models/relu_kernels.py) are compiled on a machine's first use, about
+1 s each, then cached on disk: a first run pays that inside its timings.
 
 Run: .venv/bin/python bench/train_throughput.py [--quick] [--device cpu|cuda]
 """

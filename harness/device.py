@@ -1,6 +1,9 @@
-"""Device choice: an explicit request wins; otherwise CUDA when present, else CPU."""
+"""Device choice (an explicit request wins; otherwise CUDA when present, else CPU), and CPU threads."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -22,3 +25,24 @@ def pick_device(requested: str | None = None) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device {requested}: CUDA is not available on this machine (use --device cpu)")
     return device
+
+
+@contextmanager
+def one_cpu_thread(device: torch.device) -> Iterator[None]:
+    """Run torch's CPU ops on one thread for the duration (nothing changes on other devices).
+
+    For work made of thousands of small tensor ops (compression's reductions; batched training
+    through the fused kernels, whose remaining ops are elementwise over a few hundred KB): a second
+    intra-op thread buys little, and OpenMP's waking and spin-waiting made such ops up to 8x slower
+    in our measurements, more when the cores are shared (parallel sweep workers, other jobs). The
+    previous setting is restored afterwards.
+    """
+    if device.type != "cpu":
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

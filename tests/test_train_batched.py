@@ -204,6 +204,24 @@ def test_a_small_cpu_stack_budget_splits_stacks_evenly_and_still_reproduces_the_
     assert stack_sizes == ([4, 4, 4] if inputs == 6 else [12])
 
 
+@pytest.mark.parametrize("inputs, fused", [(2, True), (6, False)])
+def test_fused_stacks_train_on_one_cpu_thread_and_restore_the_setting(inputs, fused, monkeypatch):
+    """Fused stacks step on one torch thread (their small ops were slower on two); others keep the
+    worker's setting, and it is the same afterwards either way."""
+    seen = []
+    step = batched._Stack.step
+
+    def spy(self, *args):
+        seen.append((self.fused, torch.get_num_threads()))
+        return step(self, *args)
+
+    monkeypatch.setattr(batched._Stack, "step", spy)
+    torch.set_num_threads(2)  # the autouse fixture restores the suite's setting
+    run_together([functools.partial(run_arms, config("data", task={"input_dim": inputs}, steps=3))])
+    assert seen and set(seen) == {(fused, 1 if fused else 2)}
+    assert torch.get_num_threads() == 2
+
+
 def test_multiplicities_and_their_gradient_division_are_reproduced(stack_sizes):
     """The width moment arm carries non-unit multiplicities; with and without dividing gradients."""
     for divide in (True, False):

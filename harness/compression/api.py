@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +15,7 @@ from harness.compression.clustered import clustered_weights
 from harness.compression.recombination import recombine
 from harness.compression.size import SizeRule, parse_size
 from harness.compression.validate import check_inputs, check_memory
+from harness.device import one_cpu_thread
 
 METHODS = ("clustered", "global", "random", "kmeans")
 
@@ -97,7 +97,7 @@ def compress(
         indices, kept_weights, kept_points = np.arange(d), host_weights, host_points
     elif method in ("clustered", "global"):
         check_memory(d, m, k)
-        with _one_cpu_thread(x.device):
+        with one_cpu_thread(x.device):
             c = recombine(x, w, k) if method == "global" else clustered_weights(x, w, k, target)
         keep = torch.nonzero(c > 0).squeeze(1)
         indices = keep.cpu().numpy()
@@ -142,20 +142,3 @@ def _resolve_target(size, d: int, m: int, k: int) -> tuple[int, bool]:
     return wanted, False
 
 
-@contextmanager
-def _one_cpu_thread(device: torch.device):
-    """Run torch's CPU ops on one thread for the duration.
-
-    The reductions are thousands of small tensor ops: a second intra-op thread buys little, and
-    when the cores are shared (parallel sweep workers, other jobs) OpenMP's spin-waiting made
-    them up to 8x slower in our measurements. The previous setting is restored afterwards.
-    """
-    if device.type != "cpu":
-        yield
-        return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
