@@ -95,3 +95,22 @@ def test_mlp_evaluation_through_the_kernel_is_the_layer_by_layer_forward(sizes):
     with torch.no_grad():
         assert model._fused_evaluation(x)
         torch.testing.assert_close(model(x), layer_by_layer, rtol=1e-12, atol=1e-12)
+
+
+def test_mismatched_operands_are_refused_not_read_past():
+    """The compiled loops have no bounds checks: a wrong shape must fail before them."""
+    x, weight1_t, bias1, outgoing = problem(2, 8, 2, 20)
+    with pytest.raises(ValueError, match=r"weight1_t has shape \(2, 3, 20\); expected \(2, 2, 20\)"):
+        relu_kernels.relu_readout(x, torch.randn(2, 3, 20, dtype=torch.float64), bias1, outgoing)
+    with pytest.raises(ValueError, match=r"outgoing has shape \(2, 19\)"):
+        relu_kernels.relu_readout(x, weight1_t, bias1, outgoing[:, :19])
+    with pytest.raises(ValueError, match=r"per_example has shape \(2, 8, 2\); expected \(2, 8, 3\)"):
+        relu_kernels.masked_products(x, weight1_t, bias1, torch.randn(2, 8, 2, dtype=torch.float64))
+    with pytest.raises(ValueError, match="bias1 is torch.float32"):
+        relu_kernels.relu_readout(x, weight1_t, bias1.float(), outgoing)
+
+
+def test_an_mlp_given_inputs_of_the_wrong_width_raises_torchs_error():
+    model = init_mlp([2, 50, 1], seed=0)
+    with torch.no_grad(), pytest.raises(RuntimeError, match="cannot be multiplied"):
+        model(torch.randn(10, 3, dtype=torch.float64))

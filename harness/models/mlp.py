@@ -81,11 +81,18 @@ class MLP(nn.Module):
             h = h * c if torch.is_grad_enabled() else h.mul_(c)
         return F.linear(h, self.weights[-1], self.biases[-1])
 
+    @property
+    def fits_relu_kernels(self) -> bool:
+        """One hidden layer, one output and a few float inputs on a CPU: what the fused kernels
+        (harness/models/relu_kernels.py) compute, here for evaluation, in stacked.py for training."""
+        return self.depth == 1 and self.weights[1].shape[0] == 1 and relu_kernels.applies(self.weights[0])
+
     def _fused_evaluation(self, x: torch.Tensor) -> bool:
-        """Whether to evaluate (no autograd) through the fused kernel: one hidden layer, one output,
-        inputs of a few coordinates on a CPU."""
-        return (self.depth == 1 and self.weights[1].shape[0] == 1 and not torch.is_grad_enabled()
-                and x.dim() == 2 and x.dtype == self.weights[0].dtype and relu_kernels.applies(x))
+        """Whether to evaluate x through the fused kernel: no autograd, and x as the first layer
+        takes it (anything else goes layer by layer, and gets torch's own errors)."""
+        weight = self.weights[0]
+        return (not torch.is_grad_enabled() and self.fits_relu_kernels and x.dim() == 2
+                and x.shape[1] == weight.shape[1] and x.dtype == weight.dtype and x.device == weight.device)
 
     @torch.no_grad()
     def divide_gradients(self) -> None:

@@ -39,6 +39,7 @@ def applies(x: torch.Tensor) -> bool:
 
 def relu_readout(x: torch.Tensor, weight1_t: torch.Tensor, bias1: torch.Tensor, outgoing: torch.Tensor) -> torch.Tensor:
     """(K, B): sum_j relu(bias1[k, j] + x[k, b] . weight1_t[k, :, j]) outgoing[k, j]."""
+    _check_shapes(x, weight1_t, bias1, outgoing=(outgoing, (x.shape[0], bias1.shape[-1])))
     out = x.new_empty(x.shape[:2])
     _relu_readout(*_arrays(x, weight1_t, bias1, outgoing), _count(x), out.numpy())
     return out
@@ -46,9 +47,26 @@ def relu_readout(x: torch.Tensor, weight1_t: torch.Tensor, bias1: torch.Tensor, 
 
 def masked_products(x: torch.Tensor, weight1_t: torch.Tensor, bias1: torch.Tensor, per_example: torch.Tensor) -> torch.Tensor:
     """(K, n_0 + 1, width): sum_b per_example[k, b, c] [bias1[k, j] + x[k, b] . weight1_t[k, :, j] > 0]."""
+    _check_shapes(x, weight1_t, bias1, per_example=(per_example, (*x.shape[:2], x.shape[-1] + 1)))
     out = x.new_empty((x.shape[0], x.shape[2] + 1, bias1.shape[1]))
     _masked_products(*_arrays(x, weight1_t, bias1, per_example), _count(x), out.numpy())
     return out
+
+
+def _check_shapes(x: torch.Tensor, weight1_t: torch.Tensor, bias1: torch.Tensor,
+                  **last: tuple[torch.Tensor, tuple[int, ...]]) -> None:
+    """The compiled loops index without bounds checks: mismatched operands would read past them."""
+    if x.dim() != 3:
+        raise ValueError(f"relu_kernels: x must be (models, rows, inputs); got shape {tuple(x.shape)}")
+    models, _, inputs = x.shape
+    width = bias1.shape[-1]
+    expected = {"weight1_t": (weight1_t, (models, inputs, width)), "bias1": (bias1, (models, width)), **last}
+    for name, (tensor, shape) in expected.items():
+        if tuple(tensor.shape) != shape:
+            raise ValueError(f"relu_kernels: {name} has shape {tuple(tensor.shape)}; expected {shape} "
+                             f"for x of shape {tuple(x.shape)}")
+        if tensor.dtype != x.dtype or tensor.device != x.device:
+            raise ValueError(f"relu_kernels: {name} is {tensor.dtype} on {tensor.device}; x is {x.dtype} on {x.device}")
 
 
 def _arrays(*tensors: torch.Tensor) -> list[np.ndarray]:

@@ -41,7 +41,7 @@ from harness.train import handoff, loop
 from harness.train.loop import Arm, Evaluate, OnRecord, record_evaluation
 from harness.train.losses import LossFn
 from harness.train.optim import make_schedule
-from harness.train.stacked import StackedMLP, shape_of, trains_fused
+from harness.train.stacked import StackedMLP, shape_of
 from harness.train.stacked_optim import StackedOptimizer
 
 
@@ -49,7 +49,7 @@ from harness.train.stacked_optim import StackedOptimizer
 # forward and backward passes are bound by memory: width 1000, batch 128, AdamW took 0.18-0.28 ms
 # per model-step layer by layer in stacks of 4 to 8 and 0.26-0.34 ms in one of 16; the
 # one-hidden-layer pass (stacked._OneHiddenLayer) 0.13-0.18 ms in stacks of 4 to 16, 0.26 ms in
-# one of 32. Stacks that train through the fused kernels (stacked.trains_fused) store no
+# one of 32. Stacks that train through the fused kernels (MLP.fits_relu_kernels) store no
 # activations and are never split: fewer, larger stacks dispatch fewer operations per model.
 CPU_STACK_BYTES = 4 << 20
 
@@ -123,7 +123,7 @@ class _Stack:
             raise ValueError("two arms share one model object: they cannot be stacked")
         self.model = StackedMLP.of(models)
         self.model.bind(models)
-        self.fused = trains_fused(models[0])
+        self.fused = models[0].fits_relu_kernels  # trained through the fused kernels: no activations kept
         self.optimizer = StackedOptimizer([self.model.flat], self.train)
         self.lrs = torch.tensor([c.train.lr for c, _ in members], dtype=torch.float64, device=self.model.flat.device)
         self.full = self.train.batch_size is None
@@ -198,7 +198,7 @@ def _stack_parts(members: list[tuple[SideBySide, Arm]]) -> list[list[tuple[SideB
     """
     call, arm = members[0]
     weight = arm.model.weights[0]
-    if weight.device.type != "cpu" or trains_fused(arm.model):
+    if weight.device.type != "cpu" or arm.model.fits_relu_kernels:
         return [members]
     per_model = _batch_rows(call, arm) * max(max(w.shape) for w in arm.model.weights) * weight.element_size()
     parts = min(len(members), max(1, -(-len(members) * per_model // CPU_STACK_BYTES)))

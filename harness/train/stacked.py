@@ -28,12 +28,6 @@ def shape_of(model: MLP) -> tuple:
     return tuple(tuple(w.shape) for w in model.weights), weight.dtype, weight.device
 
 
-def trains_fused(model: MLP) -> bool:
-    """Whether a stack of such MLPs trains through the fused CPU kernels (harness/models/relu_kernels.py),
-    which keep no (K, B, width) activations: one hidden layer, one output, a few inputs, on a CPU."""
-    return model.depth == 1 and model.weights[1].shape[0] == 1 and relu_kernels.applies(model.weights[0])
-
-
 class StackedMLP:
     """K MLPs of one shape, trained as one (see the module docstring)."""
 
