@@ -97,7 +97,8 @@ class Stepper(Protocol):
         """The running arms it steps (empty once all have diverged)."""
 
     @property
-    def device(self) -> torch.device: ...
+    def device(self) -> torch.device:
+        """Where its tensors are (a CUDA step is synchronised before its time is taken)."""
 
     def step(self, step: int, batches: dict[int, tuple]) -> None:
         """Step ``step`` (from 1) of every arm, each on its sampler's batch ``batches[id(sampler)]``."""
@@ -112,7 +113,7 @@ def train_side_by_side(arms: list[Arm], train: TrainConfig, steps: int, loss_fn:
 
     ``epoch_size`` is the original training set's size: a record's ``epoch`` counts examples seen
     in units of it, for every arm alike. Inside ``run_together`` the call waits to be trained with
-    the other tasks' calls (harness/train/batched.py); the records are the same to 1e-10 in float64.
+    the other tasks' calls (harness/train/batched.py says how closely those records match these).
     """
     call = SideBySide(arms, train, steps, loss_fn, evaluate, epoch_size, on_record, description)
     if handoff.current() is None:
