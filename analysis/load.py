@@ -21,6 +21,9 @@ from harness.errors import UsageError
 WANDB_PREFIX = "wandb:"
 X_CANDIDATES = ("d_eff", "width_eff", "d", "width")
 MIN_DISTINCT_X = 3
+# Plain columns that older results tables repeated a configuration value in, and the dotted
+# column that holds it (harness/experiments/runner.py writes only the dotted one).
+COPIED_COLUMNS = {"lr": "train.lr", "optimizer": "train.optimizer", "m": "task.input_dim"}
 
 
 @dataclass(frozen=True)
@@ -94,9 +97,9 @@ def _read_table(path: Path) -> pd.DataFrame:
     suffix = path.suffix.lower()
     try:
         if suffix in (".parquet", ".pq"):
-            return pd.read_parquet(path)
+            return without_copied_columns(pd.read_parquet(path))
         if suffix == ".csv":
-            return pd.read_csv(path)
+            return without_copied_columns(pd.read_csv(path))
     except Exception as exc:  # pyarrow and the CSV parser raise many types; all mean "unreadable"
         raise UsageError(f"{path}: cannot read table ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc
     raise UsageError(f"{path}: unknown table format {suffix or '(no suffix)'}; use .parquet or .csv")
@@ -124,7 +127,21 @@ def _read_wandb(project_path: str) -> Source:
     if not rows:
         raise UsageError(f"wandb:{project_path}: the project has no runs")
     project = project_path.split("/")[1]
-    return Source(pd.DataFrame(rows), project, f"W&B project {project_path}", None, Path(f"{project}-analysis"))
+    return Source(without_copied_columns(pd.DataFrame(rows)), project, f"W&B project {project_path}", None,
+                  Path(f"{project}-analysis"))
+
+
+def without_copied_columns(table: pd.DataFrame) -> pd.DataFrame:
+    """An older results table with the columns of a current one: each plain column of COPIED_COLUMNS
+    dropped where its dotted column is present and agrees with it on every row that sets it (a
+    table whose ``lr`` means something else keeps it)."""
+    copies = []
+    for plain, dotted in COPIED_COLUMNS.items():
+        if plain in table.columns and dotted in table.columns:
+            rows = table[plain].notna()
+            if (table.loc[rows, plain] == table.loc[rows, dotted]).all():
+                copies.append(plain)
+    return table.drop(columns=copies)
 
 
 def choose_x(table: pd.DataFrame, by: list[str]) -> str:

@@ -116,7 +116,7 @@ def read_trajectories(results_dir: Path | None, table: pd.DataFrame) -> pd.DataF
     if results_dir is None or "run_id" not in table.columns:
         return pd.DataFrame()
     frames = []
-    keep = [c for c in ("experiment", "arm", "seed", "optimizer", "d", "width") if c in table.columns]
+    keep = [c for c in ("experiment", "arm", "seed", "train.optimizer", "d", "width") if c in table.columns]
     for _, run in done_runs(table).iterrows():
         path = results_dir / "runs" / str(run["run_id"]) / "metrics.jsonl"
         if not path.is_file():
@@ -143,7 +143,7 @@ def plot_trajectories(trajectories: pd.DataFrame, metric: str, path: Path) -> tu
     if trajectories.empty or metric not in trajectories.columns or "step" not in trajectories.columns:
         return None, f"no trajectories: no metrics.jsonl with 'step' and {metric!r} under runs/"
     data = trajectories[np.isfinite(pd.to_numeric(trajectories[metric], errors="coerce"))]
-    panel_cols = [c for c in ("experiment", "optimizer") if c in data.columns]
+    panel_cols = [c for c in ("experiment", "train.optimizer") if c in data.columns]
     panels = list(data.groupby(panel_cols, dropna=False)) if panel_cols else [((), data)]
     note = f"{len(panels)} trajectory panels; only the first {MAX_PANELS} are drawn" if len(panels) > MAX_PANELS else None
     panels = panels[:MAX_PANELS]

@@ -12,8 +12,8 @@ from harness.experiments import runner
 from harness.tracking import begin_run, is_finished, read_status, rebuild_table, run_dir
 from harness.tracking.store import write_json
 
-REQUIRED = ["run_id", "experiment", "arm", "seed", "d", "d_eff", "width", "width_eff", "k", "optimizer", "lr", "steps",
-            "test_loss", "train_loss", "compress_seconds", "train_seconds", "moment_error", "status"]
+REQUIRED = ["run_id", "experiment", "arm", "seed", "d", "d_eff", "width", "width_eff", "k", "train.optimizer", "train.lr",
+            "steps", "test_loss", "train_loss", "compress_seconds", "train_seconds", "moment_error", "status"]
 TINY_WIDTH = {"experiment": "width", "task": {"name": "teacher", "n_train": 100, "n_test": 50}, "model": {"width": 30},
               "compression": {"k": 1, "size": 10},
               "train": {"optimizer": "sgd", "lr": 0.01, "steps": 10, "batch_size": 20, "eval_every": 5}}
@@ -36,7 +36,7 @@ def test_run_config_writes_every_file_and_the_table(tmp_path):
     assert {"train.lr", "task.name", "compression.size", "model.width"} <= set(table.columns)
     moment = table.set_index("arm").loc["moment"]
     assert moment["width_eff"] == 10 and moment["width"] == 30 and moment["steps"] == 10 and moment["k"] == 1
-    assert moment["optimizer"] == "sgd" and moment["test_loss"] > 0 and moment["moment_error"] < 1e-10
+    assert moment["train.optimizer"] == "sgd" and moment["test_loss"] > 0 and moment["moment_error"] < 1e-10
     assert moment["max_train_gap"] >= 0
     assert not list(tmp_path.rglob("*.tmp"))
 

@@ -36,8 +36,12 @@ RUNNERS = {
     "runtime": runtime.run,
 }
 # Columns every row has (None where they do not apply), before the arm's extras and the config.
-COLUMNS = ("run_id", "experiment", "arm", "seed", "status", "d", "d_eff", "width", "width_eff", "k", "optimizer",
-           "lr", "steps", "test_loss", "train_loss", "compress_seconds", "train_seconds", "moment_error")
+# Plain names are what a run measured or used, dotted ones (config's ``flatten``) what it was
+# configured with; a plain column never copies a configuration value: ``d`` and ``width`` are the
+# original's size as loaded and built (``width`` counts heads in the attention experiment), ``k``
+# is None for the uncompressed original arm, ``steps`` counts epochs in steps.
+COLUMNS = ("run_id", "experiment", "arm", "seed", "status", "d", "d_eff", "width", "width_eff", "k", "steps",
+           "test_loss", "train_loss", "compress_seconds", "train_seconds", "moment_error")
 METRICS_EVERY_SECONDS = 10.0  # how often a running run's metrics.jsonl is rewritten
 
 
@@ -159,8 +163,6 @@ def _row(config: Config, arm: str, rid: str, status: str, summary: dict, device:
     training = config.experiment in TRAINING_EXPERIMENTS
     row = dict.fromkeys(COLUMNS)
     row.update(run_id=rid, experiment=config.experiment, arm=arm, seed=config.seed, status=status,
-               optimizer=config.train.optimizer if training else None,
-               lr=config.train.lr if training else None,
                steps=config.total_steps() if training else None)
     row.update(summary)
     row.update(flat)

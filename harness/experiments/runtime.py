@@ -28,7 +28,7 @@ def run(config: Config, arms: tuple[str, ...], device: torch.device, on_record: 
                   "d_eff": result.size}
         if on_record is not None:
             on_record(arm, record)
-        summary = {"d": len(objects), "d_eff": result.size, "k": config.compression.k, "m": task.input_dim,
+        summary = {"d": len(objects), "d_eff": result.size, "k": config.compression.k,
                    "compress_seconds": result.seconds, "moment_error": result.moment_error, "clamped": result.clamped}
         results[arm] = ArmResult(arm, "done", [record], summary)
     return results

@@ -31,7 +31,7 @@ def run(config: Config, arms: tuple[str, ...], device: torch.device, on_record: 
                   "moment_error": result.moment_error, "d_eff": result.size}
         if on_record is not None:
             on_record(arm, record)
-        summary = {"d": d, "d_eff": result.size, "k": config.compression.k, "m": task.input_dim,
+        summary = {"d": d, "d_eff": result.size, "k": config.compression.k,
                    "compress_seconds": result.seconds, "moment_error": result.moment_error, "clamped": result.clamped,
                    "error": record["error"], "relative_error": record["relative_error"]}
         results[arm] = ArmResult(arm, "done", [record], summary)

@@ -1,11 +1,11 @@
 """Training: batch samplers over weighted sets, optimisers and schedule, losses, the side-by-side loop.
 
-``train_side_by_side`` is the loop (harness/train/loop.py), except inside ``run_together``, where
+``train_side_by_side`` is the one training entry (harness/train/loop.py); inside ``run_together``
 the calls of several functions are trained together, same-shape MLPs stacked (harness/train/batched.py).
 """
 
-from harness.train.batched import run_together, train_side_by_side
-from harness.train.loop import Arm
+from harness.train.batched import run_together
+from harness.train.loop import Arm, train_side_by_side
 from harness.train.losses import accuracy, cross_entropy, loss_for, mean_loss, predict, squared_error
 from harness.train.optim import make_optimizer, make_schedule
 from harness.train.sampling import BatchSampler

@@ -1,8 +1,9 @@
 """Train the arms of many side-by-side calls at once, same-shape MLPs as one stacked model.
 
 ``train_together(calls)`` does what ``train_side_by_side`` (harness/train/loop.py) does for each
-call, for all of them in lockstep: the arms whose MLPs share layer shapes, dtype, device, the
-training settings other than the learning rate and the batch size are stacked
+call, for all of them in lockstep (the loop's ``run_steps``, with stacks as its steppers): the arms
+whose MLPs share layer shapes, dtype, device, the training settings other than the learning rate
+and the batch size are stacked
 (harness/train/stacked.py; on a CPU in stacks of at most CPU_STACK_BYTES of activations, unless
 the fused kernels keep none) and take each step together through one batched forward and backward
 pass and one vectorised optimizer update (harness/train/stacked_optim.py) with each model's own
@@ -26,21 +27,16 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
-from harness.config import TrainConfig
 from harness.device import one_cpu_thread
 from harness.models import MLP
-from harness.train import handoff, loop
-from harness.train.loop import Arm, Evaluate, OnRecord, record_evaluation
-from harness.train.losses import LossFn
-from harness.train.optim import make_schedule
+from harness.train import handoff
+from harness.train.loop import Arm, SideBySide, run_steps, train_one_by_one
+from harness.train.optim import schedule_factor
 from harness.train.stacked import StackedMLP, shape_of
 from harness.train.stacked_optim import StackedOptimizer
 
@@ -52,35 +48,6 @@ from harness.train.stacked_optim import StackedOptimizer
 # one of 32. Stacks that train through the fused kernels (MLP.fits_relu_kernels) store no
 # activations and are never split: fewer, larger stacks dispatch fewer operations per model.
 CPU_STACK_BYTES = 4 << 20
-
-
-@dataclass
-class SideBySide:
-    """The arguments of one ``train_side_by_side`` call."""
-
-    arms: list[Arm]
-    train: TrainConfig
-    steps: int
-    loss_fn: LossFn
-    evaluate: Evaluate
-    epoch_size: int
-    on_record: OnRecord | None = None
-    description: str = ""
-
-    @property
-    def stackable(self) -> bool:
-        return all(type(arm.model) is MLP for arm in self.arms)
-
-
-def train_side_by_side(arms: list[Arm], train: TrainConfig, steps: int, loss_fn: LossFn, evaluate: Evaluate, *,
-                       epoch_size: int, on_record: OnRecord | None = None, description: str = "") -> None:
-    """``harness.train.loop.train_side_by_side``; inside ``run_together`` the call waits to be
-    trained with the other functions' calls by ``train_together``."""
-    if handoff.current() is None:
-        loop.train_side_by_side(arms, train, steps, loss_fn, evaluate, epoch_size=epoch_size, on_record=on_record,
-                                description=description)
-    else:
-        handoff.park(SideBySide(arms, train, steps, loss_fn, evaluate, epoch_size, on_record, description))
 
 
 def run_together(functions: Sequence[Callable[[], Any]]) -> list[Any]:
@@ -101,23 +68,23 @@ def train_together(calls: Sequence[SideBySide]) -> None:
     """
     lockstep: dict[tuple[int, int], list[SideBySide]] = {}
     for call in calls:
-        if call.stackable:
+        if all(type(arm.model) is MLP for arm in call.arms):
             lockstep.setdefault((call.steps, call.train.eval_every), []).append(call)
         else:
-            loop.train_side_by_side(call.arms, call.train, call.steps, call.loss_fn, call.evaluate,
-                                    epoch_size=call.epoch_size, on_record=call.on_record, description=call.description)
-    for (steps, _), group in lockstep.items():
-        _Lockstep(group, steps).run()
+            train_one_by_one(call)
+    for group in lockstep.values():
+        _train_stacked(group)
 
 
 class _Stack:
-    """Arms of one stacking key: their models, data and samplers stacked, one optimizer."""
+    """Arms of one stacking key: their models, data and samplers stacked, one optimizer (a
+    ``harness.train.loop.Stepper``)."""
 
     def __init__(self, members: list[tuple[SideBySide, Arm]]) -> None:
         self.members = members
         call = members[0][0]
         self.train, self.loss_fn = call.train, call.loss_fn
-        self.factor = _schedule_factor(call.train, call.steps)
+        self.factor = schedule_factor(call.train, call.steps)
         models = [arm.model for _, arm in members]
         if len({id(model) for model in models}) != len(models):
             raise ValueError("two arms share one model object: they cannot be stacked")
@@ -140,6 +107,10 @@ class _Stack:
     @property
     def arms(self) -> list[Arm]:
         return [arm for _, arm in self.members]
+
+    @property
+    def device(self) -> torch.device:
+        return self.lrs.device
 
     def step(self, step: int, batches: dict[int, tuple]) -> None:
         """Step ``step`` (from 1) of every model, on its sampler's batch of this step."""
@@ -183,12 +154,6 @@ def _stack_padded(tensors: list[torch.Tensor]) -> torch.Tensor:
     return out
 
 
-def _schedule_factor(train: TrainConfig, steps: int) -> Callable[[int], float]:
-    """The schedule's own factor (LambdaLR: lr_t = base_lr * factor(t)), read off make_schedule."""
-    probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
-    return make_schedule(probe, train, steps).lr_lambdas[0]
-
-
 def _stack_parts(members: list[tuple[SideBySide, Arm]]) -> list[list[tuple[SideBySide, Arm]]]:
     """Members of one stacking key in stacks of about equal size, small enough for a CPU's cache.
 
@@ -215,60 +180,18 @@ def _stacking_key(call: SideBySide, arm: Arm) -> tuple:
     return shape_of(arm.model), dataclasses.replace(call.train, lr=1.0), _batch_rows(call, arm), call.loss_fn
 
 
-class _Lockstep:
-    """Calls of one number of steps and evaluation interval, trained step by step together."""
-
-    def __init__(self, calls: list[SideBySide], steps: int) -> None:
-        self.calls, self.steps = calls, steps
-        keyed: dict[tuple, list[tuple[SideBySide, Arm]]] = {}
-        for call in calls:
-            for arm in call.arms:
-                keyed.setdefault(_stacking_key(call, arm), []).append((call, arm))
-        self.stacks = [_Stack(part) for members in keyed.values() for part in _stack_parts(members)]
-        self.factors = [_schedule_factor(call.train, steps) for call in calls]
-
-    def run(self) -> None:
-        # Stacks that train through the fused kernels (single-threaded) are left with small
-        # elementwise ops, which torch's second thread slowed: on this project's 2-core CPU the
-        # batched E3 optimizer took 2.0 s on two threads and 0.5 s on one.
-        one_thread = all(stack.fused for stack in self.stacks)
-        with one_cpu_thread(torch.device("cpu")) if one_thread else contextlib.nullcontext():
-            self._run()
-
-    def _run(self) -> None:
-        self.record(0)
-        models = sum(len(stack.members) for stack in self.stacks)
-        bar = tqdm(range(1, self.steps + 1), desc=f"batched {models} models", disable=None, leave=False, mininterval=1.0)
-        for step in bar:
-            stacks = [stack for stack in self.stacks if stack.members]
-            if not stacks:
-                break
-            batches: dict[int, tuple] = {}
-            for stack in stacks:
-                for arm in stack.arms:
-                    if id(arm.sampler) not in batches:
-                        batches[id(arm.sampler)] = arm.sampler.next()
-            for stack in stacks:
-                start = time.perf_counter()
-                stack.step(step, batches)
-                if stack.lrs.is_cuda:
-                    torch.cuda.synchronize(stack.lrs.device)
-                share = (time.perf_counter() - start) / len(stack.members)
-                for arm in stack.arms:
-                    arm.seconds += share
-            if step % self.calls[0].train.eval_every == 0 or step == self.steps:
-                self.record(step)
-        for call in self.calls:
-            for arm in call.arms:
-                if arm.status == "running":
-                    arm.status = "done"
-
-    def record(self, step: int) -> None:
-        """Each call's evaluation of its live arms, recorded as the loop records it."""
-        for call, factor in zip(self.calls, self.factors):
-            per_step = call.train.batch_size if call.train.batch_size is not None else call.epoch_size
-            lr = call.train.lr * factor(step)
-            record_evaluation(call.arms, call.evaluate, step, step * per_step / call.epoch_size, lambda arm: lr,
-                              call.on_record)
-        for stack in self.stacks:
-            stack.drop_diverged()
+def _train_stacked(calls: list[SideBySide]) -> None:
+    """Calls of one number of steps and evaluation interval, their arms stacked by stacking key,
+    trained step by step together."""
+    keyed: dict[tuple, list[tuple[SideBySide, Arm]]] = {}
+    for call in calls:
+        for arm in call.arms:
+            keyed.setdefault(_stacking_key(call, arm), []).append((call, arm))
+    stacks = [_Stack(part) for members in keyed.values() for part in _stack_parts(members)]
+    # Stacks that train through the fused kernels (single-threaded) are left with small
+    # elementwise ops, which torch's second thread slowed: on this project's 2-core CPU the
+    # batched E3 optimizer took 2.0 s on two threads and 0.5 s on one.
+    one_thread = all(stack.fused for stack in stacks)
+    models = sum(len(stack.members) for stack in stacks)
+    with one_cpu_thread(torch.device("cpu")) if one_thread else contextlib.nullcontext():
+        run_steps(calls, stacks, f"batched {models} models")

@@ -9,7 +9,7 @@ be thread-safe and their numbers do not depend on the threads: the threads only 
 call stack alive while it waits.
 
 This is how a sweep worker trains the models of many configurations as one batched model without
-the experiments being written for it: their training loop parks (harness/train/batched.py).
+the experiments being written for it: their training call parks (harness/train/loop.py).
 """
 
 from __future__ import annotations

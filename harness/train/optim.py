@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 
@@ -37,6 +37,11 @@ def make_schedule(optimizer: torch.optim.Optimizer, train: TrainConfig, steps: i
 
     Rprop reads its lr only to initialise its step sizes, so a schedule does not change it later.
     """
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule_factor(train, steps))
+
+
+def schedule_factor(train: TrainConfig, steps: int) -> Callable[[int], float]:
+    """The schedule's factor: after t steps the learning rate is ``train.lr * factor(t)``."""
     if train.schedule == "cosine":
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: 0.5 * (1.0 + math.cos(math.pi * min(t, steps) / steps)))
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: 1.0)
+        return lambda t: 0.5 * (1.0 + math.cos(math.pi * min(t, steps) / steps))
+    return lambda t: 1.0
