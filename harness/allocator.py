@@ -3,8 +3,7 @@
 Training and evaluation allocate and free activation tensors of 0.5 to 16 MB thousands of times a
 second. With glibc's defaults a block above the mmap threshold is a fresh mapping, and a free top
 of the heap goes back to the kernel, so the next allocation page-faults all its memory in again.
-On this project's 2-core CPU that was a third of an E3-sized run's time one at a time and half of
-it batched (4 runs of width 1000, 512 steps: 3.72 s -> 2.49 s and 2.40 s -> 1.14 s). With both
+On a CPU that is a large share of an E3-sized run's time (docs/performance.md). With both
 thresholds raised the process keeps its peak memory mapped and reuses it.
 """
 

@@ -33,8 +33,8 @@ def one_cpu_thread(device: torch.device) -> Iterator[None]:
 
     For work made of thousands of small tensor ops (compression's reductions; batched training
     through the fused kernels, whose remaining ops are elementwise over a few hundred KB): a second
-    intra-op thread buys little, and OpenMP's waking and spin-waiting made such ops up to 8x slower
-    in our measurements, more when the cores are shared (parallel sweep workers, other jobs). The
+    intra-op thread buys little, and OpenMP's waking and spin-waiting make such ops several times
+    slower (docs/performance.md), more when the cores are shared (parallel sweep workers, other jobs). The
     previous setting is restored afterwards.
     """
     if device.type != "cpu":

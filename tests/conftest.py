@@ -20,7 +20,7 @@ def repo_root() -> Path:
 
 @pytest.fixture(autouse=True)
 def one_torch_thread():
-    """Small models on shared cores: a second intra-op thread made training tests up to 4x slower."""
+    """Small models on shared cores: a second intra-op thread slows training tests down (harness/device.py)."""
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

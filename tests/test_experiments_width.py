@@ -33,15 +33,12 @@ def test_gradient_division_keeps_the_compressed_net_near_the_original_at_every_s
     """The centrepiece (SPEC 4, E3). Gap = |L_arm - L_original| / L_original on the training set,
     evaluated at all 201 steps.
 
-    Calibration (measured, float64, this config): the SPEC-style "within 2% at every step" does
-    NOT hold at this scale. Seed 0: moment max gap 0.129 (0.115 at init, the peak at step 2 during
-    the fast initial drop, 0.043 at step 200); random 0.247 max (at init), 0.136 at step 200;
-    magnitude 0.114 max; moment without gradient division ~8e3 (GD moves a neuron of multiplicity
-    c about c times too fast). Seeds 0-7: moment max 0.040-0.139, random 0.127-0.486, random at
-    least 1.9x moment. Moment's max is mostly its error at initialisation (the compression's
-    function error: at k = 3, m = 4 the bound's rate d'^(1 - (k+1)/m) is d'^0, no decay), and
-    which moment-matching subset the elimination lands on is luck at this size: the previous
-    elimination order gave 0.044-0.206 on the same seeds (0.061 on seed 0).
+    The SPEC-style "within 2% at every step" does not hold at this scale: moment's largest gap is
+    mostly its error at initialisation (at k = 3, m = 4 the bound's rate d'^(1 - (k+1)/m) is d'^0,
+    no decay), and which moment-matching subset the elimination lands on is luck. The test pins
+    seed 0, on which random drifts clearly further than moment; across seeds the arms can trade
+    places (results/paper/README.md gives the spread over seeds 0-7). Without gradient division
+    gradient descent moves a neuron of multiplicity c about c times too fast, and the gap explodes.
     """
     config = parse_config(SMALL_E3)
     results = run_arms(config, ("moment", "random", "magnitude"), device="cpu")
@@ -88,8 +85,8 @@ def test_deep_layers_are_compressed_in_turn_and_match_their_moments():
     assert c.sum() == pytest.approx(300)
     assert relative_moment_error(raw_moments(original, np.ones(300), 2), raw_moments(kept, c, 2)) < 1e-10
     # No claim on the network's output here: at m = 6, k = 2 the bound's rate d'^(1 - (k+1)/m) is
-    # d'^0.5, no decay, and over init seeds 0-11 the moment net's output error was 1.5x the random
-    # subset's (geometric mean; seed 0 alone once gave 0.32 vs 0.56, which a test asserted).
+    # d'^0.5, no decay, and across init seeds the moment net's output error is no smaller than a
+    # random subset's.
 
 
 def test_equal_width_deep_layers_have_too_many_moments_to_compress():

@@ -10,8 +10,8 @@ and never store it:
 - ``masked_products``: P[k, c, j] = sum_b e[k, b, c] [z[k, b, j] > 0], the product of the
   backward pass (e = [x * dy, dy], see stacked._OneHiddenLayer).
 
-They are compiled by numba on first use, one kernel per dtype and input count (about 1 s each;
-then cached on disk beside this file or in numba's cache directory). Float sums are
+They are compiled by numba on first use, one kernel per dtype and input count (a second or so
+each; then cached on disk beside this file or in numba's cache directory). Float sums are
 reassociated (vectorised), so results match torch's to rounding, not bit for bit; NaN still
 propagates, which divergence detection relies on.
 """
@@ -71,13 +71,13 @@ def _check_shapes(x: torch.Tensor, weight1_t: torch.Tensor, bias1: torch.Tensor,
 
 def _arrays(*tensors: torch.Tensor) -> list[np.ndarray]:
     # Contiguous copies where needed (parameters are strided views of one flat tensor): on strided
-    # arrays the compiled loops ran 13x slower.
+    # arrays the compiled loops cannot vectorise their loads.
     return [t.detach().contiguous().numpy() for t in tensors]
 
 
 def _count(x: torch.Tensor) -> tuple:
     # The input count as a tuple's length, which is part of its numba type: one kernel per count,
-    # in which it is a constant. (numba.literally does the same but cost 15 ms a call here.)
+    # in which it is a constant (numba.literally does the same at a large cost per call).
     return (0,) * x.shape[2]
 
 
@@ -103,8 +103,8 @@ def _relu_readout(x, weight1_t, bias1, outgoing, count, out):
 
 @numba.njit(fastmath=_FASTMATH, cache=True)
 def _masked_products(x, weight1_t, bias1, per_example, count, out):
-    # Rows go in pairs, which share each load of weights and each update of ``out`` (1.4-1.9x
-    # faster than row by row); an odd last row is paired with itself, its twin's factors zero.
+    # Rows go in pairs, which share each load of weights and each update of ``out`` (half the
+    # memory traffic of row by row); an odd last row is paired with itself, its twin's factors zero.
     inputs = len(count)
     models, rows, _ = x.shape
     width = bias1.shape[1]

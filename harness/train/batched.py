@@ -41,11 +41,9 @@ from harness.train.stacked import StackedMLP, shape_of
 from harness.train.stacked_optim import StackedOptimizer
 
 
-# Activation bytes of one stack on a CPU (about a core's L2 cache here). Beyond it a wide model's
-# forward and backward passes are bound by memory: width 1000, batch 128, AdamW took 0.18-0.28 ms
-# per model-step layer by layer in stacks of 4 to 8 and 0.26-0.34 ms in one of 16; the
-# one-hidden-layer pass (stacked._OneHiddenLayer) 0.13-0.18 ms in stacks of 4 to 16, 0.26 ms in
-# one of 32. Stacks that train through the fused kernels (MLP.fits_relu_kernels) store no
+# Activation bytes of one stack on a CPU (about one core's L2 cache). Beyond it a wide model's
+# forward and backward passes are bound by memory, and a larger stack costs more per model-step
+# (docs/performance.md). Stacks that train through the fused kernels (MLP.fits_relu_kernels) store no
 # activations and are never split: fewer, larger stacks dispatch fewer operations per model.
 CPU_STACK_BYTES = 4 << 20
 
@@ -189,8 +187,7 @@ def _train_stacked(calls: list[SideBySide]) -> None:
             keyed.setdefault(_stacking_key(call, arm), []).append((call, arm))
     stacks = [_Stack(part) for members in keyed.values() for part in _stack_parts(members)]
     # Stacks that train through the fused kernels (single-threaded) are left with small
-    # elementwise ops, which torch's second thread slowed: on this project's 2-core CPU the
-    # batched E3 optimizer took 2.0 s on two threads and 0.5 s on one.
+    # elementwise ops, which a second torch thread slows down (harness/device.py, one_cpu_thread).
     one_thread = all(stack.fused for stack in stacks)
     models = sum(len(stack.members) for stack in stacks)
     with one_cpu_thread(torch.device("cpu")) if one_thread else contextlib.nullcontext():

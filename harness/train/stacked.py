@@ -110,14 +110,12 @@ def batched_matmul(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None =
     """a @ b for (K, r, n) and (K, n, c), plus bias (K, c) on every row, in a fast orientation.
 
     On a CPU, torch.bmm is 3-10x slower when the product has fewer columns than rows, or when n is 1,
-    than the same product computed as (b^T a^T)^T, or as a broadcast outer product. For K = 4 models,
-    128 rows and width 1000, the output layer's product took 400 us as a @ b and 85 us as
-    (b^T a^T)^T; the gradient of its input (n = 1) 283 us and 21 us. Products with as many columns
-    as rows take the same time either way.
+    than the same product computed as (b^T a^T)^T, or as a broadcast outer product (figures in
+    docs/performance.md). Products with as many columns as rows take the same time either way.
 
     The result is stored (K, c, r) when c < r and (K, r, c) otherwise, whatever the path, so that a
     layer's activations and the gradient that comes back to them share one memory layout
-    (elementwise operations on two layouts were up to 37x slower).
+    (elementwise operations on two layouts are much slower).
     """
     transposed = b.shape[2] < a.shape[1]
     if a.shape[2] == 1:
@@ -172,14 +170,12 @@ class _OneHiddenLayer(torch.autograd.Function):
     dW1^T = P[:n_0] scaled by v, db1 = P[n_0] scaled by v, and the output weights' gradient
     h^T dy = sum_j W1^T[j] * P[j] + b1 * P[n_0]. Neither relu(z) nor dz is ever formed: five
     passes over the (K, B, width) activations in all (z, the mask in place, two products) where
-    layer by layer takes eleven; the same sums in another order. At width 1000, batch 128, 8
-    models, forward and backward took 0.12-0.16 ms per model-step (three runs), against 0.17-0.22
-    with relu(z) formed and its h^T dy read off it.
+    layer by layer takes eleven; the same sums in another order, bound by memory traffic rather
+    than arithmetic.
 
     Where ``relu_kernels.applies`` (a CPU, at most MAX_INPUTS inputs) the forward pass is
     ``relu_readout`` and P comes from ``masked_products``, which recompute the mask from x and the
-    weights: no pass over stored activations at all. At width 1000, batch 128, in a stack of 16,
-    the two kernels took about 0.03 ms per model-step.
+    weights: no pass over stored activations at all.
     """
 
     @staticmethod
