@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import optuna
@@ -60,6 +60,7 @@ class RunQueue:
         self.sweep = sweep
         self.grace_seconds = grace_seconds
         self.study = optuna.create_study(study_name=sweep, storage=self.storage, load_if_exists=True)
+        self._study_id = self.storage.get_study_id_from_name(sweep)
 
     def enqueue(self, runs: Iterable[tuple[str, dict]], *, attempt: int = 1) -> list[str]:
         """Queue each ``(run_id, payload)`` not already waiting or running; return the ids queued."""
@@ -79,12 +80,32 @@ class RunQueue:
 
     def claim(self) -> Claim | None:
         """Take one waiting run (atomically), or None when nothing is waiting."""
-        trial_id = self.study._pop_waiting_trial_id()
-        if trial_id is None:
-            return None
-        self.beat(trial_id)
-        attrs = self.storage.get_trial(trial_id).user_attrs
-        return Claim(attrs[RUN_ID], trial_id, int(attrs.get(ATTEMPT, 1)), attrs.get(PAYLOAD, {}))
+        claims = self.claim_matching(lambda payload: True, 1)
+        return claims[0] if claims else None
+
+    def claim_matching(self, wanted: Callable[[dict], bool], limit: int) -> list[Claim]:
+        """Take up to ``limit`` waiting runs whose payload ``wanted`` accepts, in queue order.
+
+        Each is taken with Optuna's atomic WAITING -> RUNNING state change, which only one
+        process can win (the same step as ``Study``'s own pop of a waiting trial), and beaten for
+        at once, so it is claimed, finished and retried on its own.
+        """
+        claims: list[Claim] = []
+        for trial in self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            if len(claims) >= limit:
+                break
+            if not wanted(trial.user_attrs.get(PAYLOAD, {})):
+                continue
+            trial_id = self._trial_id(trial)
+            try:
+                if not self.storage.set_trial_state_values(trial_id, state=TrialState.RUNNING):
+                    continue  # another worker took it first
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue
+            self.beat(trial_id)
+            attrs = trial.user_attrs
+            claims.append(Claim(attrs[RUN_ID], trial_id, int(attrs.get(ATTEMPT, 1)), attrs.get(PAYLOAD, {})))
+        return claims
 
     def retry(self, claim: Claim) -> None:
         """Queue a failed run again as its next attempt."""
@@ -124,9 +145,10 @@ class RunQueue:
             last = trial.user_attrs.get(HEARTBEAT, trial.datetime_start.timestamp() if trial.datetime_start else now)
             if now - float(last) <= self.grace_seconds:
                 continue
+            trial_id = self._trial_id(trial)
             try:
-                self.storage.set_trial_user_attr(trial._trial_id, OUTCOME, "lost")
-                changed = self.storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+                self.storage.set_trial_user_attr(trial_id, OUTCOME, "lost")
+                changed = self.storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
             except optuna.exceptions.UpdateFinishedTrialError:
                 continue  # its owner finished after all, or another worker took it first
             if changed:
@@ -157,6 +179,10 @@ class RunQueue:
         for trial in sorted(self.study.get_trials(deepcopy=False, states=_FINISHED), key=lambda t: t.number):
             latest[trial.user_attrs[RUN_ID]] = (trial.user_attrs.get(OUTCOME), trial.user_attrs.get(ERROR, ""))
         return {run_id: error for run_id, (outcome, error) in latest.items() if outcome == "failed"}
+
+    def _trial_id(self, trial: optuna.trial.FrozenTrial) -> int:
+        """The storage's id of a trial listed by the study (through the storage's public lookup)."""
+        return self.storage.get_trial_id_from_study_id_trial_number(self._study_id, trial.number)
 
     def _active_run_ids(self) -> set[str]:
         states = (TrialState.WAITING, TrialState.RUNNING)
