@@ -7,14 +7,14 @@ import json
 import logging
 import os
 import shutil
+import socket
 import sys
 from collections import Counter
 from pathlib import Path
 
 from harness.errors import UsageError
-from harness.sweep.launch import STORAGE_ENV, LaunchOptions, default_storage, launch
+from harness.sweep.options import STORAGE_ENV, add_arguments, from_args
 from harness.redact import redact
-from harness.tracking.wandb_mirror import MODES, resolve_mode
 
 SWEEP_EPILOG = """\
 A sweep file is a run configuration plus `grid:` (cartesian product over dotted keys), `zip:`
@@ -50,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="override a base configuration key (repeatable)")
     sweep.add_argument("--dry-run", action="store_true", help="print the runs and their count, run nothing")
     sweep.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
-    _add_run_options(sweep)
+    add_arguments(sweep)
     sweep.set_defaults(handler=run_sweep)
 
     worker = subparsers.add_parser(
@@ -61,7 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     worker.add_argument("--sweep", required=True, help="the sweep's name")
     worker.add_argument("--out", type=Path, help="results folder (default: results/<sweep name>)")
     worker.add_argument("--quiet", action="store_true", help=argparse.SUPPRESS)
-    _add_run_options(worker)
+    add_arguments(worker)
     worker.set_defaults(handler=run_worker)
 
     status = subparsers.add_parser(
@@ -83,27 +83,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     collect.set_defaults(handler=run_collect)
 
 
-def _add_run_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda or cuda:N")
-    parser.add_argument("--wandb", choices=MODES, default=None, help="W&B mode (default: $WANDB_MODE or offline)")
-    parser.add_argument("--wandb-project", default="polyscale", help="W&B project (default polyscale)")
-    parser.add_argument("--storage", default=None,
-                        help=f"Optuna storage URL: a journal file path, sqlite:///F.db or postgresql://... "
-                             f"(default: RESULTS/queue.journal; also read from ${STORAGE_ENV})")
-    parser.add_argument("--retries", type=int, default=1, help="re-run a failed run up to this many times (default 1)")
-    parser.add_argument("--grace", type=float, default=20.0,
-                        help="seconds without a heartbeat before a run's worker is taken for dead (default 20)")
-    parser.add_argument("--threads", type=int, default=None, metavar="N",
-                        help="CPU threads of each worker's torch (default: $OMP_NUM_THREADS if set, else the "
-                             "cores divided among the workers); 1 is often fastest for small models on shared cores")
-    batching = parser.add_mutually_exclusive_group()
-    batching.add_argument("--batch-models", type=int, default=None, metavar="K",
-                          help="train up to K compatible configurations (same shapes; other seeds, learning rates, "
-                               "data) as one batched model (default: as many as fit in memory, at most 64 on a CPU)")
-    batching.add_argument("--no-batch", dest="batch_models", action="store_const", const=1,
-                          help="train one configuration at a time")
-
-
 def run_sweep(args: argparse.Namespace) -> int:
     from harness.sweep.spec import load_sweep
 
@@ -117,33 +96,29 @@ def run_sweep(args: argparse.Namespace) -> int:
             print_tuning(sweep)
         return 0
     _check_counts(args)
-    options = LaunchOptions(
-        out=out, storage=args.storage or os.environ.get(STORAGE_ENV), workers=args.workers, device=args.device,
-        wandb_mode=resolve_mode(args.wandb), wandb_project=args.wandb_project, retries=args.retries,
-        grace_seconds=args.grace, batch_models=args.batch_models, threads=args.threads,
-    )
+    options = from_args(args, out)
     _set_threads(args.threads)  # for the tuning trials, which run in this process
     if sweep.tune is not None:
         from harness.sweep.tune import tune_sweep
 
-        sweep, _ = tune_sweep(sweep, out, options.storage or default_storage(out), args.device)
-    tally = launch(sweep, options)
-    return 1 if tally.get("failed") else 0
+        sweep, _ = tune_sweep(sweep, out, options.storage_url, args.device)
+    from harness.sweep.launch import complete, launch
+
+    tally = launch(sweep, options, args.workers)
+    return 0 if complete(tally) else 1
 
 
 def run_worker(args: argparse.Namespace) -> int:
     from harness.sweep.queue import RunQueue
-    from harness.sweep.worker import WorkerOptions, work
+    from harness.sweep.worker import work
 
     _check_counts(args)
     _set_threads(args.threads)
-    out = args.out or Path("results") / args.sweep
-    storage = args.storage or os.environ.get(STORAGE_ENV) or default_storage(out)
+    options = from_args(args, Path("results") / args.sweep)
+    storage = options.storage_url
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
-    queue = RunQueue(storage, args.sweep, grace_seconds=args.grace)
-    options = WorkerOptions(out=out, device=args.device, wandb_mode=resolve_mode(args.wandb),
-                            wandb_project=args.wandb_project, retries=args.retries,
-                            heartbeat_seconds=max(0.5, min(5.0, args.grace / 6)), batch_models=args.batch_models)
+    queue = RunQueue(storage, args.sweep, grace_seconds=options.grace_seconds,
+                     results_at=f"{socket.gethostname()}:{options.out.resolve()}")
     try:
         tally = work(queue, options)
     except KeyboardInterrupt:

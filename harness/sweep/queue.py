@@ -32,6 +32,7 @@ ATTEMPT = "attempt"
 HEARTBEAT = "heartbeat"
 OUTCOME = "outcome"
 ERROR = "error"
+RESULTS_AT = "results_at"
 
 # Trials end COMPLETE for a run that finished (done or diverged: both are results), FAIL for a
 # run that raised, or for one taken from a dead worker.
@@ -52,13 +53,28 @@ class Claim:
     payload: dict
 
 
-class RunQueue:
-    """Pending runs of one sweep, stored as trials of the Optuna study named after the sweep."""
+@dataclass(frozen=True)
+class JobRecord:
+    """The latest attempt at a queued job: waiting, running or its outcome, and, once finished,
+    where its worker wrote the results (``host:folder``; None if the worker did not say)."""
 
-    def __init__(self, storage_url: str, sweep: str, *, grace_seconds: float = 120.0) -> None:
+    state: str
+    results_at: str | None = None
+
+
+class RunQueue:
+    """Pending runs of one sweep, stored as trials of the Optuna study named after the sweep.
+
+    ``results_at`` (``host:folder``) is recorded with each run this queue object finishes, so that
+    a coordinator on another machine can say where the results are.
+    """
+
+    def __init__(self, storage_url: str, sweep: str, *, grace_seconds: float = 120.0,
+                 results_at: str | None = None) -> None:
         self.storage = open_storage(storage_url)
         self.sweep = sweep
         self.grace_seconds = grace_seconds
+        self.results_at = results_at
         self.study = optuna.create_study(study_name=sweep, storage=self.storage, load_if_exists=True)
         self._study_id = self.storage.get_study_id_from_name(sweep)
 
@@ -125,6 +141,8 @@ class RunQueue:
         state = TrialState.COMPLETE if outcome in ("done", "diverged", "skipped") else TrialState.FAIL
         try:
             self.storage.set_trial_user_attr(claim.trial_id, OUTCOME, outcome)
+            if self.results_at:
+                self.storage.set_trial_user_attr(claim.trial_id, RESULTS_AT, self.results_at)
             if error:
                 self.storage.set_trial_user_attr(claim.trial_id, ERROR, error[-2000:])
             self.storage.set_trial_state_values(
@@ -179,6 +197,15 @@ class RunQueue:
         for trial in sorted(self.study.get_trials(deepcopy=False, states=_FINISHED), key=lambda t: t.number):
             latest[trial.user_attrs[RUN_ID]] = (trial.user_attrs.get(OUTCOME), trial.user_attrs.get(ERROR, ""))
         return {run_id: error for run_id, (outcome, error) in latest.items() if outcome == "failed"}
+
+    def latest(self) -> dict[str, JobRecord]:
+        """Each queued run's latest attempt (a re-queued run's new trial supersedes the old one)."""
+        records: dict[str, JobRecord] = {}
+        for trial in self.study.get_trials(deepcopy=False):  # in trial-number order
+            attrs = trial.user_attrs
+            state = attrs.get(OUTCOME, trial.state.name.lower()) if trial.state in _FINISHED else trial.state.name.lower()
+            records[attrs[RUN_ID]] = JobRecord(state, attrs.get(RESULTS_AT))
+        return records
 
     def _trial_id(self, trial: optuna.trial.FrozenTrial) -> int:
         """The storage's id of a trial listed by the study (through the storage's public lookup)."""
