@@ -37,6 +37,39 @@ examples:
   polyscale worker --storage postgresql://user@db-host/polyscale --sweep e4   # on another machine
 """
 
+WORKER_EPILOG = """\
+A worker claims one job at a time (a configuration with its arms, or several compatible ones
+trained as one batched model), runs it into --out and claims the next, until nothing is waiting
+or running in the queue. Any number of workers on any machines that reach the same --storage can
+share a sweep; `polyscale sweep` fills the queue. A worker whose heartbeat stops for --grace
+seconds is taken for dead and its job is queued again.
+
+examples:
+  polyscale sweep sweeps/e4.yaml --storage postgresql://user@db-host/polyscale   # machine A
+  polyscale worker --sweep e4 --storage postgresql://user@db-host/polyscale      # machine B
+  POLYSCALE_STORAGE=postgresql://user@db-host/polyscale polyscale worker --sweep e4 --device cuda:1
+  polyscale worker --sweep smoke --no-batch      # one more local worker on results/smoke/queue.journal
+then, on machine A, merge B's results (unless --out is a shared folder):
+  rsync -a machine-b:polyscale/results/e4/ results/e4-from-b/
+  polyscale collect results/e4 --from results/e4-from-b
+"""
+
+STATUS_EPILOG = """\
+examples:
+  polyscale status results/smoke        # runs by status; each failed run with its error's last line
+  polyscale status --storage results/smoke/queue.journal --sweep smoke      # the queue alone
+  polyscale status results/e4 --storage postgresql://user@db-host/polyscale --sweep e4
+"""
+
+COLLECT_EPILOG = """\
+examples:
+  polyscale collect results/smoke       # rebuild results/smoke/runs.parquet from its run folders
+  rsync -a machine-b:polyscale/results/e4/ results/e4-from-b/
+  polyscale collect results/e4 --from results/e4-from-b results/e4-from-c
+A run already finished in RESULTS is kept; a finished run of a --from folder replaces an
+unfinished (failed, interrupted) one of the same id.
+"""
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     sweep = subparsers.add_parser(
@@ -55,10 +88,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     worker = subparsers.add_parser(
         "worker", help="join a sweep's queue from any machine",
-        description="Claim and run a sweep's queued runs until the queue is drained. Results go to --out "
+        description="Claim and run a sweep's queued runs until the queue is drained. Results go to --out\n"
         "(a shared folder, or this machine's own, merged later with `polyscale collect`).",
+        epilog=WORKER_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    worker.add_argument("--sweep", required=True, help="the sweep's name")
+    worker.add_argument("--sweep", required=True, help="the sweep's name (its `name:`, or its file's stem)")
     worker.add_argument("--out", type=Path, help="results folder (default: results/<sweep name>)")
     worker.add_argument("--quiet", action="store_true", help=argparse.SUPPRESS)
     add_arguments(worker)
@@ -67,19 +101,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     status = subparsers.add_parser(
         "status", help="counts and failures of a results folder or a queue",
         description="Runs by status in RESULTS (and in the queue with --storage/--sweep), with failures.",
+        epilog=STATUS_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    status.add_argument("results", type=Path, nargs="?", metavar="RESULTS")
-    status.add_argument("--storage", help=f"queue storage URL (or ${STORAGE_ENV})")
-    status.add_argument("--sweep", help="the sweep's name (with --storage)")
+    status.add_argument("results", type=Path, nargs="?", metavar="RESULTS",
+                        help="a results folder (one with runs/ inside, e.g. results/smoke)")
+    status.add_argument("--storage", help=f"the queue's storage URL, as given to `polyscale sweep` (or ${STORAGE_ENV})")
+    status.add_argument("--sweep", help="the sweep's name, to count its queued runs (with --storage)")
     status.set_defaults(handler=run_status)
 
     collect = subparsers.add_parser(
         "collect", help="rebuild runs.parquet from the run folders (merging other folders)",
-        description="Rebuild RESULTS/runs.parquet from RESULTS/runs/*; with --from, first copy in the "
+        description="Rebuild RESULTS/runs.parquet from RESULTS/runs/*; with --from, first copy in the\n"
         "finished runs of other results folders (e.g. from workers on other machines).",
+        epilog=COLLECT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    collect.add_argument("results", type=Path, metavar="RESULTS")
-    collect.add_argument("--from", dest="sources", type=Path, nargs="+", default=[], metavar="FOLDER")
+    collect.add_argument("results", type=Path, metavar="RESULTS",
+                         help="the results folder to rebuild (created if missing)")
+    collect.add_argument("--from", dest="sources", type=Path, nargs="+", default=[], metavar="FOLDER",
+                         help="results folders whose finished runs are copied into RESULTS first")
     collect.set_defaults(handler=run_collect)
 
 
@@ -132,7 +171,7 @@ def run_worker(args: argparse.Namespace) -> int:
 def run_status(args: argparse.Namespace) -> int:
     from harness.sweep.execute import store_status
 
-    if args.results is None and not (args.storage and args.sweep):
+    if args.results is None and not ((args.storage or os.environ.get(STORAGE_ENV)) and args.sweep):
         raise UsageError("give a RESULTS folder, or --storage URL and --sweep NAME")
     if args.results is not None:
         if not (args.results / "runs").is_dir():
