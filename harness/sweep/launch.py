@@ -148,7 +148,8 @@ def stop(workers: list[subprocess.Popen]) -> None:
 
 
 def run_ends(sweep: Sweep, out: Path, before: dict, latest: dict[str, JobRecord]) -> dict[str, tuple[str, str | None]]:
-    """How each run ended, and for a run held elsewhere where (``host:folder``, or "" if unknown).
+    """How each run ended, and for a run finished in another results folder, which one
+    (``host:folder``, or "" if its worker did not say); None for the others.
 
     The results folder decides for the runs it holds; for the others the queue's latest attempt at
     their job says whether a worker writing to another folder finished them, failed them or has
@@ -168,7 +169,7 @@ def run_ends(sweep: Sweep, out: Path, before: dict, latest: dict[str, JobRecord]
         elif record.state in ("waiting", "running"):
             ends[run.run_id] = ("still " + record.state + " in the queue", None)
         else:  # failed, interrupted: this folder has the record if one of its workers ran it
-            ends[run.run_id] = (status, None) if status else (f"{record.state} elsewhere", record.results_at or "")
+            ends[run.run_id] = (status or f"{record.state} elsewhere", None)
     return ends
 
 
