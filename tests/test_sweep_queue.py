@@ -156,7 +156,8 @@ def test_redact_hides_only_the_password():
 
 def test_redact_hides_a_password_with_a_raw_at_sign_whole():
     assert redact("postgresql://user:p@ss@host/db") == "postgresql://user:***@host/db"
-    assert redact("--storage postgresql://u:a@b@c@h:5432/db: cannot open") == "--storage postgresql://u:***@h:5432/db: cannot open"
+    message = "--storage postgresql://u:a@b@c@h:5432/db: cannot open"
+    assert redact(message) == "--storage postgresql://u:***@h:5432/db: cannot open"
     assert redact("postgresql://user@host/db") == "postgresql://user@host/db"
 
 

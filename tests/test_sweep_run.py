@@ -187,7 +187,8 @@ def test_a_coordinator_whose_runs_another_machine_did_says_where_they_are_and_ho
     def the_other_machines_worker(name, options, workers):  # this machine's own finds nothing left
         command = [sys.executable, "-m", "harness.cli", "worker", "--sweep", name, "--out", str(there),
                    "--storage", storage, "--quiet"]
-        return [subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "WANDB_MODE": "disabled"})]
+        env = {**os.environ, "WANDB_MODE": "disabled"}
+        return [subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)]
 
     monkeypatch.setattr(launch, "start_workers", the_other_machines_worker)
     tables = []

@@ -54,7 +54,8 @@ def launch(sweep: Sweep, options: SweepOptions, workers: int = 1) -> Counter:
         if batch is None:
             configs = {job_id(run.config): run.config for run in pending}
             batch = per_worker_batch(list(configs.values()), workers, options.device)
-        processes = start_workers(sweep.name, dataclasses.replace(options, storage=storage, batch_models=batch), workers)
+        per_worker = dataclasses.replace(options, storage=storage, batch_models=batch)
+        processes = start_workers(sweep.name, per_worker, workers)
         try:
             watch(sweep, out, processes, before)
         except KeyboardInterrupt:

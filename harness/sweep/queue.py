@@ -203,7 +203,9 @@ class RunQueue:
         records: dict[str, JobRecord] = {}
         for trial in self.study.get_trials(deepcopy=False):  # in trial-number order
             attrs = trial.user_attrs
-            state = attrs.get(OUTCOME, trial.state.name.lower()) if trial.state in _FINISHED else trial.state.name.lower()
+            state = trial.state.name.lower()
+            if trial.state in _FINISHED:
+                state = attrs.get(OUTCOME, state)
             records[attrs[RUN_ID]] = JobRecord(state, attrs.get(RESULTS_AT))
         return records
 
