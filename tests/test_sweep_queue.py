@@ -11,7 +11,7 @@ from collections import Counter
 import pytest
 
 from harness.errors import UsageError
-from harness.sweep.queue import RunQueue
+from harness.sweep.queue import JobRecord, RunQueue
 from harness.redact import redact
 from harness.sweep.storage import open_storage
 
@@ -55,6 +55,36 @@ def test_enqueue_skips_runs_already_waiting_and_claims_each_once(storage_url):
     assert sorted(claimed) == ["a", "b", "c", "d"]
     assert not queue.busy()
     assert queue.counts() == Counter(done=4)
+
+
+def test_claim_matching_takes_only_wanted_waiting_runs_in_queue_order_each_once(storage_url):
+    queue = RunQueue(storage_url, unique_sweep())
+    queue.enqueue([(f"r{i}", {"width": i % 3}) for i in range(9)])  # widths 0 1 2 0 1 2 0 1 2
+    first = queue.claim_matching(lambda payload: payload["width"] == 1, 2)
+    assert [c.run_id for c in first] == ["r1", "r4"] and all(c.attempt == 1 for c in first)
+    rest = queue.claim_matching(lambda payload: payload["width"] == 1, 5)
+    assert [c.run_id for c in rest] == ["r7"]  # r1 and r4 are running: not taken twice
+    assert queue.claim_matching(lambda payload: True, 0) == []
+    assert queue.counts() == Counter(waiting=6, running=3)
+    others = RunQueue(storage_url, queue.sweep)  # another worker sees them running
+    assert {c.run_id for c in others.claim_matching(lambda payload: True, 10)} == {f"r{i}" for i in (0, 2, 3, 5, 6, 8)}
+    assert queue.claim() is None
+
+
+def test_the_latest_attempt_of_each_run_and_where_its_results_went(storage_url):
+    sweep = unique_sweep()
+    here = RunQueue(storage_url, sweep, results_at="machine-a:/results/x")
+    there = RunQueue(storage_url, sweep, results_at="machine-b:/results/x")
+    here.enqueue([(r, {}) for r in "abcd"])
+    a = here.claim()
+    here.finish(a, "failed", error="boom")
+    here.retry(a)  # its second attempt, waiting, supersedes the failure
+    there.finish(there.claim(), "done")  # b
+    assert here.claim().run_id == "c"  # left running
+    d = here.claim()
+    here.finish(d, "failed", error="bang")
+    assert here.latest() == {"a": JobRecord("waiting"), "b": JobRecord("done", "machine-b:/results/x"),
+                             "c": JobRecord("running"), "d": JobRecord("failed", "machine-a:/results/x")}
 
 
 def test_a_run_whose_worker_stopped_beating_is_queued_again(storage_url):
@@ -122,3 +152,25 @@ def test_redact_hides_only_the_password():
     assert redact("postgresql://u:p%40ss@h:5432/db") == "postgresql://u:***@h:5432/db"
     assert redact("sqlite:///tmp/x.db") == "sqlite:///tmp/x.db"
     assert redact("journal:/tmp/q.journal") == "journal:/tmp/q.journal"
+
+
+def test_redact_hides_a_password_with_a_raw_at_sign_whole():
+    assert redact("postgresql://user:p@ss@host/db") == "postgresql://user:***@host/db"
+    message = "--storage postgresql://u:a@b@c@h:5432/db: cannot open"
+    assert redact(message) == "--storage postgresql://u:***@h:5432/db: cannot open"
+    assert redact("postgresql://user@host/db") == "postgresql://user@host/db"
+
+
+def test_a_raw_at_sign_in_the_password_is_read_as_part_of_the_password():
+    with pytest.raises(UsageError) as caught:
+        open_storage("postgresql://alice:p@ss-word@127.0.0.1:1/nowhere")
+    message = str(caught.value)
+    assert "ss-word" not in message and "alice:***@127.0.0.1:1/nowhere" in message
+    assert 'at "127.0.0.1", port 1' in message  # the host it tried is the one after the last "@"
+
+
+@pytest.mark.skipif(not postgres_reachable(), reason=f"no PostgreSQL server reachable at {POSTGRES_URL}")
+def test_a_password_with_a_raw_at_sign_connects():
+    url = POSTGRES_URL.replace("postgres@", "postgres:p@ss@")  # trust auth ignores the password
+    queue = RunQueue(url, unique_sweep())
+    assert queue.enqueue([("a", {})]) == ["a"]

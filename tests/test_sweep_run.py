@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -168,3 +169,70 @@ def test_status_and_collect(tmp_path):
     assert len(pd.read_parquet(tmp_path / "results/merged/runs.parquet")) == 2
     bad = polyscale("status", "results/nowhere", cwd=tmp_path)
     assert bad.returncode == 2 and "not a results folder" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_coordinator_whose_runs_another_machine_did_says_where_they_are_and_how_to_collect(
+    tmp_path, monkeypatch, capsys
+):
+    import harness.sweep.launch as launch
+    from harness.sweep.options import SweepOptions
+    from harness.tracking import wandb_mirror
+
+    spec = write_spec(tmp_path, unique_sweep(), sizes=(96,), seeds=2)
+    sweep = load_sweep(spec)
+    here, there = tmp_path / "here", tmp_path / "there"
+    storage = str(tmp_path / "shared.journal")  # as a PostgreSQL URL would be: one queue, two machines
+    log = (tmp_path / "worker.log").open("w")
+
+    def the_other_machines_worker(name, options, workers):  # this machine's own finds nothing left
+        command = [sys.executable, "-m", "harness.cli", "worker", "--sweep", name, "--out", str(there),
+                   "--storage", storage, "--quiet"]
+        env = {**os.environ, "WANDB_MODE": "disabled"}
+        return [subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)]
+
+    monkeypatch.setattr(launch, "start_workers", the_other_machines_worker)
+    tables = []
+    monkeypatch.setattr(wandb_mirror, "mirror_table", lambda name, table, **kwargs: tables.append(len(table)))
+    options = SweepOptions(out=here, storage=storage, wandb_mode="disabled")
+    tally = launch.launch(sweep, options)
+    printed = capsys.readouterr().out
+    assert tally == Counter({"finished elsewhere": len(sweep.runs)}) and not launch.complete(tally)
+    assert f"{socket.gethostname()}:{there.resolve()}: {len(sweep.runs)} runs" in printed
+    assert f"polyscale collect {here} --from FOLDER" in printed and "not started" not in printed
+    assert tables == []  # no W&B table of a folder that lacks the runs
+    assert set(statuses(there).values()) == {"done"} and statuses(here) == {}
+
+    merged = polyscale("collect", str(here), "--from", str(there), cwd=tmp_path)
+    assert merged.returncode == 0, merged.stdout + merged.stderr
+    tally = launch.launch(sweep, options)  # the same command again: everything is here now
+    assert tally == Counter({"skipped (finished before)": len(sweep.runs)}) and launch.complete(tally)
+    assert tables == [len(sweep.runs)]
+    assert_complete(here, {run.run_id for run in sweep.runs})
+
+
+def test_a_run_failed_by_another_machine_is_reported_failed_and_the_sweep_exits_1(tmp_path):
+    from harness.sweep.launch import complete, run_ends
+    from harness.sweep.queue import JobRecord
+
+    sweep = load_sweep(write_spec(tmp_path, "mixed", sizes=(96, 128), seeds=1))
+    job_of = {run_id: job for job, payload in jobs(sweep.runs) for run_id in payload["runs"].values()}
+    first, second = sorted(set(job_of.values()))
+    latest = {first: JobRecord("failed", "machine-b:/r"), second: JobRecord("waiting")}
+    ends = run_ends(sweep, tmp_path / "empty", {run.run_id: None for run in sweep.runs}, latest)
+    expected = {rid: ("failed elsewhere", None) if job == first else ("still waiting in the queue", None)
+                for rid, job in job_of.items()}
+    assert ends == expected
+    assert not complete(Counter(what for what, _ in ends.values()))
+
+
+@pytest.mark.parametrize("command", ["status", "collect", "worker"])
+def test_help_has_examples_and_explains_every_argument(command):
+    import argparse
+
+    from harness.cli import build_parser
+
+    parsers = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    parser = parsers[command]
+    assert "examples:\n  polyscale " in parser.format_help()
+    for action in parser._actions:
+        assert action.help, f"polyscale {command}: {action.dest} has no help"

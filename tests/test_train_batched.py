@@ -24,9 +24,10 @@ from harness.models import init_mlp, relu_kernels
 from harness.sweep.batching import batch_key, claim_compatible
 from harness.sweep.execute import job_id
 from harness.sweep.launch import jobs
+from harness.sweep.options import SweepOptions
 from harness.sweep.queue import RunQueue
 from harness.sweep.spec import expand_sweep
-from harness.sweep.worker import WorkerOptions, work
+from harness.sweep.worker import work
 from harness.train import batched, run_together, stacked
 from harness.train.optim import make_optimizer
 from harness.train.stacked_optim import StackedOptimizer
@@ -327,7 +328,7 @@ def test_the_worker_batches_compatible_jobs_and_matches_one_at_a_time(tmp_path, 
         out = tmp_path / mode
         queue = RunQueue(str(tmp_path / f"{mode}.journal"), sweep.name, grace_seconds=60)
         queue.enqueue(jobs(sweep.runs))
-        tally = work(queue, WorkerOptions(out=out, device="cpu", wandb_mode="disabled", batch_models=k))
+        tally = work(queue, SweepOptions(out=out, device="cpu", wandb_mode="disabled", batch_models=k))
         assert tally == {"done": 8}
         tables[mode] = pd.read_parquet(out / "runs.parquet").set_index("run_id").sort_index()
     assert batches == [3, 3]  # per width 4 jobs (2 lrs x 2 seeds): 3 batched, 1 alone (run_claim)

@@ -6,10 +6,11 @@ settings other than the learning rate, number of steps and, for full batches, tr
 for the width experiment also the compression (it sets the compressed widths). Seeds, learning
 rates, arms, noise and the like may differ. ``batch_key`` says this as a string.
 
-A worker that claims a job claims up to K - 1 more waiting jobs of its key at once, with the queue's
-own atomic WAITING -> RUNNING step, so each job is still claimed, beaten for, finished and retried
-on its own. K comes from ``--batch-models`` or, by default, from a memory estimate on the worker's
-device (``auto_batch_models``).
+A worker that claims a job claims up to K - 1 more waiting jobs of its key at once through
+``RunQueue.claim_matching``, so each job is still claimed, beaten for, finished and retried on its
+own. K comes from ``--batch-models`` or, by default, from a memory estimate on the worker's device
+(``auto_batch_models``). This module is the policy (which jobs go together, how many); the queue
+is the mechanism.
 """
 
 from __future__ import annotations
@@ -22,13 +23,11 @@ import os
 from collections import Counter
 from collections.abc import Sequence
 
-import optuna
 import torch
-from optuna.trial import TrialState
 
 from harness.config import MLP_EXPERIMENTS, Config, parse_config, to_dict
 from harness.device import pick_device
-from harness.sweep.queue import ATTEMPT, PAYLOAD, RUN_ID, Claim, RunQueue
+from harness.sweep.queue import Claim, RunQueue
 
 CPU_CAP = 64  # most models batched on a CPU: beyond this the stack gains nothing and a failure costs more
 GPU_CAP = 512
@@ -97,26 +96,11 @@ def auto_batch_models(config: Config, device: str) -> int:
 
 
 def claim_compatible(queue: RunQueue, first: Claim, limit: int) -> list[Claim]:
-    """Up to ``limit - 1`` more waiting jobs of ``first``'s key, in queue order, each claimed as
-    ``RunQueue.claim`` claims (an atomic WAITING -> RUNNING that another worker cannot also win)."""
+    """Up to ``limit - 1`` more waiting jobs of ``first``'s key, in queue order, each claimed on its own."""
     key = payload_key(first.payload)
     if key is None or limit <= 1:
         return []
-    claims: list[Claim] = []
-    for trial in queue.storage.get_all_trials(queue.study._study_id, deepcopy=False, states=(TrialState.WAITING,)):
-        if len(claims) == limit - 1:
-            break
-        if payload_key(trial.user_attrs.get(PAYLOAD, {})) != key:
-            continue
-        try:
-            if not queue.storage.set_trial_state_values(trial._trial_id, state=TrialState.RUNNING):
-                continue
-        except optuna.exceptions.UpdateFinishedTrialError:
-            continue
-        queue.beat(trial._trial_id)
-        attrs = trial.user_attrs
-        claims.append(Claim(attrs[RUN_ID], trial._trial_id, int(attrs.get(ATTEMPT, 1)), attrs.get(PAYLOAD, {})))
-    return claims
+    return queue.claim_matching(lambda payload: payload_key(payload) == key, limit - 1)
 
 
 def batch_limit(requested: int | None, first: Claim, device: str) -> int:

@@ -7,14 +7,14 @@ import json
 import logging
 import os
 import shutil
+import socket
 import sys
 from collections import Counter
 from pathlib import Path
 
 from harness.errors import UsageError
-from harness.sweep.launch import STORAGE_ENV, LaunchOptions, default_storage, launch
+from harness.sweep.options import STORAGE_ENV, add_arguments, from_args
 from harness.redact import redact
-from harness.tracking.wandb_mirror import MODES, resolve_mode
 
 SWEEP_EPILOG = """\
 A sweep file is a run configuration plus `grid:` (cartesian product over dotted keys), `zip:`
@@ -37,6 +37,39 @@ examples:
   polyscale worker --storage postgresql://user@db-host/polyscale --sweep e4   # on another machine
 """
 
+WORKER_EPILOG = """\
+A worker claims one job at a time (a configuration with its arms, or several compatible ones
+trained as one batched model), runs it into --out and claims the next, until nothing is waiting
+or running in the queue. Any number of workers on any machines that reach the same --storage can
+share a sweep; `polyscale sweep` fills the queue. A worker whose heartbeat stops for --grace
+seconds is taken for dead and its job is queued again.
+
+examples:
+  polyscale sweep sweeps/e4.yaml --storage postgresql://user@db-host/polyscale   # machine A
+  polyscale worker --sweep e4 --storage postgresql://user@db-host/polyscale      # machine B
+  POLYSCALE_STORAGE=postgresql://user@db-host/polyscale polyscale worker --sweep e4 --device cuda:1
+  polyscale worker --sweep smoke --no-batch      # one more local worker on results/smoke/queue.journal
+then, on machine A, merge B's results (unless --out is a shared folder):
+  rsync -a machine-b:polyscale/results/e4/ results/e4-from-b/
+  polyscale collect results/e4 --from results/e4-from-b
+"""
+
+STATUS_EPILOG = """\
+examples:
+  polyscale status results/smoke        # runs by status; each failed run with its error's last line
+  polyscale status --storage results/smoke/queue.journal --sweep smoke      # the queue alone
+  polyscale status results/e4 --storage postgresql://user@db-host/polyscale --sweep e4
+"""
+
+COLLECT_EPILOG = """\
+examples:
+  polyscale collect results/smoke       # rebuild results/smoke/runs.parquet from its run folders
+  rsync -a machine-b:polyscale/results/e4/ results/e4-from-b/
+  polyscale collect results/e4 --from results/e4-from-b results/e4-from-c
+A run already finished in RESULTS is kept; a finished run of a --from folder replaces an
+unfinished (failed, interrupted) one of the same id.
+"""
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     sweep = subparsers.add_parser(
@@ -50,58 +83,43 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="override a base configuration key (repeatable)")
     sweep.add_argument("--dry-run", action="store_true", help="print the runs and their count, run nothing")
     sweep.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
-    _add_run_options(sweep)
+    add_arguments(sweep)
     sweep.set_defaults(handler=run_sweep)
 
     worker = subparsers.add_parser(
         "worker", help="join a sweep's queue from any machine",
-        description="Claim and run a sweep's queued runs until the queue is drained. Results go to --out "
+        description="Claim and run a sweep's queued runs until the queue is drained. Results go to --out\n"
         "(a shared folder, or this machine's own, merged later with `polyscale collect`).",
+        epilog=WORKER_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    worker.add_argument("--sweep", required=True, help="the sweep's name")
+    worker.add_argument("--sweep", required=True, help="the sweep's name (its `name:`, or its file's stem)")
     worker.add_argument("--out", type=Path, help="results folder (default: results/<sweep name>)")
     worker.add_argument("--quiet", action="store_true", help=argparse.SUPPRESS)
-    _add_run_options(worker)
+    add_arguments(worker)
     worker.set_defaults(handler=run_worker)
 
     status = subparsers.add_parser(
         "status", help="counts and failures of a results folder or a queue",
         description="Runs by status in RESULTS (and in the queue with --storage/--sweep), with failures.",
+        epilog=STATUS_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    status.add_argument("results", type=Path, nargs="?", metavar="RESULTS")
-    status.add_argument("--storage", help=f"queue storage URL (or ${STORAGE_ENV})")
-    status.add_argument("--sweep", help="the sweep's name (with --storage)")
+    status.add_argument("results", type=Path, nargs="?", metavar="RESULTS",
+                        help="a results folder (one with runs/ inside, e.g. results/smoke)")
+    status.add_argument("--storage", help=f"the queue's storage URL, as given to `polyscale sweep` (or ${STORAGE_ENV})")
+    status.add_argument("--sweep", help="the sweep's name, to count its queued runs (with --storage)")
     status.set_defaults(handler=run_status)
 
     collect = subparsers.add_parser(
         "collect", help="rebuild runs.parquet from the run folders (merging other folders)",
-        description="Rebuild RESULTS/runs.parquet from RESULTS/runs/*; with --from, first copy in the "
+        description="Rebuild RESULTS/runs.parquet from RESULTS/runs/*; with --from, first copy in the\n"
         "finished runs of other results folders (e.g. from workers on other machines).",
+        epilog=COLLECT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    collect.add_argument("results", type=Path, metavar="RESULTS")
-    collect.add_argument("--from", dest="sources", type=Path, nargs="+", default=[], metavar="FOLDER")
+    collect.add_argument("results", type=Path, metavar="RESULTS",
+                         help="the results folder to rebuild (created if missing)")
+    collect.add_argument("--from", dest="sources", type=Path, nargs="+", default=[], metavar="FOLDER",
+                         help="results folders whose finished runs are copied into RESULTS first")
     collect.set_defaults(handler=run_collect)
-
-
-def _add_run_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda or cuda:N")
-    parser.add_argument("--wandb", choices=MODES, default=None, help="W&B mode (default: $WANDB_MODE or offline)")
-    parser.add_argument("--wandb-project", default="polyscale", help="W&B project (default polyscale)")
-    parser.add_argument("--storage", default=None,
-                        help=f"Optuna storage URL: a journal file path, sqlite:///F.db or postgresql://... "
-                             f"(default: RESULTS/queue.journal; also read from ${STORAGE_ENV})")
-    parser.add_argument("--retries", type=int, default=1, help="re-run a failed run up to this many times (default 1)")
-    parser.add_argument("--grace", type=float, default=20.0,
-                        help="seconds without a heartbeat before a run's worker is taken for dead (default 20)")
-    parser.add_argument("--threads", type=int, default=None, metavar="N",
-                        help="CPU threads of each worker's torch (default: $OMP_NUM_THREADS if set, else the "
-                             "cores divided among the workers); 1 is often fastest for small models on shared cores")
-    batching = parser.add_mutually_exclusive_group()
-    batching.add_argument("--batch-models", type=int, default=None, metavar="K",
-                          help="train up to K compatible configurations (same shapes; other seeds, learning rates, "
-                               "data) as one batched model (default: as many as fit in memory, at most 64 on a CPU)")
-    batching.add_argument("--no-batch", dest="batch_models", action="store_const", const=1,
-                          help="train one configuration at a time")
 
 
 def run_sweep(args: argparse.Namespace) -> int:
@@ -117,33 +135,29 @@ def run_sweep(args: argparse.Namespace) -> int:
             print_tuning(sweep)
         return 0
     _check_counts(args)
-    options = LaunchOptions(
-        out=out, storage=args.storage or os.environ.get(STORAGE_ENV), workers=args.workers, device=args.device,
-        wandb_mode=resolve_mode(args.wandb), wandb_project=args.wandb_project, retries=args.retries,
-        grace_seconds=args.grace, batch_models=args.batch_models, threads=args.threads,
-    )
+    options = from_args(args, out)
     _set_threads(args.threads)  # for the tuning trials, which run in this process
     if sweep.tune is not None:
         from harness.sweep.tune import tune_sweep
 
-        sweep, _ = tune_sweep(sweep, out, options.storage or default_storage(out), args.device)
-    tally = launch(sweep, options)
-    return 1 if tally.get("failed") else 0
+        sweep, _ = tune_sweep(sweep, out, options.storage_url, args.device)
+    from harness.sweep.launch import complete, launch
+
+    tally = launch(sweep, options, args.workers)
+    return 0 if complete(tally) else 1
 
 
 def run_worker(args: argparse.Namespace) -> int:
     from harness.sweep.queue import RunQueue
-    from harness.sweep.worker import WorkerOptions, work
+    from harness.sweep.worker import work
 
     _check_counts(args)
     _set_threads(args.threads)
-    out = args.out or Path("results") / args.sweep
-    storage = args.storage or os.environ.get(STORAGE_ENV) or default_storage(out)
+    options = from_args(args, Path("results") / args.sweep)
+    storage = options.storage_url
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
-    queue = RunQueue(storage, args.sweep, grace_seconds=args.grace)
-    options = WorkerOptions(out=out, device=args.device, wandb_mode=resolve_mode(args.wandb),
-                            wandb_project=args.wandb_project, retries=args.retries,
-                            heartbeat_seconds=max(0.5, min(5.0, args.grace / 6)), batch_models=args.batch_models)
+    queue = RunQueue(storage, args.sweep, grace_seconds=options.grace_seconds,
+                     results_at=f"{socket.gethostname()}:{options.out.resolve()}")
     try:
         tally = work(queue, options)
     except KeyboardInterrupt:
@@ -157,7 +171,7 @@ def run_worker(args: argparse.Namespace) -> int:
 def run_status(args: argparse.Namespace) -> int:
     from harness.sweep.execute import store_status
 
-    if args.results is None and not (args.storage and args.sweep):
+    if args.results is None and not ((args.storage or os.environ.get(STORAGE_ENV)) and args.sweep):
         raise UsageError("give a RESULTS folder, or --storage URL and --sweep NAME")
     if args.results is not None:
         if not (args.results / "runs").is_dir():

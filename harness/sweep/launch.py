@@ -9,6 +9,7 @@ again completes the rest.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -17,72 +18,65 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
 
 from harness.sweep.batching import per_worker_batch
 from harness.sweep.execute import finished_status, job_id, rebuild_table, run_summary, store_status
-from harness.sweep.queue import RunQueue
+from harness.sweep.options import SweepOptions, worker_command
+from harness.sweep.queue import JobRecord, RunQueue
 from harness.sweep.spec import Sweep
 from harness.redact import redact
 from harness.tracking import wandb_mirror
 
-STORAGE_ENV = "POLYSCALE_STORAGE"
+# How a run of the sweep ended, as the report counts it. A run the queue says was finished (or
+# failed) by a worker whose results folder is not this one is counted "... elsewhere".
+FINISHED_HERE = ("done", "diverged", "skipped (finished before)")
+FINISHED_ELSEWHERE = "finished elsewhere"
 
 
-@dataclass(frozen=True)
-class LaunchOptions:
-    out: Path
-    storage: str | None = None
-    workers: int = 1
-    device: str = "auto"
-    wandb_mode: str = "offline"
-    wandb_project: str = "polyscale"
-    retries: int = 1
-    grace_seconds: float = 20.0
-    batch_models: int | None = None  # compatible jobs a worker trains at once; None: auto, 1: off
-    threads: int | None = None  # CPU threads per worker; None: $OMP_NUM_THREADS, else cores / workers
-
-
-def default_storage(out: Path) -> str:
-    """A journal file inside the results folder: many local processes, no server."""
-    return str(out / "queue.journal")
-
-
-def launch(sweep: Sweep, options: LaunchOptions) -> Counter:
-    """Run every unfinished run of the sweep; return the final tally of outcomes."""
+def launch(sweep: Sweep, options: SweepOptions, workers: int = 1) -> Counter:
+    """Run every unfinished run of the sweep with ``workers`` local worker processes; return the
+    final tally of outcomes (``complete`` says whether this results folder now holds them all)."""
     out = options.out
     out.mkdir(parents=True, exist_ok=True)
-    storage = options.storage or default_storage(out)
+    storage = options.storage_url
     write_manifest(sweep, out, storage)
     before = {run.run_id: finished_status(out, run.run_id) for run in sweep.runs}
     pending = [run for run in sweep.runs if before[run.run_id] is None]
     queue = RunQueue(storage, sweep.name, grace_seconds=options.grace_seconds)
     queue.enqueue(jobs(pending))
     print(f"sweep {sweep.name}: {len(sweep.runs)} runs, {len(sweep.runs) - len(pending)} already finished, "
-          f"{len(pending)} to run with {options.workers} worker(s); queue {redact(storage)}", flush=True)
+          f"{len(pending)} to run with {workers} worker(s); queue {redact(storage)}", flush=True)
     if pending:
         batch = options.batch_models
         if batch is None:
             configs = {job_id(run.config): run.config for run in pending}
-            batch = per_worker_batch(list(configs.values()), options.workers, options.device)
-        workers = start_workers(sweep.name, storage, options, batch)
+            batch = per_worker_batch(list(configs.values()), workers, options.device)
+        per_worker = dataclasses.replace(options, storage=storage, batch_models=batch)
+        processes = start_workers(sweep.name, per_worker, workers)
         try:
-            watch(sweep, out, workers, before)
+            watch(sweep, out, processes, before)
         except KeyboardInterrupt:
-            stop(workers)
+            stop(processes)
             done = sum(finished_status(out, r.run_id) is not None for r in sweep.runs)
             print(f"\ninterrupted: {done} of {len(sweep.runs)} runs finished and kept; "
                   "run the same command again to complete the rest", file=sys.stderr)
             raise
     table = rebuild_table(out)
-    wandb_mirror.mirror_table(
-        f"sweep-{sweep.name}", table, mode=options.wandb_mode, project=options.wandb_project,
-        group=sweep.name, wandb_dir=out,
-    )
-    return report(sweep, out, before, queue)
+    ends = run_ends(sweep, out, before, queue.latest())
+    if all(where is None for _, where in ends.values()):  # else the table lacks runs held elsewhere
+        wandb_mirror.mirror_table(
+            f"sweep-{sweep.name}", table, mode=options.wandb_mode, project=options.wandb_project,
+            group=sweep.name, wandb_dir=out,
+        )
+    return report(sweep.name, out, ends, queue)
+
+
+def complete(tally: Counter) -> bool:
+    """Whether every run counted in ``tally`` is finished in this results folder."""
+    return all(what in FINISHED_HERE for what in tally)
 
 
 def jobs(runs) -> list[tuple[str, dict]]:
@@ -98,24 +92,17 @@ def jobs(runs) -> list[tuple[str, dict]]:
     return list(grouped.items())
 
 
-def start_workers(sweep_name: str, storage: str, options: LaunchOptions,
-                  batch_models: int | None = None) -> list[subprocess.Popen]:
-    """Worker processes; GPUs are spread over them, CPU threads divided among them.
-
-    ``batch_models``: passed on as ``--batch-models`` (None: each worker's own auto)."""
-    devices = assign_devices(options.device, options.workers)
-    threads = worker_threads(options.threads, options.workers)
-    env = {**os.environ, STORAGE_ENV: storage, "OMP_NUM_THREADS": str(threads), "WANDB_SILENT": "true"}
-    workers = []
-    for device in devices:
-        command = [
-            sys.executable, "-m", "harness.cli", "worker", "--sweep", sweep_name, "--out", str(options.out),
-            "--device", device, "--wandb", options.wandb_mode, "--wandb-project", options.wandb_project,
-            "--retries", str(options.retries), "--grace", str(options.grace_seconds), "--quiet",
-            *(["--batch-models", str(batch_models)] if batch_models is not None else []),
-        ]
-        workers.append(subprocess.Popen(command, env=env))
-    return workers
+def start_workers(sweep_name: str, options: SweepOptions, workers: int) -> list[subprocess.Popen]:
+    """``workers`` worker processes with ``options``; GPUs are spread over them, CPU threads divided
+    among them."""
+    threads = worker_threads(options.threads, workers)
+    processes = []
+    for device in assign_devices(options.device, workers):
+        argv, env = worker_command(dataclasses.replace(options, device=device, threads=threads))
+        env = {**os.environ, **env, "OMP_NUM_THREADS": str(threads), "WANDB_SILENT": "true"}
+        command = [sys.executable, "-m", "harness.cli", "worker", "--sweep", sweep_name, "--quiet", *argv]
+        processes.append(subprocess.Popen(command, env=env))
+    return processes
 
 
 def assign_devices(requested: str, workers: int) -> list[str]:
@@ -161,16 +148,47 @@ def stop(workers: list[subprocess.Popen]) -> None:
             worker.kill()
 
 
-def report(sweep: Sweep, out: Path, before: dict, queue: RunQueue) -> Counter:
-    """Print the summary: finished now, finished before (skipped), failed with error heads."""
-    tally: Counter = Counter()
+def run_ends(sweep: Sweep, out: Path, before: dict, latest: dict[str, JobRecord]) -> dict[str, tuple[str, str | None]]:
+    """How each run ended, and for a run finished in another results folder, which one
+    (``host:folder``, or "" if its worker did not say); None for the others.
+
+    The results folder decides for the runs it holds; for the others the queue's latest attempt at
+    their job says whether a worker writing to another folder finished them, failed them or has
+    them still (``latest`` of ``RunQueue``).
+    """
+    ends = {}
     for run in sweep.runs:
-        status = store_status(out, run.run_id) or "not started"
-        tally["skipped (finished before)" if before[run.run_id] is not None else status] += 1
-    print(f"sweep {sweep.name}: " + ", ".join(f"{count} {what}" for what, count in sorted(tally.items())))
+        if before[run.run_id] is not None:
+            ends[run.run_id] = ("skipped (finished before)", None)
+            continue
+        status = store_status(out, run.run_id)
+        record = latest.get(job_id(run.config))
+        if status in ("done", "diverged") or record is None:
+            ends[run.run_id] = (status or "not started", None)
+        elif record.state in ("done", "diverged", "skipped"):
+            ends[run.run_id] = (FINISHED_ELSEWHERE, record.results_at or "")
+        elif record.state in ("waiting", "running"):
+            ends[run.run_id] = ("still " + record.state + " in the queue", None)
+        else:  # failed, interrupted: this folder has the record if one of its workers ran it
+            ends[run.run_id] = (status or f"{record.state} elsewhere", None)
+    return ends
+
+
+def report(name: str, out: Path, ends: dict[str, tuple[str, str | None]], queue: RunQueue) -> Counter:
+    """Print the summary: finished now, finished before (skipped), failed with error heads, and
+    the runs that workers wrote to other results folders, with how to bring them here."""
+    tally = Counter(what for what, _ in ends.values())
+    print(f"sweep {name}: " + ", ".join(f"{count} {what}" for what, count in sorted(tally.items())))
     for job, error in sorted(queue.failures().items()):
         head = error.strip().splitlines()[-1] if error.strip() else "no error message"
         print(f"  failed {job}: {head}")
+    elsewhere = Counter(where for _, where in ends.values() if where is not None)
+    if elsewhere:
+        print(f"  {sum(elsewhere.values())} runs are not in {out}: workers wrote them to other results folders:")
+        for where, count in sorted(elsewhere.items()):
+            print(f"    {where or '(a worker that did not say where)'}: {count} runs")
+        print(f"  copy each folder to this machine and merge it with `polyscale collect {out} --from FOLDER`, "
+              "then run this command again to log the W&B table")
     print(f"results: {out / 'runs.parquet'}")
     return tally
 

@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import optuna
@@ -32,6 +32,7 @@ ATTEMPT = "attempt"
 HEARTBEAT = "heartbeat"
 OUTCOME = "outcome"
 ERROR = "error"
+RESULTS_AT = "results_at"
 
 # Trials end COMPLETE for a run that finished (done or diverged: both are results), FAIL for a
 # run that raised, or for one taken from a dead worker.
@@ -52,14 +53,30 @@ class Claim:
     payload: dict
 
 
-class RunQueue:
-    """Pending runs of one sweep, stored as trials of the Optuna study named after the sweep."""
+@dataclass(frozen=True)
+class JobRecord:
+    """The latest attempt at a queued job: waiting, running or its outcome, and, once finished,
+    where its worker wrote the results (``host:folder``; None if the worker did not say)."""
 
-    def __init__(self, storage_url: str, sweep: str, *, grace_seconds: float = 120.0) -> None:
+    state: str
+    results_at: str | None = None
+
+
+class RunQueue:
+    """Pending runs of one sweep, stored as trials of the Optuna study named after the sweep.
+
+    ``results_at`` (``host:folder``) is recorded with each run this queue object finishes, so that
+    a coordinator on another machine can say where the results are.
+    """
+
+    def __init__(self, storage_url: str, sweep: str, *, grace_seconds: float = 120.0,
+                 results_at: str | None = None) -> None:
         self.storage = open_storage(storage_url)
         self.sweep = sweep
         self.grace_seconds = grace_seconds
+        self.results_at = results_at
         self.study = optuna.create_study(study_name=sweep, storage=self.storage, load_if_exists=True)
+        self._study_id = self.storage.get_study_id_from_name(sweep)
 
     def enqueue(self, runs: Iterable[tuple[str, dict]], *, attempt: int = 1) -> list[str]:
         """Queue each ``(run_id, payload)`` not already waiting or running; return the ids queued."""
@@ -79,12 +96,32 @@ class RunQueue:
 
     def claim(self) -> Claim | None:
         """Take one waiting run (atomically), or None when nothing is waiting."""
-        trial_id = self.study._pop_waiting_trial_id()
-        if trial_id is None:
-            return None
-        self.beat(trial_id)
-        attrs = self.storage.get_trial(trial_id).user_attrs
-        return Claim(attrs[RUN_ID], trial_id, int(attrs.get(ATTEMPT, 1)), attrs.get(PAYLOAD, {}))
+        claims = self.claim_matching(lambda payload: True, 1)
+        return claims[0] if claims else None
+
+    def claim_matching(self, wanted: Callable[[dict], bool], limit: int) -> list[Claim]:
+        """Take up to ``limit`` waiting runs whose payload ``wanted`` accepts, in queue order.
+
+        Each is taken with Optuna's atomic WAITING -> RUNNING state change, which only one
+        process can win (the same step as ``Study``'s own pop of a waiting trial), and beaten for
+        at once, so it is claimed, finished and retried on its own.
+        """
+        claims: list[Claim] = []
+        for trial in self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            if len(claims) >= limit:
+                break
+            if not wanted(trial.user_attrs.get(PAYLOAD, {})):
+                continue
+            trial_id = self._trial_id(trial)
+            try:
+                if not self.storage.set_trial_state_values(trial_id, state=TrialState.RUNNING):
+                    continue  # another worker took it first
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue
+            self.beat(trial_id)
+            attrs = trial.user_attrs
+            claims.append(Claim(attrs[RUN_ID], trial_id, int(attrs.get(ATTEMPT, 1)), attrs.get(PAYLOAD, {})))
+        return claims
 
     def retry(self, claim: Claim) -> None:
         """Queue a failed run again as its next attempt."""
@@ -104,6 +141,8 @@ class RunQueue:
         state = TrialState.COMPLETE if outcome in ("done", "diverged", "skipped") else TrialState.FAIL
         try:
             self.storage.set_trial_user_attr(claim.trial_id, OUTCOME, outcome)
+            if self.results_at:
+                self.storage.set_trial_user_attr(claim.trial_id, RESULTS_AT, self.results_at)
             if error:
                 self.storage.set_trial_user_attr(claim.trial_id, ERROR, error[-2000:])
             self.storage.set_trial_state_values(
@@ -124,9 +163,10 @@ class RunQueue:
             last = trial.user_attrs.get(HEARTBEAT, trial.datetime_start.timestamp() if trial.datetime_start else now)
             if now - float(last) <= self.grace_seconds:
                 continue
+            trial_id = self._trial_id(trial)
             try:
-                self.storage.set_trial_user_attr(trial._trial_id, OUTCOME, "lost")
-                changed = self.storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+                self.storage.set_trial_user_attr(trial_id, OUTCOME, "lost")
+                changed = self.storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
             except optuna.exceptions.UpdateFinishedTrialError:
                 continue  # its owner finished after all, or another worker took it first
             if changed:
@@ -157,6 +197,21 @@ class RunQueue:
         for trial in sorted(self.study.get_trials(deepcopy=False, states=_FINISHED), key=lambda t: t.number):
             latest[trial.user_attrs[RUN_ID]] = (trial.user_attrs.get(OUTCOME), trial.user_attrs.get(ERROR, ""))
         return {run_id: error for run_id, (outcome, error) in latest.items() if outcome == "failed"}
+
+    def latest(self) -> dict[str, JobRecord]:
+        """Each queued run's latest attempt (a re-queued run's new trial supersedes the old one)."""
+        records: dict[str, JobRecord] = {}
+        for trial in self.study.get_trials(deepcopy=False):  # in trial-number order
+            attrs = trial.user_attrs
+            state = trial.state.name.lower()
+            if trial.state in _FINISHED:
+                state = attrs.get(OUTCOME, state)
+            records[attrs[RUN_ID]] = JobRecord(state, attrs.get(RESULTS_AT))
+        return records
+
+    def _trial_id(self, trial: optuna.trial.FrozenTrial) -> int:
+        """The storage's id of a trial listed by the study (through the storage's public lookup)."""
+        return self.storage.get_trial_id_from_study_id_trial_number(self._study_id, trial.number)
 
     def _active_run_ids(self) -> set[str]:
         states = (TrialState.WAITING, TrialState.RUNNING)

@@ -29,7 +29,7 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         if scheme == "sqlite":
             return _immediate_transactions(RDBStorage(url))
         if scheme in _RDB_SCHEMES:
-            return RDBStorage(_with_driver(url, scheme), engine_kwargs={"pool_pre_ping": True})
+            return RDBStorage(_with_driver(_quote_raw_at(url), scheme), engine_kwargs={"pool_pre_ping": True})
         path = Path(url[len("journal:"):] if scheme == "journal" else url)
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
@@ -60,6 +60,22 @@ def _immediate_transactions(storage: RDBStorage) -> RDBStorage:
 
     engine.dispose()  # connections made before the listeners existed are dropped
     return storage
+
+
+def _quote_raw_at(url: str) -> str:
+    """``url`` with a raw "@" in its user name or password percent-encoded.
+
+    The host follows the last "@" of the URL's authority (as Python's urllib reads it), but
+    SQLAlchemy splits at the first, so ``user:p@ss@host`` would connect to host ``ss@host`` and
+    show the password's tail in the error.
+    """
+    scheme, _, rest = url.partition("://")
+    authority, slash, tail = rest.partition("/")
+    userinfo, _, host = authority.rpartition("@")
+    if "@" not in userinfo:
+        return url
+    user, colon, password = userinfo.partition(":")
+    return f"{scheme}://{user.replace('@', '%40')}{colon}{password.replace('@', '%40')}@{host}{slash}{tail}"
 
 
 def _with_driver(url: str, scheme: str) -> str:

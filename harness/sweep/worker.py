@@ -12,33 +12,20 @@ import logging
 import time
 import traceback
 from contextlib import ExitStack
-from dataclasses import dataclass
 from pathlib import Path
 
 from harness.config import parse_config
 from harness.sweep.batching import batch_limit, claim_compatible
+from harness.sweep.options import SweepOptions
 from harness.sweep.queue import Claim, Heartbeat, RunQueue
 from harness.tracking import wandb_mirror
 
 logger = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class WorkerOptions:
-    """How a worker runs: where results go, on which device, W&B mode, retries, timing, and how many
-    compatible jobs it trains at once (``batch_models``: None = by memory, 1 = one at a time)."""
-
-    out: Path
-    device: str = "auto"
-    wandb_mode: str = "offline"
-    wandb_project: str = "polyscale"
-    retries: int = 1
-    heartbeat_seconds: float = 5.0
-    poll_seconds: float = 2.0
-    batch_models: int | None = None
+POLL_SECONDS = 2.0  # between looks at a queue whose runs are all taken by others
 
 
-def work(queue: RunQueue, options: WorkerOptions) -> dict[str, int]:
+def work(queue: RunQueue, options: SweepOptions) -> dict[str, int]:
     """Run claimed runs until the queue is drained; return how many ended in each outcome."""
     tally: dict[str, int] = {}
     while True:
@@ -47,7 +34,7 @@ def work(queue: RunQueue, options: WorkerOptions) -> dict[str, int]:
         if claim is None:
             if not queue.busy():
                 return tally
-            time.sleep(options.poll_seconds)  # others are running: one may die and come back
+            time.sleep(POLL_SECONDS)  # others are running: one may die and come back
             continue
         claims = [claim]
         if options.batch_models != 1:
@@ -64,7 +51,7 @@ def work(queue: RunQueue, options: WorkerOptions) -> dict[str, int]:
             tally[outcome] = tally.get(outcome, 0) + 1
 
 
-def run_claim(queue: RunQueue, claim: Claim, options: WorkerOptions) -> str:
+def run_claim(queue: RunQueue, claim: Claim, options: SweepOptions) -> str:
     """Run the unfinished arms of one claimed configuration and close the claim.
 
     The outcome is ``failed`` if any arm failed (the job is retried; its finished arms are kept),
@@ -86,7 +73,7 @@ def run_claim(queue: RunQueue, claim: Claim, options: WorkerOptions) -> str:
     return _close(queue, claim, statuses, error, options)
 
 
-def run_batch(queue: RunQueue, claims: list[Claim], options: WorkerOptions) -> list[str]:
+def run_batch(queue: RunQueue, claims: list[Claim], options: SweepOptions) -> list[str]:
     """``run_claim`` for several compatible claimed jobs, their models trained as one batched model
     (harness/sweep/batching.py); each claim keeps its own heartbeat, outcome and retry."""
     from harness.sweep.execute import execute_jobs, finished_status
@@ -121,7 +108,7 @@ def run_batch(queue: RunQueue, claims: list[Claim], options: WorkerOptions) -> l
     return [outcomes[claim.trial_id] for claim in claims]
 
 
-def _close(queue: RunQueue, claim: Claim, statuses: dict[str, str], error: str | None, options: WorkerOptions) -> str:
+def _close(queue: RunQueue, claim: Claim, statuses: dict[str, str], error: str | None, options: SweepOptions) -> str:
     """Mirror the job's finished runs, then finish (and maybe retry) its claim; return the outcome."""
     if error:
         logger.error("job %s failed (attempt %d):\n%s", claim.run_id, claim.attempt, error)
