@@ -7,7 +7,7 @@ import textwrap
 import pytest
 
 from harness.errors import UsageError
-from harness.sweep.spec import load_sweep
+from harness.config.sweep_spec import load_sweep
 
 BASE = """\
     name: tiny

@@ -105,7 +105,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
 
 
 def run_sweep(args: argparse.Namespace) -> int:
-    from harness.sweep.spec import load_sweep
+    from harness.config.sweep_spec import load_sweep
 
     sweep = load_sweep(args.spec, args.overrides)
     out = args.out or Path("results") / sweep.name

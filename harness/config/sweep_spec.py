@@ -1,7 +1,7 @@
 """Sweep specs: a base run configuration plus ``grid:``, ``zip:``, ``seeds:`` and ``tune:``.
 
-A sweep file is a run configuration (the schema of ``harness.config``) with a few extra top-level
-keys::
+A sweep file is a run configuration (the schema of ``harness.config.schema``) with a few extra
+top-level keys::
 
     name: smoke                  # the sweep's name (default: the file's stem)
     experiment: data             # ... any run configuration keys: the base of every run
@@ -24,20 +24,22 @@ keys::
 
 Every (grid cell x zip row x seed) is one configuration; every arm of it one run, named by
 ``harness.config.run_id``. Errors name the file and the key. Tuning itself (``harness.sweep.tune``)
-happens when the sweep runs: the final runs' ids follow from the values it finds.
+happens when the sweep runs: the final runs' ids follow from the values it finds. This module
+imports nothing of ``harness.sweep`` or ``harness.experiments``, so both (``polyscale sweep`` and
+``polyscale run`` of a sweep file) read sweep files without importing each other.
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from harness.config import Config, apply_overrides, parse_config, run_id
+from harness.config.identity import run_id
+from harness.config.loader import apply_overrides, read_yaml, with_values
+from harness.config.parse import parse_config
+from harness.config.schema import Config
 from harness.errors import UsageError
 
 SWEEP_KEYS = ("name", "grid", "zip", "seeds", "tune")
@@ -104,16 +106,12 @@ class Sweep:
 def load_sweep(path: str | Path, overrides: tuple[str, ...] | list[str] = ()) -> Sweep:
     """Read, validate and expand a sweep file; ``overrides`` (``key=value``) apply to the base."""
     path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"{path}: no such file")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise UsageError(f"{path.name}: not valid YAML{f' (line {mark.line + 1})' if mark else ''}") from None
-    if not isinstance(raw, dict):
+    documents = read_yaml(path)
+    if len(documents) > 1:
+        raise UsageError(f"{path.name}: a sweep file is one YAML document; this one has {len(documents)}")
+    if not documents or not isinstance(documents[0], dict):
         raise UsageError(f"{path.name}: expected a mapping of keys to values")
-    return expand_sweep(raw, path, overrides)
+    return expand_sweep(documents[0], path, overrides)
 
 
 def expand_sweep(raw: dict, path: Path, overrides=()) -> Sweep:
@@ -145,7 +143,7 @@ def expand_sweep(raw: dict, path: Path, overrides=()) -> Sweep:
         for zip_row in zip_rows:
             for seed in seeds:
                 varied = {**cell, **zip_row, "seed": seed}
-                data = with_values(base, varied, path)
+                data = with_values(base, varied, path.name)
                 label = ", ".join(f"{k}={v}" for k, v in varied.items())
                 config = parse_config(data, f"{path.name} [{label}]")
                 for arm in config.arm_names:
@@ -199,7 +197,7 @@ def parse_tune(raw: Any, path: Path, base: dict, *, cells: tuple[str, ...], firs
             raise UsageError(f"{where}.params.{param.key}: also varied by grid/zip/seeds; tune a key the sweep keeps fixed")
         for value in param.examples():
             try:
-                parse_config(with_values(base, {param.key: value, "task.validation": validation}, path), "tune")
+                parse_config(with_values(base, {param.key: value, "task.validation": validation}, path.name), "tune")
             except UsageError as exc:
                 detail = str(exc).split(": ", 1)[-1]
                 raise UsageError(f"{where}.params.{param.key}: {value!r} makes a bad configuration ({detail})") from None
@@ -251,18 +249,3 @@ def _seeds(value: Any, base: dict, path: Path) -> list[int]:
     if len(set(value)) != len(value):
         raise UsageError(f"{path.name}: seeds: a seed is listed twice: {value}")
     return list(value)
-
-
-def with_values(base: dict, values: dict, path: Path) -> dict:
-    """A deep copy of ``base`` with each dotted key set (values are kept as their YAML types)."""
-    data = json.loads(json.dumps(base))
-    for key, value in values.items():
-        node = data
-        *parents, leaf = key.split(".")
-        for part in parents:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise UsageError(f"{path.name}: {key}: {part} is not a section")
-            node = child
-        node[leaf] = value
-    return data
