@@ -173,7 +173,7 @@ def _choices_hint(f) -> str:
 def _validate(value: Any, hint, f, key: str):
     check, choices = f.metadata.get("check"), f.metadata.get("choices")
     try:
-        result = _coerce(value, hint)
+        result = coerce(value, hint)
     except TypeError:
         result = _INVALID
     if choices is not None and result is not _INVALID and result not in choices:
@@ -191,7 +191,7 @@ def _validate(value: Any, hint, f, key: str):
 _INVALID = object()
 
 
-def _coerce(value: Any, hint):
+def coerce(value: Any, hint):
     """``value`` as type ``hint`` (int, float, str, bool, tuples, unions with None); else TypeError."""
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
@@ -206,7 +206,7 @@ def _coerce(value: Any, hint):
             if option_type is type(None):
                 continue
             try:
-                return _coerce(value, option_type)
+                return coerce(value, option_type)
             except TypeError:
                 continue
         raise TypeError
@@ -217,10 +217,10 @@ def _coerce(value: Any, hint):
             raise TypeError
         args = typing.get_args(hint)
         if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(v, args[0]) for v in value)
+            return tuple(coerce(v, args[0]) for v in value)
         if len(value) != len(args):
             raise TypeError
-        return tuple(_coerce(v, a) for v, a in zip(value, args))
+        return tuple(coerce(v, a) for v, a in zip(value, args))
     if hint is bool:
         if isinstance(value, bool):
             return value

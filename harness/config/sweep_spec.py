@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.config.identity import run_id
-from harness.config.loader import apply_overrides, read_yaml, with_values
+from harness.config.loader import apply_overrides, coerce, read_yaml, with_values
 from harness.config.parse import parse_config
 from harness.config.schema import Config
 from harness.errors import UsageError
@@ -174,20 +174,20 @@ def parse_tune(raw: Any, path: Path, base: dict, *, cells: tuple[str, ...], firs
     if not isinstance(params_raw, dict) or not params_raw:
         raise UsageError(f"{where}.params: expected a mapping of dotted keys to ranges or choices")
     params = tuple(_tuned_param(str(key), value, f"{where}.params.{key}") for key, value in params_raw.items())
-    trials = raw.get("trials")
-    if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
-        raise UsageError(f"{where}.trials: expected a positive integer, got {trials!r}")
+    trials = _number(raw.get("trials"), int)
+    if trials is None or trials < 1:
+        raise UsageError(f"{where}.trials: expected a positive integer, got {raw.get('trials')!r}")
     per = raw.get("per", list(cells))
     if not isinstance(per, list) or any(key not in cells for key in per):
         raise UsageError(f"{where}.per: expected a list of grid/zip keys ({', '.join(cells) or 'none here'}), got {per!r}")
     arm = raw.get("arm")
     if arm is not None and arm not in arms:
         raise UsageError(f"{where}.arm: expected one of this sweep's arms ({', '.join(arms)}), got {arm!r}")
-    validation = raw.get("validation", 0.2)
-    if isinstance(validation, bool) or not isinstance(validation, (int, float)) or not 0 < validation < 1:
-        raise UsageError(f"{where}.validation: expected a fraction in (0, 1), got {validation!r}")
-    seed = raw.get("seed", first_seed)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+    validation = _number(raw.get("validation", 0.2), float)
+    if validation is None or not 0 < validation < 1:
+        raise UsageError(f"{where}.validation: expected a fraction in (0, 1), got {raw.get('validation')!r}")
+    seed = _number(raw.get("seed", first_seed), int)
+    if seed is None or seed < 0:
         raise UsageError(f"{where}.seed: expected a non-negative integer, got {seed!r}")
     metric = raw.get("metric", "test_loss")
     if not isinstance(metric, str):
@@ -201,7 +201,7 @@ def parse_tune(raw: Any, path: Path, base: dict, *, cells: tuple[str, ...], firs
             except UsageError as exc:
                 detail = str(exc).split(": ", 1)[-1]
                 raise UsageError(f"{where}.params.{param.key}: {value!r} makes a bad configuration ({detail})") from None
-    return TuneSpec(params, trials, tuple(per), arm, float(validation), seed, metric)
+    return TuneSpec(params, trials, tuple(per), arm, validation, seed, metric)
 
 
 def _tuned_param(key: str, value: Any, where: str) -> TunedParam:
@@ -215,9 +215,9 @@ def _tuned_param(key: str, value: Any, where: str) -> TunedParam:
     unknown = set(value) - set(RANGE_KEYS)
     if unknown:
         raise UsageError(f"{where}.{sorted(unknown)[0]}: unknown key (expected low, high, log, int or choices)")
-    low, high = value.get("low"), value.get("high")
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)) or not low < high:
-        raise UsageError(f"{where}: expected numbers low < high, got low={low!r}, high={high!r}")
+    low, high = _number(value.get("low"), float), _number(value.get("high"), float)
+    if low is None or high is None or not low < high:
+        raise UsageError(f"{where}: expected numbers low < high, got low={value.get('low')!r}, high={value.get('high')!r}")
     log, integer = bool(value.get("log", False)), bool(value.get("int", False))
     if log and low <= 0:
         raise UsageError(f"{where}: a log range needs low > 0, got {low!r}")
@@ -237,15 +237,28 @@ def _mapping_of_lists(value: Any, key: str, path: Path) -> dict[str, list]:
 
 def _seeds(value: Any, base: dict, path: Path) -> list[int]:
     if value is None:
-        return [int(base.get("seed", 0))]
-    if isinstance(value, bool) or not isinstance(value, (int, list)):
+        seed = base.get("seed", 0)
+        number = _number(seed, int)
+        return [seed if number is None else number]  # a seed that is no number: parse_config says so
+    if isinstance(value, list):
+        seeds = [_number(s, int) for s in value]
+        if not seeds or any(s is None or s < 0 for s in seeds):
+            raise UsageError(f"{path.name}: seeds: expected non-negative integers, got {value!r}")
+        if len(set(seeds)) != len(seeds):
+            raise UsageError(f"{path.name}: seeds: a seed is listed twice: {value}")
+        return seeds
+    count = _number(value, int)
+    if count is None:
         raise UsageError(f"{path.name}: seeds: expected a count or a list of integers, got {value!r}")
-    if isinstance(value, int):
-        if value < 1:
-            raise UsageError(f"{path.name}: seeds: a count must be at least 1, got {value}")
-        return list(range(value))
-    if not value or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in value):
-        raise UsageError(f"{path.name}: seeds: expected non-negative integers, got {value!r}")
-    if len(set(value)) != len(value):
-        raise UsageError(f"{path.name}: seeds: a seed is listed twice: {value}")
-    return list(value)
+    if count < 1:
+        raise UsageError(f"{path.name}: seeds: a count must be at least 1, got {value}")
+    return list(range(count))
+
+
+def _number(value: Any, kind: type) -> int | float | None:
+    """``value`` read as the run schema reads a number of type ``kind`` (a quoted number is that
+    number); None when it is not one."""
+    try:
+        return coerce(value, kind)
+    except TypeError:
+        return None

@@ -12,7 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 from harness.errors import UsageError
-from harness.sweep.launch import STORAGE_ENV, LaunchOptions, default_storage, launch
+from harness.sweep.storage import STORAGE_ENV
 from harness.redact import redact
 from harness.tracking.wandb_mirror import MODES, resolve_mode
 
@@ -106,6 +106,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
 
 def run_sweep(args: argparse.Namespace) -> int:
     from harness.config.sweep_spec import load_sweep
+    from harness.sweep.launch import LaunchOptions, default_storage, launch
 
     sweep = load_sweep(args.spec, args.overrides)
     out = args.out or Path("results") / sweep.name
@@ -132,6 +133,7 @@ def run_sweep(args: argparse.Namespace) -> int:
 
 
 def run_worker(args: argparse.Namespace) -> int:
+    from harness.sweep.launch import default_storage
     from harness.sweep.queue import RunQueue
     from harness.sweep.worker import WorkerOptions, work
 

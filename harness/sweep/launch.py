@@ -25,11 +25,10 @@ from tqdm import tqdm
 from harness.sweep.batching import per_worker_batch
 from harness.sweep.execute import finished_status, job_id, rebuild_table, run_summary, store_status
 from harness.sweep.queue import RunQueue
+from harness.sweep.storage import STORAGE_ENV
 from harness.config.sweep_spec import Sweep
 from harness.redact import redact
 from harness.tracking import wandb_mirror
-
-STORAGE_ENV = "POLYSCALE_STORAGE"
 
 
 @dataclass(frozen=True)
