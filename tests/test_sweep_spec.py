@@ -134,3 +134,5 @@ def test_the_tune_block_and_seeds_read_quoted_numbers_as_the_run_schema_does(tmp
     assert (plain.tune.params[0].low, plain.tune.trials, plain.tune.validation) == (1e-4, 3, 0.25)
     with pytest.raises(UsageError, match=r"tune\.trials: expected a positive integer, got 'many'$"):
         load_sweep(write(tmp_path, BASE + "    tune:\n      params: {train.lr: {choices: [0.1]}}\n      trials: many\n"))
+    with pytest.raises(UsageError, match=r"tune\.seed: expected a non-negative integer, got 'first'$"):
+        load_sweep(write(tmp_path, BASE + "    tune:\n      params: {train.lr: {choices: [0.1]}}\n      trials: 2\n      seed: first\n"))

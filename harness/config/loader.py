@@ -128,7 +128,7 @@ def apply_overrides(raw: Mapping, overrides: Sequence[str]) -> tuple[dict, list[
             value = yaml.safe_load(value_text) if value_text.strip() else ""
         except yaml.YAMLError:
             value = value_text
-        values.pop(key, None)  # a key given twice: the last one wins, in its place in the order
+        values.pop(key, None)  # a key given again: its last value, set after the keys given before it
         values[key] = value
     return with_values(raw, values, "--set"), list(values)
 

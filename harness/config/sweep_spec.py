@@ -188,7 +188,7 @@ def parse_tune(raw: Any, path: Path, base: dict, *, cells: tuple[str, ...], firs
         raise UsageError(f"{where}.validation: expected a fraction in (0, 1), got {raw.get('validation')!r}")
     seed = _number(raw.get("seed", first_seed), int)
     if seed is None or seed < 0:
-        raise UsageError(f"{where}.seed: expected a non-negative integer, got {seed!r}")
+        raise UsageError(f"{where}.seed: expected a non-negative integer, got {raw.get('seed')!r}")
     metric = raw.get("metric", "test_loss")
     if not isinstance(metric, str):
         raise UsageError(f"{where}.metric: expected a column name, got {metric!r}")

@@ -42,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("spec", type=Path, metavar="SPEC.yaml", help="the configuration (see harness/config.py)")
+    parser.add_argument("spec", type=Path, metavar="SPEC.yaml", help="the configuration (see harness/config/schema.py)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key (dotted, value read as YAML); repeatable")
     parser.add_argument("--out", type=Path, help="results folder (default: the config's `out`)")
