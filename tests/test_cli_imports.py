@@ -21,15 +21,18 @@ COMMANDS = ("compress", "fit", "plot", "report", "run", "sweep", "worker", "stat
 
 def heavy_modules_after(code: str, repo_root) -> list[str]:
     """The heavy top-level packages in sys.modules after ``code`` runs in a fresh interpreter."""
-    probe = f"{code}\nimport json, sys\nprint(json.dumps(sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r}))))"
+    report = f"print(json.dumps(sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r}))))"
+    probe = f"{code}\nimport json, sys\n{report}"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo_root), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, "-c", probe], cwd=repo_root, env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", probe], cwd=repo_root, env=env, capture_output=True, text=True,
+                          timeout=120)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.splitlines()[-1])
 
 
 def test_the_schema_and_the_sweep_files_import_nothing_heavy(repo_root):
-    code = "import harness.config, harness.config.sweep_spec\nfrom harness.config import Config, load_configs, run_id, flatten"
+    code = ("import harness.config, harness.config.sweep_spec\n"
+            "from harness.config import Config, load_configs, run_id, flatten")
     assert heavy_modules_after(code, repo_root) == []
 
 
@@ -64,6 +67,11 @@ def test_experiments_never_import_the_sweep_package(repo_root):
     offenders = []
     for path in sorted((repo_root / "harness" / "experiments").glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
-            offenders += [f"{path.name}: {name}" for name in names if name == "harness.sweep" or name.startswith("harness.sweep.")]
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            else:
+                continue
+            offenders += [f"{path.name}: {name}" for name in names if name.split(".")[:2] == ["harness", "sweep"]]
     assert offenders == []

@@ -55,7 +55,8 @@ def _size_problem(value) -> str | None:
 
 SIZE_RULE = Check(lambda v: _size_problem(v) is None, explain=_size_problem)
 # SPEC 2: k is the highest degree of the moments matched; degree 0 alone is only the total weight.
-DEGREE = Check(lambda v: v >= 1, prefix="positive", suffix="(the highest moment degree matched; 0 matches only the total weight)")
+DEGREE = Check(lambda v: v >= 1, prefix="positive",
+               suffix="(the highest moment degree matched; 0 matches only the total weight)")
 
 
 @dataclass(frozen=True)

@@ -217,7 +217,8 @@ def _tuned_param(key: str, value: Any, where: str) -> TunedParam:
         raise UsageError(f"{where}.{sorted(unknown)[0]}: unknown key (expected low, high, log, int or choices)")
     low, high = _number(value.get("low"), float), _number(value.get("high"), float)
     if low is None or high is None or not low < high:
-        raise UsageError(f"{where}: expected numbers low < high, got low={value.get('low')!r}, high={value.get('high')!r}")
+        given = f"low={value.get('low')!r}, high={value.get('high')!r}"
+        raise UsageError(f"{where}: expected numbers low < high, got {given}")
     log, integer = bool(value.get("log", False)), bool(value.get("int", False))
     if log and low <= 0:
         raise UsageError(f"{where}: a log range needs low > 0, got {low!r}")
