@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from analysis.analyse import TableAnalysis, analyse_table
-from analysis.joint import N_STARTS, fit_joint
-from analysis.load import Source, choose_x, clean_runs, done_runs, groups, read_source, seed_table
-from analysis.plots import make_plots
-from analysis.report import render
-from analysis.tables import fits_frame, format_joint, format_table, group_record, joint_frame, joint_record, write_fits
-from analysis.verdict import LEVEL
-from analysis.wandb_log import DEFAULT_PROJECT, MODES, log_analysis
+from analysis.defaults import LEVEL
+from analysis.wandb_log import DEFAULT_PROJECT, MODES
 from harness.errors import UsageError
+
+if TYPE_CHECKING:
+    from analysis.analyse import TableAnalysis
+    from analysis.load import Source
 
 INPUT_HELP = "a results folder (runs.parquet inside), a .parquet or .csv table, or wandb:ENTITY/PROJECT (online only)"
 EPILOG = """\
@@ -111,6 +110,9 @@ def _by(option: str | None, source: Source) -> tuple[list[str], list[str]]:
 
 
 def _analyse(args: argparse.Namespace, source: Source, by: list[str]) -> TableAnalysis:
+    from analysis.analyse import analyse_table
+    from analysis.load import choose_x, done_runs
+
     x = args.x or choose_x(done_runs(source.table), by)
     return analyse_table(source.table, x, args.y, by, args.n_boot, args.seed, args.huber, args.level, source.description)
 
@@ -121,6 +123,10 @@ def _print_notes(notes: list[str]) -> None:
 
 
 def run_fit(args: argparse.Namespace) -> int:
+    from analysis.load import read_source, seed_table
+    from analysis.tables import fits_frame, format_table, group_record, write_fits
+    from analysis.wandb_log import log_analysis
+
     source = read_source(args.input)
     by, notes = _by(args.by, source)
     out = args.out or source.default_out
@@ -138,6 +144,11 @@ def run_fit(args: argparse.Namespace) -> int:
 
 
 def _run_joint(args: argparse.Namespace, source: Source, by: list[str], out: Path, notes: list[str]) -> int:
+    from analysis.joint import N_STARTS, fit_joint
+    from analysis.load import clean_runs, groups
+    from analysis.tables import format_joint, joint_frame, joint_record, write_fits
+    from analysis.wandb_log import log_analysis
+
     cols = [c.strip() for c in args.joint.split(",")]
     if len(cols) != 2 or not all(cols):
         raise UsageError(f"--joint {args.joint}: expected two columns, N,D")
@@ -182,6 +193,11 @@ def _analyse_for_plots(args: argparse.Namespace, source: Source, by: list[str]) 
 
 
 def run_plot(args: argparse.Namespace) -> int:
+    from analysis.load import read_source
+    from analysis.plots import make_plots
+    from analysis.tables import fits_frame
+    from analysis.wandb_log import log_analysis
+
     source = read_source(args.input)
     by, notes = _by(args.by, source)
     out = args.out or source.default_out
@@ -196,6 +212,12 @@ def run_plot(args: argparse.Namespace) -> int:
 
 
 def run_report(args: argparse.Namespace) -> int:
+    from analysis.load import read_source
+    from analysis.plots import make_plots
+    from analysis.report import render
+    from analysis.tables import fits_frame, format_table, group_record, write_fits
+    from analysis.wandb_log import log_analysis
+
     source = read_source(args.input)
     by, notes = _by(args.by, source)
     plots_dir = source.default_out

@@ -32,7 +32,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
-LEVEL = 0.025
+from analysis.defaults import LEVEL
+
 MIN_POINTS = 6
 MIN_RANGE = 8.0
 MAX_SLOPE_GROWTH = 1.0

@@ -4,6 +4,10 @@ Each command lives in the module that owns its work and exposes ``register(subpa
 its parser and sets ``handler=`` to a function taking the parsed ``argparse.Namespace`` and returning
 an exit code. A ``UsageError`` (or ``ValueError`` from input validation) anywhere in a handler becomes
 one line on stderr and exit code 2, never a traceback.
+
+Building the parsers imports nothing heavy (the handlers import torch, pandas, optuna and wandb),
+so ``--help`` and usage errors answer at once; tests/test_cli_imports.py holds every command
+module to that.
 """
 
 from __future__ import annotations

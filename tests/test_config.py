@@ -118,3 +118,79 @@ def test_spellings_of_one_size_rule_share_a_run_id():
     assert rid(60) == rid("60") == rid(60.0) != rid(61)
     assert rid("16*sqrt(d)") == rid("16*d^0.5") == rid("16 * d**0.5")
     assert rid(0.1) == rid("0.1*d") == run_id(parse_config(BASE), "moment")  # the default, 0.1d
+
+
+def numeric_fields() -> list:
+    """(section class, field name, a valid value) for every int or float field of the schema."""
+    import dataclasses
+    import typing
+
+    from harness.config import CompressionConfig, ModelConfig, TaskConfig, TrainConfig
+
+    fields = []
+    for section in (Config, TaskConfig, ModelConfig, CompressionConfig, TrainConfig):
+        hints = typing.get_type_hints(section)
+        for f in dataclasses.fields(section):
+            hint = hints[f.name]
+            kinds = set(typing.get_args(hint)) if typing.get_origin(hint) is not tuple else set()
+            if (kinds or {hint}) & {int, float} and str not in kinds:
+                value = f.default if isinstance(f.default, (int, float)) and not isinstance(f.default, bool) else 1
+                fields.append(pytest.param(section, f.name, value, id=f"{section.__name__}.{f.name}"))
+    return fields
+
+
+@pytest.mark.parametrize("section, name, value", numeric_fields())
+def test_every_numeric_field_reads_a_quoted_number_as_that_number(section, name, value):
+    from harness.config.loader import build
+
+    required = {"experiment": "width"} if section is Config else {}
+    quoted, plain = build(section, {**required, name: str(value)}), build(section, {**required, name: value})
+    assert getattr(quoted, name) == value and type(getattr(quoted, name)) is type(getattr(plain, name))
+
+
+def test_quoted_numbers_are_read_alike_for_integers_and_floats(tmp_path):
+    path = tmp_path / "quoted.yaml"  # YAML 1.1 reads 1e3 and 1e-3 (no dot) as strings
+    path.write_text('experiment: width\ntask: {name: harmonic, n_train: "2000"}\ntrain: {steps: 1e3, lr: 1e-3}\n')
+    (config,) = load_configs(path)
+    assert (config.task.n_train, config.train.steps, config.train.lr) == (2000, 1000, 0.001)
+    assert run_id(config, "moment") == run_id(parse_config({**BASE, "task": {"name": "harmonic", "n_train": 2000},
+                                                            "train": {"steps": 1000, "lr": 0.001}}), "moment")
+    for text in ("ten", "2.5"):
+        expected = f"smoke.yaml: train.steps: expected a positive integer or null, got {text!r}"
+        assert error({**BASE, "train": {"steps": text}}) == expected
+    assert error({**BASE, "seed": "-1"}) == "smoke.yaml: seed: expected a non-negative integer, got '-1'"
+
+
+def test_k_zero_is_refused_as_no_moment_degree():
+    assert error({**BASE, "compression": {"k": 0}}) == (
+        "smoke.yaml: compression.k: expected a positive integer (the highest moment degree matched; "
+        "0 matches only the total weight), got 0")
+    assert parse_config({**BASE, "compression": {"k": 1}}).compression.k == 1
+
+
+def test_a_file_that_does_not_parse_names_the_file_and_the_line(tmp_path):
+    from harness.config import read_yaml
+
+    path = tmp_path / "broken.yaml"
+    path.write_text("experiment: width\ntrain:\n  steps: [1, 2\n  lr: 0.1\n")
+    with pytest.raises(UsageError) as caught:
+        read_yaml(path)
+    message = str(caught.value)
+    assert message.startswith("broken.yaml: not valid YAML (line 4): ") and "\n" not in message
+    path.write_text("a: 1\n---\nb: 2\n---\n")
+    assert read_yaml(path) == [{"a": 1}, {"b": 2}]
+
+
+def test_overrides_and_sweep_values_share_one_setter_and_its_error(tmp_path):
+    from harness.config import with_values
+    from harness.config.sweep_spec import load_sweep
+
+    raw = {"train": {"lr": 0.1}}
+    expected = {"train": {"lr": 0.1, "steps": 5}, "model": {"width": 3}}
+    assert with_values(raw, {"train.steps": 5, "model.width": 3}, "x") == expected
+    assert raw == {"train": {"lr": 0.1}}  # a copy: the base is never changed
+    assert error(BASE, ["train.steps.max=3"]) == "--set: train.steps.max: train.steps is not a section"
+    path = tmp_path / "grid.yaml"
+    path.write_text("experiment: width\ntask: {name: harmonic}\ntrain: {steps: 10}\ngrid:\n  train.steps.max: [1, 2]\n")
+    with pytest.raises(UsageError, match=r"^grid\.yaml: train\.steps\.max: train\.steps is not a section$"):
+        load_sweep(path)

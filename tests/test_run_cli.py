@@ -60,7 +60,7 @@ def test_example_configs_are_valid_and_cover_every_training_experiment(repo_root
 
 
 def test_the_demos_smoke_sweep_is_a_grid_the_fit_can_test(repo_root):
-    from harness.sweep.spec import load_sweep
+    from harness.config.sweep_spec import load_sweep
 
     sweep = load_sweep(repo_root / "sweeps" / "smoke.yaml")
     sizes = {run.config.task.n_train for run in sweep.runs}

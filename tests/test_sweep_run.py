@@ -18,7 +18,7 @@ import pytest
 
 from harness.sweep.launch import jobs
 from harness.sweep.queue import OUTCOME, RUN_ID, RunQueue
-from harness.sweep.spec import load_sweep
+from harness.config.sweep_spec import load_sweep
 from tests.test_sweep_queue import POSTGRES_URL, postgres_reachable, unique_sweep
 from tests.wandb_records import offline_run
 

@@ -7,7 +7,7 @@ import textwrap
 import pytest
 
 from harness.errors import UsageError
-from harness.sweep.spec import load_sweep
+from harness.config.sweep_spec import load_sweep
 
 BASE = """\
     name: tiny
@@ -113,3 +113,26 @@ def test_worker_threads_follow_the_option_then_the_environment_then_the_cores(mo
     monkeypatch.delenv("OMP_NUM_THREADS")
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
     assert worker_threads(None, 2) == 4 and worker_threads(None, 16) == 1
+
+
+def test_the_tune_block_and_seeds_read_quoted_numbers_as_the_run_schema_does(tmp_path):
+    quoted = load_sweep(write(tmp_path, BASE + """\
+    seeds: "2"
+    tune:
+      params: {train.lr: {low: 1e-4, high: 1e-1, log: true}}
+      trials: "3"
+      validation: "0.25"
+""", "quoted.yaml"))
+    plain = load_sweep(write(tmp_path, BASE + """\
+    seeds: 2
+    tune:
+      params: {train.lr: {low: 0.0001, high: 0.1, log: true}}
+      trials: 3
+      validation: 0.25
+""", "plain.yaml"))
+    assert quoted.tune == plain.tune and [r.run_id for r in quoted.runs] == [r.run_id for r in plain.runs]
+    assert (plain.tune.params[0].low, plain.tune.trials, plain.tune.validation) == (1e-4, 3, 0.25)
+    with pytest.raises(UsageError, match=r"tune\.trials: expected a positive integer, got 'many'$"):
+        load_sweep(write(tmp_path, BASE + "    tune:\n      params: {train.lr: {choices: [0.1]}}\n      trials: many\n"))
+    with pytest.raises(UsageError, match=r"tune\.seed: expected a non-negative integer, got 'first'$"):
+        load_sweep(write(tmp_path, BASE + "    tune:\n      params: {train.lr: {choices: [0.1]}}\n      trials: 2\n      seed: first\n"))

@@ -12,7 +12,7 @@ import pytest
 from harness.config import TaskConfig, run_id
 from harness.data import load_task
 from harness.errors import UsageError
-from harness.sweep.spec import load_sweep
+from harness.config.sweep_spec import load_sweep
 from harness.sweep.tune import tune_sweep, tuning_cells
 
 SPEC = """\

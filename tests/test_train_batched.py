@@ -26,7 +26,7 @@ from harness.sweep.execute import job_id
 from harness.sweep.launch import jobs
 from harness.sweep.options import SweepOptions
 from harness.sweep.queue import RunQueue
-from harness.sweep.spec import expand_sweep
+from harness.config.sweep_spec import expand_sweep
 from harness.sweep.worker import work
 from harness.train import batched, run_together, stacked
 from harness.train.optim import make_optimizer

@@ -2,22 +2,30 @@
 
 ``compress`` is the entry point; ``reduce_support`` the exact global Caratheodory reduction;
 ``parse_size`` reads size rules; ``n_moments(m, k)`` is N(m, k) = C(m + k, k).
+
+The names below are imported on first use (``harness.lazy``), so that the size rules
+(``harness.compression.size``, no dependencies), which the configuration schema reads, and the
+method names (``harness.compression.methods``), which the command line lists, do not import torch
+and scikit-learn with the rest of the package.
 """
 
-from harness.compression.api import METHODS, Compression, compress
-from harness.compression.basis import exponents, n_moments, raw_moments, relative_moment_error
-from harness.compression.recombination import reduce_support
-from harness.compression.size import SizeRule, parse_size
+from __future__ import annotations
 
-__all__ = [
-    "METHODS",
-    "Compression",
-    "SizeRule",
-    "compress",
-    "exponents",
-    "n_moments",
-    "parse_size",
-    "raw_moments",
-    "reduce_support",
-    "relative_moment_error",
-]
+from harness.lazy import lazy_names
+
+_MODULE_OF = {
+    "METHODS": "methods",
+    "Compression": "api",
+    "compress": "api",
+    "exponents": "basis",
+    "n_moments": "basis",
+    "raw_moments": "basis",
+    "relative_moment_error": "basis",
+    "reduce_support": "recombination",
+    "SizeRule": "size",
+    "parse_size": "size",
+}
+
+__all__ = sorted(_MODULE_OF)
+
+__getattr__, __dir__ = lazy_names(__name__, _MODULE_OF)

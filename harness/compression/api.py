@@ -12,12 +12,11 @@ import torch
 from harness.compression.basis import n_moments, raw_moments, relative_moment_error
 from harness.compression.baselines import kmeans_centroids, random_subset
 from harness.compression.clustered import clustered_weights
+from harness.compression.methods import METHODS
 from harness.compression.recombination import recombine
 from harness.compression.size import SizeRule, parse_size
 from harness.compression.validate import check_inputs, check_memory
 from harness.device import one_cpu_thread
-
-METHODS = ("clustered", "global", "random", "kmeans")
 
 
 @dataclass(frozen=True)

@@ -7,11 +7,13 @@ import json
 import sys
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-
-from harness.compression.api import METHODS, compress
+from harness.compression.methods import METHODS
 from harness.errors import UsageError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 EPILOG = """\
 size rules: a count (1000), a fraction of d (0.1d), a power (16*d^0.5, 16*sqrt(d)) or a polylog
@@ -45,6 +47,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from harness.compression.api import compress
+
     points = _load_array(args.points, "POINTS")
     weights = _load_array(args.weights, "--weights") if args.weights else None
     size = _parse_size_option(args.size)
@@ -73,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _load_array(path: Path, what: str) -> np.ndarray:
+    import numpy as np
+
     if not path.is_file():
         raise UsageError(f"{what} {path}: no such file")
     try:

@@ -7,11 +7,9 @@ import dataclasses
 import json
 from pathlib import Path
 
-import yaml
-
-from harness.config import Config, load_configs
+from harness.config import Config, load_configs, read_yaml
+from harness.config.sweep_spec import load_sweep
 from harness.errors import UsageError
-from harness.experiments.runner import run_config
 
 SWEEP_ONLY_KEYS = ("grid", "zip", "seeds", "tune")
 
@@ -44,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("spec", type=Path, metavar="SPEC.yaml", help="the configuration (see harness/config.py)")
+    parser.add_argument("spec", type=Path, metavar="SPEC.yaml", help="the configuration (see harness/config/schema.py)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key (dotted, value read as YAML); repeatable")
     parser.add_argument("--out", type=Path, help="results folder (default: the config's `out`)")
@@ -55,6 +53,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     configs = sweep_configs(args.spec, args.overrides) if is_sweep_file(args.spec) else load_configs(args.spec, args.overrides)
+    from harness.experiments.runner import run_config  # torch: only once the configurations are valid
+
     failed, tables = 0, []
     for config in configs:
         changes = {"out": str(args.out)} if args.out is not None else {}
@@ -90,16 +90,14 @@ def is_sweep_file(path: Path) -> bool:
     """A single YAML document with grid:, zip:, seeds: or tune: (unreadable files: False, and
     ``load_configs`` reports what is wrong with them)."""
     try:
-        documents = [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
-    except (OSError, yaml.YAMLError):
+        documents = read_yaml(path)
+    except UsageError:
         return False
     return len(documents) == 1 and isinstance(documents[0], dict) and any(key in documents[0] for key in SWEEP_ONLY_KEYS)
 
 
 def sweep_configs(path: Path, overrides: list[str]) -> list[Config]:
     """The distinct configurations of a sweep file, in the sweep's order."""
-    from harness.sweep.spec import load_sweep
-
     sweep = load_sweep(path, overrides)
     if sweep.tune is not None:
         raise UsageError(f"{path.name}: tune: searching first needs `polyscale sweep {path}`")

@@ -13,7 +13,8 @@ from collections import Counter
 from pathlib import Path
 
 from harness.errors import UsageError
-from harness.sweep.options import STORAGE_ENV, add_arguments, from_args
+from harness.sweep.options import add_arguments, from_args
+from harness.sweep.storage import STORAGE_ENV
 from harness.redact import redact
 
 SWEEP_EPILOG = """\
@@ -123,7 +124,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_sweep(args: argparse.Namespace) -> int:
-    from harness.sweep.spec import load_sweep
+    from harness.config.sweep_spec import load_sweep
 
     sweep = load_sweep(args.spec, args.overrides)
     out = args.out or Path("results") / sweep.name

@@ -24,9 +24,9 @@ from tqdm import tqdm
 
 from harness.sweep.batching import per_worker_batch
 from harness.sweep.execute import finished_status, job_id, rebuild_table, run_summary, store_status
+from harness.config.sweep_spec import Sweep
 from harness.sweep.options import SweepOptions, worker_command
 from harness.sweep.queue import JobRecord, RunQueue
-from harness.sweep.spec import Sweep
 from harness.redact import redact
 from harness.tracking import wandb_mirror
 

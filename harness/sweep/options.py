@@ -14,9 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.sweep.storage import STORAGE_ENV
 from harness.tracking.wandb_mirror import MODES, resolve_mode
-
-STORAGE_ENV = "POLYSCALE_STORAGE"
 
 
 @dataclass(frozen=True)

@@ -10,20 +10,26 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
-
-import optuna
-from sqlalchemy import event
-from optuna.storages import JournalStorage, RDBStorage
-from optuna.storages.journal import JournalFileBackend
+from typing import TYPE_CHECKING
 
 from harness.errors import UsageError
 from harness.redact import redact
 
+if TYPE_CHECKING:
+    import optuna
+    from optuna.storages import RDBStorage
+
+# The environment variable read when --storage is not given, and through which a launcher hands
+# its workers the URL (so that a password never shows in their command lines).
+STORAGE_ENV = "POLYSCALE_STORAGE"
 _RDB_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql")
 
 
 def open_storage(url: str) -> optuna.storages.BaseStorage:
     """The Optuna storage for ``url``; a UsageError (with the password hidden) if it can't be opened."""
+    from optuna.storages import JournalStorage, RDBStorage
+    from optuna.storages.journal import JournalFileBackend
+
     scheme = url.split(":", 1)[0].split("+", 1)[0].lower() if ":" in url else ""
     try:
         if scheme == "sqlite":
@@ -48,6 +54,8 @@ def _immediate_transactions(storage: RDBStorage) -> RDBStorage:
     hand one run to both. SQLAlchemy's documented recipe: the driver issues no BEGIN itself and
     every transaction starts with BEGIN IMMEDIATE, which serialises writers.
     """
+    from sqlalchemy import event
+
     engine = storage.engine
 
     @event.listens_for(engine, "connect")

@@ -21,10 +21,10 @@ from pathlib import Path
 import optuna
 from tqdm import tqdm
 
-from harness.config import parse_config, run_id
+from harness.config import parse_config, run_id, with_values
+from harness.config.sweep_spec import PlannedRun, Sweep, TunedParam, TuneSpec
 from harness.errors import UsageError
 from harness.sweep.execute import rebuild_table, run_summary
-from harness.sweep.spec import PlannedRun, Sweep, TunedParam, TuneSpec, with_values
 from harness.sweep.storage import open_storage
 from harness.experiments.runner import run_config
 
@@ -142,7 +142,7 @@ def suggest(trial: optuna.Trial, param: TunedParam):
 def trial_config(cell: Cell, values: dict, spec: TuneSpec):
     """The configuration a trial runs: the cell's, at these values, the tuning seed, on validation."""
     raw = with_values(cell.raw, {**values, "seed": spec.seed, "task.validation": spec.validation, "arms": [cell.arm]},
-                      Path("tune"))
+                      "tune")
     return parse_config(raw, f"tune [{cell.arm} {cell.label}]")
 
 
@@ -153,7 +153,7 @@ def apply_best(sweep: Sweep, results: list[Best]) -> Sweep:
     runs = []
     for run in sweep.runs:
         values = best[_key(*_cell_of(run, spec))]
-        raw = with_values(run.raw, {**values, "arms": [run.arm]}, sweep.source)
+        raw = with_values(run.raw, {**values, "arms": [run.arm]}, sweep.source.name)
         config = parse_config(raw, f"{sweep.source.name} [tuned]")
         runs.append(PlannedRun(run_id(config, run.arm), run.arm, config, raw, {**run.varied, **values}))
     return replace(sweep, runs=tuple(runs), varied_keys=(*sweep.varied_keys, *(p.key for p in spec.params)))

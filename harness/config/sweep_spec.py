@@ -1,7 +1,7 @@
 """Sweep specs: a base run configuration plus ``grid:``, ``zip:``, ``seeds:`` and ``tune:``.
 
-A sweep file is a run configuration (the schema of ``harness.config``) with a few extra top-level
-keys::
+A sweep file is a run configuration (the schema of ``harness.config.schema``) with a few extra
+top-level keys::
 
     name: smoke                  # the sweep's name (default: the file's stem)
     experiment: data             # ... any run configuration keys: the base of every run
@@ -24,20 +24,22 @@ keys::
 
 Every (grid cell x zip row x seed) is one configuration; every arm of it one run, named by
 ``harness.config.run_id``. Errors name the file and the key. Tuning itself (``harness.sweep.tune``)
-happens when the sweep runs: the final runs' ids follow from the values it finds.
+happens when the sweep runs: the final runs' ids follow from the values it finds. This module
+imports nothing of ``harness.sweep`` or ``harness.experiments``, so both (``polyscale sweep`` and
+``polyscale run`` of a sweep file) read sweep files without importing each other.
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from harness.config import Config, apply_overrides, parse_config, run_id
+from harness.config.identity import run_id
+from harness.config.loader import apply_overrides, coerce, read_yaml, with_values
+from harness.config.parse import parse_config
+from harness.config.schema import Config
 from harness.errors import UsageError
 
 SWEEP_KEYS = ("name", "grid", "zip", "seeds", "tune")
@@ -104,16 +106,12 @@ class Sweep:
 def load_sweep(path: str | Path, overrides: tuple[str, ...] | list[str] = ()) -> Sweep:
     """Read, validate and expand a sweep file; ``overrides`` (``key=value``) apply to the base."""
     path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"{path}: no such file")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise UsageError(f"{path.name}: not valid YAML{f' (line {mark.line + 1})' if mark else ''}") from None
-    if not isinstance(raw, dict):
+    documents = read_yaml(path)
+    if len(documents) > 1:
+        raise UsageError(f"{path.name}: a sweep file is one YAML document; this one has {len(documents)}")
+    if not documents or not isinstance(documents[0], dict):
         raise UsageError(f"{path.name}: expected a mapping of keys to values")
-    return expand_sweep(raw, path, overrides)
+    return expand_sweep(documents[0], path, overrides)
 
 
 def expand_sweep(raw: dict, path: Path, overrides=()) -> Sweep:
@@ -145,7 +143,7 @@ def expand_sweep(raw: dict, path: Path, overrides=()) -> Sweep:
         for zip_row in zip_rows:
             for seed in seeds:
                 varied = {**cell, **zip_row, "seed": seed}
-                data = with_values(base, varied, path)
+                data = with_values(base, varied, path.name)
                 label = ", ".join(f"{k}={v}" for k, v in varied.items())
                 config = parse_config(data, f"{path.name} [{label}]")
                 for arm in config.arm_names:
@@ -176,21 +174,21 @@ def parse_tune(raw: Any, path: Path, base: dict, *, cells: tuple[str, ...], firs
     if not isinstance(params_raw, dict) or not params_raw:
         raise UsageError(f"{where}.params: expected a mapping of dotted keys to ranges or choices")
     params = tuple(_tuned_param(str(key), value, f"{where}.params.{key}") for key, value in params_raw.items())
-    trials = raw.get("trials")
-    if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
-        raise UsageError(f"{where}.trials: expected a positive integer, got {trials!r}")
+    trials = _number(raw.get("trials"), int)
+    if trials is None or trials < 1:
+        raise UsageError(f"{where}.trials: expected a positive integer, got {raw.get('trials')!r}")
     per = raw.get("per", list(cells))
     if not isinstance(per, list) or any(key not in cells for key in per):
         raise UsageError(f"{where}.per: expected a list of grid/zip keys ({', '.join(cells) or 'none here'}), got {per!r}")
     arm = raw.get("arm")
     if arm is not None and arm not in arms:
         raise UsageError(f"{where}.arm: expected one of this sweep's arms ({', '.join(arms)}), got {arm!r}")
-    validation = raw.get("validation", 0.2)
-    if isinstance(validation, bool) or not isinstance(validation, (int, float)) or not 0 < validation < 1:
-        raise UsageError(f"{where}.validation: expected a fraction in (0, 1), got {validation!r}")
-    seed = raw.get("seed", first_seed)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise UsageError(f"{where}.seed: expected a non-negative integer, got {seed!r}")
+    validation = _number(raw.get("validation", 0.2), float)
+    if validation is None or not 0 < validation < 1:
+        raise UsageError(f"{where}.validation: expected a fraction in (0, 1), got {raw.get('validation')!r}")
+    seed = _number(raw.get("seed", first_seed), int)
+    if seed is None or seed < 0:
+        raise UsageError(f"{where}.seed: expected a non-negative integer, got {raw.get('seed')!r}")
     metric = raw.get("metric", "test_loss")
     if not isinstance(metric, str):
         raise UsageError(f"{where}.metric: expected a column name, got {metric!r}")
@@ -199,11 +197,11 @@ def parse_tune(raw: Any, path: Path, base: dict, *, cells: tuple[str, ...], firs
             raise UsageError(f"{where}.params.{param.key}: also varied by grid/zip/seeds; tune a key the sweep keeps fixed")
         for value in param.examples():
             try:
-                parse_config(with_values(base, {param.key: value, "task.validation": validation}, path), "tune")
+                parse_config(with_values(base, {param.key: value, "task.validation": validation}, path.name), "tune")
             except UsageError as exc:
                 detail = str(exc).split(": ", 1)[-1]
                 raise UsageError(f"{where}.params.{param.key}: {value!r} makes a bad configuration ({detail})") from None
-    return TuneSpec(params, trials, tuple(per), arm, float(validation), seed, metric)
+    return TuneSpec(params, trials, tuple(per), arm, validation, seed, metric)
 
 
 def _tuned_param(key: str, value: Any, where: str) -> TunedParam:
@@ -217,9 +215,10 @@ def _tuned_param(key: str, value: Any, where: str) -> TunedParam:
     unknown = set(value) - set(RANGE_KEYS)
     if unknown:
         raise UsageError(f"{where}.{sorted(unknown)[0]}: unknown key (expected low, high, log, int or choices)")
-    low, high = value.get("low"), value.get("high")
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)) or not low < high:
-        raise UsageError(f"{where}: expected numbers low < high, got low={low!r}, high={high!r}")
+    low, high = _number(value.get("low"), float), _number(value.get("high"), float)
+    if low is None or high is None or not low < high:
+        given = f"low={value.get('low')!r}, high={value.get('high')!r}"
+        raise UsageError(f"{where}: expected numbers low < high, got {given}")
     log, integer = bool(value.get("log", False)), bool(value.get("int", False))
     if log and low <= 0:
         raise UsageError(f"{where}: a log range needs low > 0, got {low!r}")
@@ -239,30 +238,28 @@ def _mapping_of_lists(value: Any, key: str, path: Path) -> dict[str, list]:
 
 def _seeds(value: Any, base: dict, path: Path) -> list[int]:
     if value is None:
-        return [int(base.get("seed", 0))]
-    if isinstance(value, bool) or not isinstance(value, (int, list)):
+        seed = base.get("seed", 0)
+        number = _number(seed, int)
+        return [seed if number is None else number]  # a seed that is no number: parse_config says so
+    if isinstance(value, list):
+        seeds = [_number(s, int) for s in value]
+        if not seeds or any(s is None or s < 0 for s in seeds):
+            raise UsageError(f"{path.name}: seeds: expected non-negative integers, got {value!r}")
+        if len(set(seeds)) != len(seeds):
+            raise UsageError(f"{path.name}: seeds: a seed is listed twice: {value}")
+        return seeds
+    count = _number(value, int)
+    if count is None:
         raise UsageError(f"{path.name}: seeds: expected a count or a list of integers, got {value!r}")
-    if isinstance(value, int):
-        if value < 1:
-            raise UsageError(f"{path.name}: seeds: a count must be at least 1, got {value}")
-        return list(range(value))
-    if not value or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in value):
-        raise UsageError(f"{path.name}: seeds: expected non-negative integers, got {value!r}")
-    if len(set(value)) != len(value):
-        raise UsageError(f"{path.name}: seeds: a seed is listed twice: {value}")
-    return list(value)
+    if count < 1:
+        raise UsageError(f"{path.name}: seeds: a count must be at least 1, got {value}")
+    return list(range(count))
 
 
-def with_values(base: dict, values: dict, path: Path) -> dict:
-    """A deep copy of ``base`` with each dotted key set (values are kept as their YAML types)."""
-    data = json.loads(json.dumps(base))
-    for key, value in values.items():
-        node = data
-        *parents, leaf = key.split(".")
-        for part in parents:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise UsageError(f"{path.name}: {key}: {part} is not a section")
-            node = child
-        node[leaf] = value
-    return data
+def _number(value: Any, kind: type) -> int | float | None:
+    """``value`` read as the run schema reads a number of type ``kind`` (a quoted number is that
+    number); None when it is not one."""
+    try:
+        return coerce(value, kind)
+    except TypeError:
+        return None
