@@ -23,11 +23,12 @@ from pathlib import Path
 from tqdm import tqdm
 
 from harness.sweep.batching import per_worker_batch
-from harness.sweep.execute import finished_status, job_id, rebuild_table, run_summary, store_status
+from harness.sweep.execute import job_id
 from harness.sweep.queue import RunQueue
 from harness.sweep.spec import Sweep
 from harness.redact import redact
 from harness.tracking import wandb_mirror
+from harness.tracking.store import error_line, finished_status, read_status, read_summary, rebuild_table, table_path
 
 STORAGE_ENV = "POLYSCALE_STORAGE"
 
@@ -138,9 +139,9 @@ def watch(sweep: Sweep, out: Path, workers: list[subprocess.Popen], before: dict
             statuses = {rid: finished_status(out, rid) for rid in ids}
             done = sum(status is not None for status in statuses.values())
             bar.update(done - bar.n)
-            losses = [run_summary(out, rid).get("test_loss") for rid, s in statuses.items() if s == "done" and before[rid] is None]
+            losses = [read_summary(out, rid).get("test_loss") for rid, s in statuses.items() if s == "done" and before[rid] is None]
             losses = [loss for loss in losses if isinstance(loss, (int, float)) and math.isfinite(loss)]
-            failed = sum(store_status(out, rid) == "failed" for rid in ids)
+            failed = sum(read_status(out, rid) == "failed" for rid in ids)
             bar.set_postfix_str(
                 (f"best {min(losses):.4g} worst {max(losses):.4g}" if losses else "") + (f" failed {failed}" if failed else "")
             )
@@ -165,13 +166,12 @@ def report(sweep: Sweep, out: Path, before: dict, queue: RunQueue) -> Counter:
     """Print the summary: finished now, finished before (skipped), failed with error heads."""
     tally: Counter = Counter()
     for run in sweep.runs:
-        status = store_status(out, run.run_id) or "not started"
+        status = read_status(out, run.run_id) or "not started"
         tally["skipped (finished before)" if before[run.run_id] is not None else status] += 1
     print(f"sweep {sweep.name}: " + ", ".join(f"{count} {what}" for what, count in sorted(tally.items())))
     for job, error in sorted(queue.failures().items()):
-        head = error.strip().splitlines()[-1] if error.strip() else "no error message"
-        print(f"  failed {job}: {head}")
-    print(f"results: {out / 'runs.parquet'}")
+        print(f"  failed {job}: {error_line(error) or 'no error message'}")
+    print(f"results: {table_path(out)}")
     return tally
 
 
