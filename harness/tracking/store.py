@@ -144,9 +144,12 @@ def record_problem(out: str | Path, run_id: str) -> str | None:
     or it says done or diverged without a readable summary.json. None for a sound (or no) record."""
     if not status_path(out, run_id).exists():
         return None
-    status = (_read_object(status_path(out, run_id)) or {}).get("status")
-    if status not in STATUSES:
+    record = _read_object(status_path(out, run_id))
+    if record is None:
         return "status.json does not parse"
+    status = record.get("status")
+    if status not in STATUSES:
+        return f"status.json has status {status!r}, not one of {', '.join(STATUSES)}"
     if status in FINISHED:
         if not summary_path(out, run_id).exists():
             return f"status {status} but no summary.json"
