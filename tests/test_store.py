@@ -253,7 +253,8 @@ def read_only(folder: Path):
 
 def test_a_read_only_results_folder_is_one_line_naming_it(shared_tmp, capsys):
     build_parser()  # every command's module, and what `sweep` imports as it starts, are loaded now:
-    importlib.import_module("harness.sweep.spec")  # the interpreter's own files may be out of nobody's reach
+    for module in ("harness.sweep.spec", "harness.sweep.queue", "harness.sweep.worker"):
+        importlib.import_module(module)  # the interpreter's own files may be out of nobody's reach
     spec = shared_tmp / "tiny.yaml"
     spec.write_text(yaml.safe_dump({**TINY_WIDTH, "name": "tiny", "seeds": 1}))
     locked = shared_tmp / "locked"
@@ -263,6 +264,7 @@ def test_a_read_only_results_folder_is_one_line_naming_it(shared_tmp, capsys):
     end_run(source, "r", "done", [], {"run_id": "r"})
     commands = {"run": ["run", str(spec), "--out", str(locked), "--device", "cpu"],
                 "sweep": ["sweep", str(spec), "--out", str(locked / "new"), "--device", "cpu"],
+                "worker": ["worker", "--sweep", "tiny", "--out", str(locked)],
                 "collect": ["collect", str(locked), "--from", str(source)]}
     for command, argv in commands.items():
         capsys.readouterr()
