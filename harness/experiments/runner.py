@@ -27,8 +27,9 @@ from harness.errors import UsageError
 from harness.experiments import attention, data, runtime, symmetric, width
 from harness.experiments.common import ArmResult, OnRecord
 from harness.train import run_together
-from harness.tracking import (RunObserver, begin_run, end_run, error_line, finished_status, rebuild_table, record_problem,
-                              write_metrics)
+from harness.tracking import (
+    RunObserver, begin_run, end_run, error_line, finished_status, rebuild_table, record_problem, write_metrics,
+)
 
 RUNNERS = {
     "width": width.run,
