@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from harness.errors import UsageError
+from harness.tracking.store import TABLE, is_results_folder, table_path
 
 WANDB_PREFIX = "wandb:"
 X_CANDIDATES = ("d_eff", "width_eff", "d", "width")
@@ -81,15 +82,15 @@ def read_source(spec: str | os.PathLike) -> Source:
         return _read_wandb(text[len(WANDB_PREFIX):])
     path = Path(text)
     if path.is_dir():
-        for name in ("runs.parquet", "runs.csv"):
-            if (path / name).is_file():
-                table = _read_table(path / name)
-                return Source(table, path.resolve().name, str(path / name), path, path / "analysis")
-        raise UsageError(f"{path}: no runs.parquet (or runs.csv) in this folder")
+        for table_file in (table_path(path), path / "runs.csv"):
+            if table_file.is_file():
+                table = _read_table(table_file)
+                return Source(table, path.resolve().name, str(table_file), path, path / "analysis")
+        raise UsageError(f"{path}: no {TABLE} (or runs.csv) in this folder")
     if not path.exists():
         raise UsageError(f"{path}: no such file or folder")
     table = _read_table(path)
-    results_dir = path.parent if (path.parent / "runs").is_dir() else None
+    results_dir = path.parent if is_results_folder(path.parent) else None
     return Source(table, path.resolve().parent.name, str(path), results_dir, path.parent / f"{path.stem}-analysis")
 
 

@@ -5,7 +5,6 @@ display or global backend is involved.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ from analysis.bootstrap import percentile_interval
 from analysis.fit import fit_form
 from analysis.forms import local_slope, log_model
 from analysis.load import done_runs
+from harness.tracking.store import read_metrics
 
 MAX_PANELS = 12
 DPI = 120
@@ -110,32 +110,25 @@ def plot_local_slope(analysis: TableAnalysis, path: Path) -> Path:
     return _save(fig, path)
 
 
-def read_trajectories(results_dir: Path | None, table: pd.DataFrame) -> pd.DataFrame:
-    """The metrics.jsonl lines of the table's done runs, with each run's experiment, arm, seed,
-    optimizer and size. Lines that are not JSON (a run killed mid-write) are skipped."""
+def read_trajectories(results_dir: Path | None, table: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """The metrics records of the table's done runs, with each run's experiment, arm, seed,
+    optimizer and size, and notes on the files that had unreadable lines or non-numeric values
+    (those lines are skipped, those values read as missing; harness/tracking/store.py)."""
     if results_dir is None or "run_id" not in table.columns:
-        return pd.DataFrame()
-    frames = []
+        return pd.DataFrame(), []
+    frames, notes = [], []
     keep = [c for c in ("experiment", "arm", "seed", "train.optimizer", "d", "width") if c in table.columns]
     for _, run in done_runs(table).iterrows():
-        path = results_dir / "runs" / str(run["run_id"]) / "metrics.jsonl"
-        if not path.is_file():
-            continue
-        lines = [record for record in map(_json_or_none, path.read_text().splitlines()) if isinstance(record, dict)]
-        if lines:
-            frame = pd.DataFrame(lines)
+        records, problem = read_metrics(results_dir, str(run["run_id"]))
+        if problem:
+            notes.append(problem)
+        if records:
+            frame = pd.DataFrame(records)
             for col in keep:
                 frame[col] = run[col]
             frame["run_id"] = run["run_id"]
             frames.append(frame)
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-
-
-def _json_or_none(line: str):
-    try:
-        return json.loads(line)
-    except ValueError:
-        return None
+    return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()), notes
 
 
 def plot_trajectories(trajectories: pd.DataFrame, metric: str, path: Path) -> tuple[Path | None, str | None]:
@@ -207,14 +200,15 @@ def plot_error_vs_d(table: pd.DataFrame, error: str, path: Path, d: str = "d") -
 
 
 def make_plots(analysis: TableAnalysis | None, table: pd.DataFrame, results_dir: Path | None, out: Path, metric: str = "test_loss", error: str = "moment_error") -> tuple[list[Path], list[str]]:
-    """Every plot the data allow; returns the PNGs written and notes on those that were not."""
+    """Every plot the data allow; returns the PNGs written and notes on those that were not (and on
+    unreadable trajectory records)."""
     paths: list[Path] = []
-    notes: list[str] = []
     if analysis is not None:
         paths.append(plot_loss_vs_x(analysis, out / f"loss_vs_{analysis.x}.png"))
         paths.append(plot_local_slope(analysis, out / f"local_slope_{analysis.x}.png"))
+    trajectories, notes = read_trajectories(results_dir, table)
     for path, note in (
-        plot_trajectories(read_trajectories(results_dir, table), metric, out / "trajectories.png"),
+        plot_trajectories(trajectories, metric, out / "trajectories.png"),
         plot_error_vs_d(table, error, out / "error_vs_d.png"),
     ):
         if path is not None:

@@ -6,13 +6,13 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import html
-import json
 from pathlib import Path
 
 import pandas as pd
 
 from analysis.analyse import TableAnalysis
 from analysis.tables import group_record, loss_name
+from harness.tracking.store import error_line, run_error
 
 ERROR_HEAD = 300
 STYLE = """
@@ -59,20 +59,17 @@ def status_counts(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def failures(table: pd.DataFrame, results_dir: Path | None) -> pd.DataFrame:
-    """Runs not 'done', with the first line of their error (status.json 'error', else an 'error' column)."""
+    """Runs not 'done', with their error line (the store's, else that of an 'error' column)."""
     if "status" not in table.columns:
         return pd.DataFrame()
     bad = table[table["status"] != "done"]
     rows = []
     for _, run in bad.iterrows():
+        head = run_error(results_dir, str(run["run_id"])) if results_dir is not None and "run_id" in bad.columns else ""
         error = run.get("error") if "error" in bad.columns else None
-        if results_dir is not None and "run_id" in bad.columns:
-            path = results_dir / "runs" / str(run["run_id"]) / "status.json"
-            try:
-                error = json.loads(path.read_text()).get("error", error)
-            except (OSError, ValueError, AttributeError):
-                pass
-        head = str(error).strip().splitlines()[0][:ERROR_HEAD] if error is not None and str(error).strip() and not pd.isna(error) else ""
+        if not head and error is not None and not pd.isna(error):
+            head = error_line(str(error))
+        head = head[:ERROR_HEAD]
         rows.append({c: run[c] for c in ("run_id", "experiment", "arm", "seed", "status") if c in bad.columns} | {"error": head})
     return pd.DataFrame(rows)
 

@@ -69,7 +69,8 @@ def results_folder(root: Path, table: pd.DataFrame, failed: int = 0, trajectorie
         (folder / "config.json").write_text(json.dumps({"arm": run["arm"], "seed": int(run["seed"])}))
         status = {"status": run["status"]}
         if run["status"] == "failed":
-            status["error"] = f"RuntimeError: diverged in {run['run_id']}\nTraceback (most recent call last): ..."
+            status["error"] = (f"Traceback (most recent call last):\n  File \"train.py\", line 1, in <module>\n"
+                               f"RuntimeError: diverged in {run['run_id']}\n")
         (folder / "status.json").write_text(json.dumps(status))
         (folder / "summary.json").write_text(json.dumps({"test_loss": None if pd.isna(run["test_loss"]) else run["test_loss"]}))
         if trajectories and run["status"] == "done":

@@ -216,3 +216,16 @@ def test_a_truncated_metrics_line_is_skipped(tmp_path):
     metrics.write_text(metrics.read_text() + '{"step": 350, "test_lo')
     assert main(["plot", str(folder), "--x", "d", "--n-boot", "20"]) == 0
     assert (folder / "analysis" / "trajectories.png").is_file()
+
+
+@pytest.mark.parametrize("command", ["plot", "report"])
+def test_a_string_where_metrics_have_a_number_is_read_as_missing_with_a_note(tmp_path, capsys, command):
+    folder = results_folder(tmp_path / "r", runs_table({"a": power_law}, X, 2, np.random.default_rng(4)))
+    metrics = next((folder / "runs").glob("*/metrics.jsonl"))
+    lines = [json.loads(line) for line in metrics.read_text().splitlines()]
+    lines[2]["test_loss"] = "n/a"
+    metrics.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert main([command, str(folder), "--x", "d", "--n-boot", "20"]) == 0
+    printed = capsys.readouterr().out
+    assert f"note: {metrics}: not a number, read as missing: test_loss='n/a' (line 3)" in printed
+    assert (folder / "analysis" / "trajectories.png").is_file()

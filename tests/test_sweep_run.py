@@ -159,6 +159,24 @@ def test_offline_wandb_has_one_run_per_polyscale_run_with_group_job_type_and_sum
     assert offline_run(results, "sweep-wb")["job_type"] == "sweep"
 
 
+def test_a_truncated_summary_is_run_again_by_the_next_sweep_which_says_so(tmp_path):
+    spec = write_spec(tmp_path, "cut", sizes=(96,), seeds=1)
+    assert polyscale("sweep", str(spec), "--no-batch", "--device", "cpu", cwd=tmp_path).returncode == 0
+    results = tmp_path / "results" / "cut"
+    first = pd.read_parquet(results / "runs.parquet").set_index("run_id")
+    cut = sorted(first.index)[0]
+    summary = results / "runs" / cut / "summary.json"
+    summary.write_text(summary.read_text()[:40])  # a copy cut short
+    status = polyscale("status", str(results), cwd=tmp_path)
+    assert "2 runs: 1 done, 1 failed" in status.stdout and f"failed {cut}: summary.json does not parse" in status.stdout
+    second = polyscale("sweep", str(spec), "--no-batch", "--device", "cpu", cwd=tmp_path)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "1 already finished, 1 to run" in second.stdout
+    assert f"{cut}: not finished (summary.json does not parse); running it again" in second.stderr
+    again = assert_complete(results, set(first.index)).set_index("run_id")
+    assert again.loc[cut, "test_loss"] == first.loc[cut, "test_loss"]  # the same run, run again on a CPU
+
+
 def test_status_and_collect(tmp_path):
     spec = write_spec(tmp_path, "small", sizes=(96,), seeds=1)
     assert polyscale("sweep", str(spec), cwd=tmp_path).returncode == 0

@@ -52,6 +52,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from harness.tracking.store import ensure_writable, table_path
+
     configs = sweep_configs(args.spec, args.overrides) if is_sweep_file(args.spec) else load_configs(args.spec, args.overrides)
     from harness.experiments.runner import run_config  # torch: only once the configurations are valid
 
@@ -61,10 +63,11 @@ def run(args: argparse.Namespace) -> int:
         if args.device is not None:
             changes["device"] = args.device
         config = dataclasses.replace(config, **changes)
+        ensure_writable(config.out)
         for record in run_config(config, force=args.force):
             failed += record.status == "failed"
             print(_line(record))
-        table = Path(config.out) / "runs.parquet"
+        table = table_path(config.out)
         tables += [table] if table not in tables else []
     for table in tables:
         print(f"table: {table}")

@@ -12,6 +12,7 @@ is recorded and re-raised because every other run of the configuration would mee
 from __future__ import annotations
 
 import functools
+import logging
 import time
 import traceback
 from collections.abc import Sequence
@@ -26,7 +27,9 @@ from harness.errors import UsageError
 from harness.experiments import attention, data, runtime, symmetric, width
 from harness.experiments.common import ArmResult, OnRecord
 from harness.train import run_together
-from harness.tracking import RunObserver, begin_run, end_run, is_finished, read_status, rebuild_table, write_metrics
+from harness.tracking import (
+    RunObserver, begin_run, end_run, error_line, finished_status, rebuild_table, record_problem, write_metrics,
+)
 
 RUNNERS = {
     "width": width.run,
@@ -42,7 +45,8 @@ RUNNERS = {
 # is None for the uncompressed original arm, ``steps`` counts epochs in steps.
 COLUMNS = ("run_id", "experiment", "arm", "seed", "status", "d", "d_eff", "width", "width_eff", "k", "steps",
            "test_loss", "train_loss", "compress_seconds", "train_seconds", "moment_error")
-METRICS_EVERY_SECONDS = 10.0  # how often a running run's metrics.jsonl is rewritten
+METRICS_EVERY_SECONDS = 10.0  # how often a running run's metrics are rewritten
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -85,9 +89,12 @@ def run_config(config: Config, out: str | Path | None = None, *, arms: Sequence[
     out = Path(out if out is not None else config.out)
     device = pick_device(config.device)
     ids = {arm: run_id(config, arm) for arm in (tuple(arms) if arms else config.arm_names)}
-    records = {arm: RunRecord(rid, arm, read_status(out, rid), skipped=True) for arm, rid in ids.items()
-               if not force and is_finished(out, rid)}
+    records = {arm: RunRecord(rid, arm, status, skipped=True) for arm, rid in ids.items()
+               if not force and (status := finished_status(out, rid))}
     pending = tuple(arm for arm in ids if arm not in records)
+    for arm in pending:
+        if problem := record_problem(out, ids[arm]):
+            logger.warning("%s: not finished (%s); running it again", ids[arm], problem)
     if pending:
         records.update(_run_pending(config, out, pending, ids, device, observers, refresh_table))
     if refresh_table:
@@ -141,7 +148,7 @@ def _run_pending(config: Config, out: Path, pending: tuple[str, ...], ids: dict[
             end_run(out, ids[arm], "failed", history[arm], row, error=message)
             for observer in observers:
                 observer.run_finished(ids[arm], "failed", row)
-            records[arm] = RunRecord(ids[arm], arm, "failed", row, error=message.strip().splitlines()[-1])
+            records[arm] = RunRecord(ids[arm], arm, "failed", row, error=error_line(message))
         if isinstance(exc, Exception) and not isinstance(exc, UsageError):
             return records
         if refresh_table:

@@ -6,7 +6,6 @@ import argparse
 import json
 import logging
 import os
-import shutil
 import socket
 import sys
 from collections import Counter
@@ -125,6 +124,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_sweep(args: argparse.Namespace) -> int:
     from harness.config.sweep_spec import load_sweep
+    from harness.tracking.store import ensure_writable
 
     sweep = load_sweep(args.spec, args.overrides)
     out = args.out or Path("results") / sweep.name
@@ -136,6 +136,7 @@ def run_sweep(args: argparse.Namespace) -> int:
             print_tuning(sweep)
         return 0
     _check_counts(args)
+    ensure_writable(out)
     options = from_args(args, out)
     _set_threads(args.threads)  # for the tuning trials, which run in this process
     if sweep.tune is not None:
@@ -151,10 +152,12 @@ def run_sweep(args: argparse.Namespace) -> int:
 def run_worker(args: argparse.Namespace) -> int:
     from harness.sweep.queue import RunQueue
     from harness.sweep.worker import work
+    from harness.tracking.store import ensure_writable
 
     _check_counts(args)
     _set_threads(args.threads)
     options = from_args(args, Path("results") / args.sweep)
+    ensure_writable(options.out)
     storage = options.storage_url
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     queue = RunQueue(storage, args.sweep, grace_seconds=options.grace_seconds,
@@ -170,23 +173,22 @@ def run_worker(args: argparse.Namespace) -> int:
 
 
 def run_status(args: argparse.Namespace) -> int:
-    from harness.sweep.execute import store_status
+    from harness.tracking.store import is_results_folder, read_status, run_error, run_ids
 
     if args.results is None and not ((args.storage or os.environ.get(STORAGE_ENV)) and args.sweep):
         raise UsageError("give a RESULTS folder, or --storage URL and --sweep NAME")
     if args.results is not None:
-        if not (args.results / "runs").is_dir():
+        if not is_results_folder(args.results):
             raise UsageError(f"{args.results}: not a results folder (no runs/ inside)")
         manifest = args.results / "sweep.json"
         expected = [r["run_id"] for r in json.loads(manifest.read_text())["runs"]] if manifest.exists() else None
-        ids = expected or sorted(p.name for p in (args.results / "runs").iterdir() if p.is_dir())
-        statuses = {rid: store_status(args.results, rid) or "not started" for rid in ids}
+        ids = expected or run_ids(args.results)
+        statuses = {rid: read_status(args.results, rid) or "not started" for rid in ids}
         counts = Counter(statuses.values())
         print(f"{args.results}: {len(ids)} runs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
         for rid, status in sorted(statuses.items()):
             if status == "failed":
-                error = json.loads((args.results / "runs" / rid / "status.json").read_text()).get("error", "")
-                print(f"  failed {rid}: {error.strip().splitlines()[-1] if error.strip() else ''}")
+                print(f"  failed {rid}: {run_error(args.results, rid)}")
     if args.storage or args.sweep:
         from harness.sweep.queue import RunQueue
 
@@ -199,22 +201,15 @@ def run_status(args: argparse.Namespace) -> int:
 
 
 def run_collect(args: argparse.Namespace) -> int:
-    from harness.sweep.execute import finished_status, rebuild_table
+    from harness.tracking.store import copy_finished, ensure_writable, is_results_folder, rebuild_table, table_path
 
-    copied = 0
     for source in args.sources:
-        if not (source / "runs").is_dir():
+        if not is_results_folder(source):
             raise UsageError(f"--from {source}: not a results folder (no runs/ inside)")
-        for run in sorted((source / "runs").iterdir()):
-            if finished_status(source, run.name) and not finished_status(args.results, run.name):
-                target = args.results / "runs" / run.name
-                if target.exists():
-                    shutil.rmtree(target)
-                shutil.copytree(run, target)
-                copied += 1
-    (args.results / "runs").mkdir(parents=True, exist_ok=True)
+    ensure_writable(args.results)
+    copied = sum(copy_finished(source, args.results) for source in args.sources)
     table = rebuild_table(args.results)
-    print(f"{args.results / 'runs.parquet'}: {len(table)} runs" + (f" ({copied} copied in)" if args.sources else ""))
+    print(f"{table_path(args.results)}: {len(table)} runs" + (f" ({copied} copied in)" if args.sources else ""))
     return 0
 
 

@@ -1,4 +1,4 @@
-"""The sweep's view of the results store and of ``run_config``: the one seam to the run engine."""
+"""The sweep's seam to the run engine: jobs (one configuration, its arms) run through ``run_config``."""
 
 from __future__ import annotations
 
@@ -9,9 +9,8 @@ from pathlib import Path
 
 from harness.config import Config, canonical
 from harness.experiments.runner import run_config, run_configs
-from harness.tracking import FINISHED, read_status, rebuild_table, run_dir
 
-__all__ = ["execute_job", "execute_jobs", "finished_status", "job_id", "rebuild_table", "run_summary", "store_status"]
+__all__ = ["execute_job", "execute_jobs", "job_id"]
 
 
 def job_id(config: Config) -> str:
@@ -35,21 +34,3 @@ def execute_jobs(jobs: list[tuple[Config, list[str]]], out: Path, device: str) -
     jobs = [(dataclasses.replace(config, device=device, out=str(out)), arms) for config, arms in jobs]
     results = run_configs(jobs, out)
     return [result if isinstance(result, Exception) else {r.run_id: r.status for r in result} for result in results]
-
-
-def store_status(out: Path, run_id: str) -> str | None:
-    """running, done, diverged, failed, or None when the run has never started."""
-    return read_status(out, run_id)
-
-
-def finished_status(out: Path, run_id: str) -> str | None:
-    """done or diverged for a finished run (never to be run again), else None."""
-    status = read_status(out, run_id)
-    return status if status in FINISHED else None
-
-
-def run_summary(out: Path, run_id: str) -> dict:
-    try:
-        return json.loads((run_dir(out, run_id) / "summary.json").read_text())
-    except (OSError, ValueError):
-        return {}

@@ -23,12 +23,13 @@ from pathlib import Path
 from tqdm import tqdm
 
 from harness.sweep.batching import per_worker_batch
-from harness.sweep.execute import finished_status, job_id, rebuild_table, run_summary, store_status
 from harness.config.sweep_spec import Sweep
+from harness.sweep.execute import job_id
 from harness.sweep.options import SweepOptions, worker_command
 from harness.sweep.queue import JobRecord, RunQueue
 from harness.redact import redact
 from harness.tracking import wandb_mirror
+from harness.tracking.store import error_line, finished_status, read_status, read_summary, rebuild_table, table_path
 
 # How a run of the sweep ended, as the report counts it. A run the queue says was finished (or
 # failed) by a worker whose results folder is not this one is counted "... elsewhere".
@@ -125,9 +126,9 @@ def watch(sweep: Sweep, out: Path, workers: list[subprocess.Popen], before: dict
             statuses = {rid: finished_status(out, rid) for rid in ids}
             done = sum(status is not None for status in statuses.values())
             bar.update(done - bar.n)
-            losses = [run_summary(out, rid).get("test_loss") for rid, s in statuses.items() if s == "done" and before[rid] is None]
+            losses = [read_summary(out, rid).get("test_loss") for rid, s in statuses.items() if s == "done" and before[rid] is None]
             losses = [loss for loss in losses if isinstance(loss, (int, float)) and math.isfinite(loss)]
-            failed = sum(store_status(out, rid) == "failed" for rid in ids)
+            failed = sum(read_status(out, rid) == "failed" for rid in ids)
             bar.set_postfix_str(
                 (f"best {min(losses):.4g} worst {max(losses):.4g}" if losses else "") + (f" failed {failed}" if failed else "")
             )
@@ -161,7 +162,7 @@ def run_ends(sweep: Sweep, out: Path, before: dict, latest: dict[str, JobRecord]
         if before[run.run_id] is not None:
             ends[run.run_id] = ("skipped (finished before)", None)
             continue
-        status = store_status(out, run.run_id)
+        status = read_status(out, run.run_id)
         record = latest.get(job_id(run.config))
         if status in ("done", "diverged") or record is None:
             ends[run.run_id] = (status or "not started", None)
@@ -180,8 +181,7 @@ def report(name: str, out: Path, ends: dict[str, tuple[str, str | None]], queue:
     tally = Counter(what for what, _ in ends.values())
     print(f"sweep {name}: " + ", ".join(f"{count} {what}" for what, count in sorted(tally.items())))
     for job, error in sorted(queue.failures().items()):
-        head = error.strip().splitlines()[-1] if error.strip() else "no error message"
-        print(f"  failed {job}: {head}")
+        print(f"  failed {job}: {error_line(error) or 'no error message'}")
     elsewhere = Counter(where for _, where in ends.values() if where is not None)
     if elsewhere:
         print(f"  {sum(elsewhere.values())} runs are not in {out}: workers wrote them to other results folders:")
@@ -189,7 +189,7 @@ def report(name: str, out: Path, ends: dict[str, tuple[str, str | None]], queue:
             print(f"    {where or '(a worker that did not say where)'}: {count} runs")
         print(f"  copy each folder to this machine and merge it with `polyscale collect {out} --from FOLDER`, "
               "then run this command again to log the W&B table")
-    print(f"results: {out / 'runs.parquet'}")
+    print(f"results: {table_path(out)}")
     return tally
 
 

@@ -24,9 +24,9 @@ from tqdm import tqdm
 from harness.config import parse_config, run_id, with_values
 from harness.config.sweep_spec import PlannedRun, Sweep, TunedParam, TuneSpec
 from harness.errors import UsageError
-from harness.sweep.execute import rebuild_table, run_summary
 from harness.sweep.storage import open_storage
 from harness.experiments.runner import run_config
+from harness.tracking.store import read_summary, rebuild_table, table_path
 
 TUNE_FOLDER = "tune"
 FINISHED_STATES = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)
@@ -112,7 +112,7 @@ def _search(study: optuna.Study, cell: Cell, spec: TuneSpec, folder: Path, devic
         values = {param.key: suggest(trial, param) for param in spec.params}
         config = replace(trial_config(cell, values, spec), device=device)
         [record] = run_config(config, folder, arms=[cell.arm], refresh_table=False)
-        value = run_summary(folder, record.run_id).get(spec.metric)
+        value = read_summary(folder, record.run_id).get(spec.metric)
         trial.set_user_attr("run_id", record.run_id)
         trial.set_user_attr("status", record.status)
         if record.status == "done" and isinstance(value, (int, float)) and math.isfinite(value):
@@ -124,7 +124,7 @@ def _search(study: optuna.Study, cell: Cell, spec: TuneSpec, folder: Path, devic
         bar.set_postfix_str(f"{cell.arm} {cell.label}: best {_best_text(study)}")
     complete = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
     if not complete:
-        raise UsageError(f"tune: every trial of {cell.arm} at {cell.label} failed or diverged; see {folder}/runs.parquet")
+        raise UsageError(f"tune: every trial of {cell.arm} at {cell.label} failed or diverged; see {table_path(folder)}")
     best = min(complete, key=lambda t: t.value)
     failed = sum(t.state == optuna.trial.TrialState.FAIL for t in study.get_trials(deepcopy=False))
     return Best(cell, dict(best.params), float(best.value), best.user_attrs.get("run_id", ""), len(complete) + failed, failed)

@@ -7,18 +7,17 @@ comes back to the queue after the grace period), and stops when the queue is dra
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import traceback
 from contextlib import ExitStack
-from pathlib import Path
 
 from harness.config import parse_config
 from harness.sweep.batching import batch_limit, claim_compatible
 from harness.sweep.options import SweepOptions
 from harness.sweep.queue import Claim, Heartbeat, RunQueue
 from harness.tracking import wandb_mirror
+from harness.tracking.store import finished_status, run_error
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +56,7 @@ def run_claim(queue: RunQueue, claim: Claim, options: SweepOptions) -> str:
     The outcome is ``failed`` if any arm failed (the job is retried; its finished arms are kept),
     ``skipped`` if the store already had every arm, else ``done``.
     """
-    from harness.sweep.execute import execute_job, finished_status
+    from harness.sweep.execute import execute_job
 
     arms = [arm for arm, rid in claim.payload["runs"].items() if finished_status(options.out, rid) is None]
     if not arms:
@@ -76,7 +75,7 @@ def run_claim(queue: RunQueue, claim: Claim, options: SweepOptions) -> str:
 def run_batch(queue: RunQueue, claims: list[Claim], options: SweepOptions) -> list[str]:
     """``run_claim`` for several compatible claimed jobs, their models trained as one batched model
     (harness/sweep/batching.py); each claim keeps its own heartbeat, outcome and retry."""
-    from harness.sweep.execute import execute_jobs, finished_status
+    from harness.sweep.execute import execute_jobs
 
     outcomes: dict[int, str] = {}
     jobs, running = [], []
@@ -114,22 +113,14 @@ def _close(queue: RunQueue, claim: Claim, statuses: dict[str, str], error: str |
         logger.error("job %s failed (attempt %d):\n%s", claim.run_id, claim.attempt, error)
     for run_id, status in statuses.items():
         if status in ("done", "diverged"):
-            wandb_mirror.mirror_run(options.out / "runs" / run_id, mode=options.wandb_mode,
+            wandb_mirror.mirror_run(options.out, run_id, mode=options.wandb_mode,
                                     project=options.wandb_project, group=queue.sweep, wandb_dir=options.out)
     failed = [rid for rid, status in statuses.items() if status == "failed"]
     if failed and error is None:
-        error = "; ".join(f"{rid}: {_error_head(options.out, rid)}" for rid in failed)
+        error = "; ".join(f"{rid}: {run_error(options.out, rid) or 'no error message'}" for rid in failed)
     outcome = "failed" if error or failed else "done"
     queue.finish(claim, outcome, error)
     if outcome == "failed" and claim.attempt <= options.retries:
         queue.retry(claim)
     return outcome
 
-
-def _error_head(out: Path, run_id: str) -> str:
-    """The last line of a failed run's recorded error."""
-    try:
-        error = json.loads((out / "runs" / run_id / "status.json").read_text()).get("error") or ""
-    except (OSError, ValueError):
-        return "no status.json"
-    return error.strip().splitlines()[-1] if error.strip() else "no error message"

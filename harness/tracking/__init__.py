@@ -10,14 +10,26 @@ from harness.lazy import lazy_names
 
 _MODULE_OF = {
     "FINISHED": "store",
-    "STATUSES": "store",
     "RunObserver": "observers",
+    "STATUSES": "store",
     "begin_run": "store",
+    "copy_finished": "store",
     "end_run": "store",
+    "ensure_writable": "store",
+    "error_line": "store",
+    "finished_status": "store",
     "is_finished": "store",
+    "is_results_folder": "store",
+    "read_identity": "store",
+    "read_metrics": "store",
     "read_status": "store",
+    "read_summary": "store",
     "rebuild_table": "store",
+    "record_problem": "store",
     "run_dir": "store",
+    "run_error": "store",
+    "run_ids": "store",
+    "table_path": "store",
     "write_metrics": "store",
 }
 

@@ -8,13 +8,13 @@ dashboard, never a result. Offline mode (the default) writes ``wandb/offline-run
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
 from harness.config import flatten
+from harness.tracking import store
 
 MODES = ("offline", "online", "disabled")
 
@@ -36,24 +36,26 @@ def forget_inherited_service() -> None:
 
 
 def mirror_run(
-    run_dir: Path, *, mode: str, project: str, group: str, wandb_dir: Path | None = None
+    out: Path, run_id: str, *, mode: str, project: str, group: str, wandb_dir: Path | None = None
 ) -> bool:
-    """Log one finished run folder as the W&B run whose id is the run id (resumable, so a re-mirror
-    updates the same run). job_type is the run's arm; config is the flattened configuration of
-    config.json ({"run_id", "arm", "config"}); history is metrics.jsonl; summary is summary.json."""
+    """Log one finished run of the results folder ``out`` as the W&B run whose id is the run id
+    (resumable, so a re-mirror updates the same run). job_type is the run's arm; config is the
+    flattened configuration; history is the run's metrics; summary is its summary (harness/tracking/store.py)."""
     if mode == "disabled":
         return True
     try:
         import wandb
 
-        identity = json.loads((run_dir / "config.json").read_text())
+        identity = store.read_identity(out, run_id)
+        if identity is None:
+            raise ValueError(f"{store.config_path(out, run_id)} is missing or does not parse")
         config = {**flatten(identity["config"]), "arm": identity["arm"]}
-        summary = _read_json(run_dir / "summary.json")
-        status = _read_json(run_dir / "status.json")
+        summary = store.read_summary(out, run_id)
+        status = store.read_status(out, run_id)
         run = wandb.init(
             project=project,
-            id=run_dir.name,
-            name=run_dir.name,
+            id=run_id,
+            name=run_id,
             group=group,
             job_type=str(identity["arm"]),
             config=config,
@@ -63,17 +65,16 @@ def mirror_run(
             reinit="finish_previous",
             settings=wandb.Settings(silent=True, init_timeout=60),
         )
-        metrics = run_dir / "metrics.jsonl"
-        if metrics.exists():
-            for line in metrics.read_text().splitlines():
-                if line.strip():
-                    row = json.loads(line)
-                    run.log({k: v for k, v in row.items() if k != "step"}, step=int(row.get("step", 0)))
-        run.summary.update({**summary, "status": status.get("status", summary.get("status"))})
+        records, problem = store.read_metrics(out, run_id)
+        if problem:
+            warnings.warn(problem, stacklevel=2)
+        for row in records:
+            run.log({k: v for k, v in row.items() if k != "step"}, step=int(row.get("step", 0)))
+        run.summary.update({**summary, "status": status or summary.get("status")})
         run.finish()
         return True
     except Exception as exc:  # W&B must never cost a local result
-        _warn(f"run {run_dir.name}", exc)
+        _warn(f"run {run_id}", exc)
         return False
 
 
@@ -114,10 +115,6 @@ def resolve_mode(requested: str | None) -> str:
 
         raise UsageError(f"--wandb: expected one of {', '.join(MODES)}; got {mode!r}")
     return mode
-
-
-def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def _warn(what: str, exc: Exception) -> None:
