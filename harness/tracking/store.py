@@ -30,11 +30,13 @@ import tempfile
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from harness.config import flatten
 from harness.errors import UsageError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 STATUSES = ("running", "done", "failed", "diverged")
 FINISHED = ("done", "diverged")
@@ -258,6 +260,8 @@ def rebuild_table(out: str | Path) -> pd.DataFrame:
     identity and flattened config. The status always comes from status.json (``read_status``;
     running when it has none).
     """
+    import pandas as pd  # here, not at the top: the command line's parsers import the store
+
     rows = []
     for run_id in run_ids(out):
         identity = read_identity(out, run_id)
