@@ -235,7 +235,8 @@ def seed_table(series: list[Series], x: str, y: str) -> pd.DataFrame:
         agg = agg.rename(columns={"mean": f"{y}_mean", "median": f"{y}_median", "sd": f"{y}_sd"})
         clash = [col for col in s.group if col in agg.columns]
         if clash:
-            raise UsageError(f"grouping column(s) {', '.join(map(repr, clash))} have the name of a column of seeds.csv; rename them")
+            names = ", ".join(map(repr, clash))
+            raise UsageError(f"grouping column(s) {names} have the name of a column of seeds.csv; rename them")
         keys = pd.DataFrame({**s.group, "label": s.label, x: s.x[agg.index]}, index=agg.index)
         frames.append(keys.join(agg))
     return pd.concat(frames, ignore_index=True)

@@ -58,12 +58,16 @@ def test_compress_cli_with_too_many_moments_is_one_warning_line(tmp_path, capsys
     np.save(tmp_path / "x.npy", points)
     assert main(["compress", str(tmp_path / "x.npy"), "--k", "40", "--out", str(tmp_path / "y.npz")]) == 0
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("polyscale compress: warning: N(m=12, k=40) = 206,379,406,870 moments")
+    assert err.count("\n") == 1
+    assert err.startswith("polyscale compress: warning: N(m=12, k=40) = 206,379,406,870 moments")
     np.testing.assert_array_equal(np.load(tmp_path / "y.npz")["points"], points)
 
 
+MEASURING = "measuring the moments of"
+
+
 @pytest.mark.parametrize("method, work", [("clustered", "reducing"), ("global", "reducing"),
-                                          ("random", "measuring the moments of"), ("kmeans", "measuring the moments of")])
+                                          ("random", MEASURING), ("kmeans", MEASURING)])
 def test_the_memory_guard_comes_first_for_every_method(monkeypatch, nothing_built, method, work):
     # A machine that allows 1 MiB: the guard must refuse before building anything.
     physical = validate.os.sysconf("SC_PAGE_SIZE") * validate.os.sysconf("SC_PHYS_PAGES")
@@ -86,7 +90,8 @@ def test_a_size_larger_than_d_keeps_every_point_with_one_warning(nothing_built):
     points = np.random.default_rng(2).uniform(-1, 1, (300, 2))
 
     def twice():
-        return [compress(points, k=2, size=size, method=method) for size in ("1000", 1000) for method in ("clustered", "random")]
+        return [compress(points, k=2, size=size, method=method)
+                for size in ("1000", 1000) for method in ("clustered", "random")]
 
     results, messages = _recorded(twice)
     assert all(r.size == 300 and r.moment_error == 0.0 for r in results)
@@ -95,13 +100,15 @@ def test_a_size_larger_than_d_keeps_every_point_with_one_warning(nothing_built):
 
 def test_compress_cli_size_larger_than_d_warns(tmp_path, capsys):
     np.save(tmp_path / "x.npy", np.random.default_rng(3).uniform(-1, 1, (400, 3)))
-    assert main(["compress", str(tmp_path / "x.npy"), "--k", "2", "--size", "0.5*d^1", "--out", str(tmp_path / "y.npz")]) == 0
+    command = ["compress", str(tmp_path / "x.npy"), "--k", "2", "--out", str(tmp_path / "y.npz")]
+    assert main([*command, "--size", "0.5*d^1"]) == 0
     captured = capsys.readouterr()
     assert '"kept": 200' in captured.out and captured.err == ""
-    assert main(["compress", str(tmp_path / "x.npy"), "--k", "2", "--size", "5000", "--out", str(tmp_path / "y.npz")]) == 0
+    assert main([*command, "--size", "5000"]) == 0
     captured = capsys.readouterr()
     assert '"kept": 400' in captured.out
-    assert captured.err == "polyscale compress: warning: size 5000 gives d' = 5,000 for d = 400 points, more than d: every point is kept\n"
+    assert captured.err == ("polyscale compress: warning: size 5000 gives d' = 5,000 for d = 400 points, more than d: "
+                            "every point is kept\n")
 
 
 SYMMETRIC = """\
@@ -128,6 +135,7 @@ seeds: [0, 1]
 ], ids=["points", "units"])
 def test_run_warns_once_for_a_size_larger_than_d_not_per_arm_or_seed(tmp_path, capsys, spec, expected):
     (tmp_path / "spec.yaml").write_text(spec)
-    code, messages = _recorded(lambda: main(["run", str(tmp_path / "spec.yaml"), "--out", str(tmp_path / "r"), "--device", "cpu"]))
+    command = ["run", str(tmp_path / "spec.yaml"), "--out", str(tmp_path / "r"), "--device", "cpu"]
+    code, messages = _recorded(lambda: main(command))
     assert code == 0
     assert [m for m in messages if "kept" in m] == [expected]

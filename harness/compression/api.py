@@ -146,7 +146,8 @@ def _resolve_target(size, d: int, m: int, k: int) -> tuple[int, bool]:
                   f"every point is kept ({advice})", stacklevel=3)
         return floor, wanted < floor
     if wanted > d:
-        warn_once(f"size {rule} gives d' = {wanted:,} for d = {d:,} points, more than d: every point is kept", stacklevel=3)
+        warn_once(f"size {rule} gives d' = {wanted:,} for d = {d:,} points, more than d: every point is kept",
+                  stacklevel=3)
         return wanted, False
     if wanted < floor:
         warnings.warn(
