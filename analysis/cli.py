@@ -39,8 +39,8 @@ examples:
 """
 REPORT_EPILOG = EPILOG + """
 The page embeds its plots (no external links): verdicts and fit tables, the plots of `polyscale
-plot`, runs by status and the failed runs with the first line of their error. A table too small
-to fit still gets a page, with the reason. The fits and PNGs also stay on disk, in
+plot`, runs by status and each failed run with its error. A table too small to fit still gets a
+page, with the reason. The fits and PNGs also stay on disk, in
 RESULTS/analysis (TABLE-analysis for a table), or with --out FILE in FILE's folder/analysis.
 
 examples:
