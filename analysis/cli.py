@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,6 +22,30 @@ loss per x and the bootstrap resamples seeds within each x. Forms: power law, po
 stretched exponential L0 + A exp(-b x^gamma), and the nested family ln(L - L0) = c - a (x^gamma - 1)/gamma
 (gamma = 0: power law). Verdict per group: superpolynomial (gamma > 0 significant), power_law or
 inconclusive, with the reason.
+"""
+PLOT_EPILOG = EPILOG + """
+output, in DIR:
+  loss_vs_X.png       loss vs x per group: seeds, their means, the nested fit and its 95% band
+  local_slope_X.png   d ln L / d ln x between neighbouring x with 95% bootstrap intervals
+  trajectories.png    METRIC vs step from runs/*/metrics.jsonl (when runs/ is there)
+  error_vs_d.png      ERROR_COL vs d per experiment (when the table has both)
+A plot the data do not allow is skipped with a note; the others are still written.
+
+examples:
+  polyscale plot results/e4a                       # PNGs in results/e4a/analysis
+  polyscale plot results/e4a --x d_eff --by arm,k --out figures/e4a
+  polyscale plot runs.csv --metric train_loss --n-boot 200
+"""
+REPORT_EPILOG = EPILOG + """
+The page embeds its plots (no external links): verdicts and fit tables, the plots of `polyscale
+plot`, runs by status and each failed run with its error. A table too small to fit still gets a
+page, with the reason. The fits and PNGs also stay on disk, in
+RESULTS/analysis (TABLE-analysis for a table), or with --out FILE in FILE's folder/analysis.
+
+examples:
+  polyscale report results/e4a                     # results/e4a/report.html
+  polyscale report results/smoke --x d --by arm --n-boot 200
+  polyscale report results/e4a --out ~/e4a/report.html   # results folder read-only: write elsewhere
 """
 
 
@@ -75,12 +100,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "plot",
         help="plot loss vs x with fits, local slopes, trajectories and compression error",
         description="Write PNGs: loss vs x per group with fitted curves and bands, local slope vs x, training trajectories (from runs/*/metrics.jsonl) and error vs d.",
-        epilog=EPILOG,
+        epilog=PLOT_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_common(plot)
-    plot.add_argument("--out", type=Path, default=None, metavar="DIR", help="output folder (default as for fit)")
-    plot.add_argument("--metric", default="test_loss", help="trajectory metric from metrics.jsonl (default: test_loss)")
+    plot.add_argument("--out", type=Path, default=None, metavar="DIR", help="output folder (default: RESULTS/analysis, or TABLE-analysis beside a table)")
+    plot.add_argument("--metric", default="test_loss", metavar="NAME", help="metric of metrics.jsonl drawn in trajectories.png, e.g. train_loss (default: test_loss)")
     plot.add_argument("--error-col", default="moment_error", metavar="COL", help="compression error column plotted against d (default: moment_error)")
     plot.set_defaults(handler=run_plot)
 
@@ -88,12 +113,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "report",
         help="write one self-contained HTML report of a results folder",
         description="Fit, plot and write RESULTS/report.html: verdicts, fit tables, plots, run counts and failures, in one file.",
-        epilog=EPILOG,
+        epilog=REPORT_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_common(report, "RESULTS")
-    report.add_argument("--out", type=Path, default=None, metavar="FILE", help="the HTML file (default: RESULTS/report.html)")
-    report.add_argument("--metric", default="test_loss", help="trajectory metric from metrics.jsonl (default: test_loss)")
+    report.add_argument("--out", type=Path, default=None, metavar="FILE", help="the HTML file (default: RESULTS/report.html, or TABLE-analysis/report.html beside a table)")
+    report.add_argument("--metric", default="test_loss", metavar="NAME", help="metric of metrics.jsonl drawn in the trajectories plot, e.g. train_loss (default: test_loss)")
     report.add_argument("--error-col", default="moment_error", metavar="COL", help="compression error column plotted against d (default: moment_error)")
     report.set_defaults(handler=run_report)
 
@@ -111,15 +136,45 @@ def _by(option: str | None, source: Source) -> tuple[list[str], list[str]]:
 
 def _analyse(args: argparse.Namespace, source: Source, by: list[str]) -> TableAnalysis:
     from analysis.analyse import analyse_table
-    from analysis.load import choose_x, done_runs
+    from analysis.load import choose_x, fittable_runs
 
-    x = args.x or choose_x(done_runs(source.table), by)
+    x = args.x or choose_x(fittable_runs(source.table, source.description), by)
     return analyse_table(source.table, x, args.y, by, args.n_boot, args.seed, args.huber, args.level, source.description)
 
 
 def _print_notes(notes: list[str]) -> None:
     for note in notes:
         print(f"note: {note}")
+
+
+def _check_writable(path: Path, option: str | None, is_file: bool = False) -> None:
+    """A one-line UsageError, before anything is written, unless the folder (or file) ``path`` can
+    be written or created. ``option`` is the flag that named it, None for a default location."""
+    problem = _unwritable(path, is_file)
+    if problem is None:
+        return
+    if option is not None:
+        raise UsageError(f"{option} {path}: not writable ({problem})")
+    what, flag = ("file", "--out FILE") if is_file else ("folder", "--out DIR")
+    raise UsageError(f"{path}: the default output {what} is not writable ({problem}); give another with {flag}")
+
+
+def _unwritable(path: Path, is_file: bool) -> str | None:
+    """Why ``path`` cannot be written or created, or None when it can."""
+    if path.exists():
+        if path.is_dir() == is_file:
+            return f"{path} is {'a folder' if is_file else 'a file'}"
+        nearest = path
+    else:
+        nearest = path.parent
+        while not nearest.exists() and nearest != nearest.parent:
+            nearest = nearest.parent
+        if not nearest.is_dir():
+            return f"{nearest} is a file"
+    if os.access(nearest, os.W_OK if nearest.is_file() else os.W_OK | os.X_OK):
+        return None
+    read_only = os.statvfs(nearest).f_flag & os.ST_RDONLY
+    return f"{'read-only file system' if read_only else 'permission denied'}: {nearest}"
 
 
 def run_fit(args: argparse.Namespace) -> int:
@@ -130,15 +185,16 @@ def run_fit(args: argparse.Namespace) -> int:
     source = read_source(args.input)
     by, notes = _by(args.by, source)
     out = args.out or source.default_out
+    _check_writable(out, "--out" if args.out else None)
     if args.joint:
         return _run_joint(args, source, by, out, notes)
     analysis = _analyse(args, source, by)
     frame = fits_frame(analysis)
-    paths = write_fits(out, [group_record(r, analysis) for r in analysis.results], frame)
-    seed_table([r.series for r in analysis.results], analysis.x, analysis.y).to_csv(out / "seeds.csv", index=False)
+    seeds = seed_table([r.series for r in analysis.results], analysis.x, analysis.y)
+    paths = write_fits(out, [group_record(r, analysis) for r in analysis.results], frame, seeds)
     print(format_table(analysis))
     _print_notes(notes + analysis.notes)
-    print(f"wrote {', '.join(str(p) for p in [*paths, out / 'seeds.csv'])}")
+    print(f"wrote {', '.join(str(p) for p in paths)}")
     log_analysis(args.wandb, args.wandb_project, source.name, {"fits": frame}, summary=_verdicts(analysis), config=_config(args, analysis))
     return 0
 
@@ -201,6 +257,7 @@ def run_plot(args: argparse.Namespace) -> int:
     source = read_source(args.input)
     by, notes = _by(args.by, source)
     out = args.out or source.default_out
+    _check_writable(out, "--out" if args.out else None)
     analysis, problem = _analyse_for_plots(args, source, by)
     paths, plot_notes = make_plots(analysis, source.table, source.results_dir, out, args.metric, args.error_col)
     notes += ([f"no fits: {problem}"] if problem else analysis.notes) + plot_notes
@@ -220,8 +277,15 @@ def run_report(args: argparse.Namespace) -> int:
 
     source = read_source(args.input)
     by, notes = _by(args.by, source)
-    plots_dir = source.default_out
+    # The fits and plots the page embeds go beside it: by default into RESULTS/analysis (or
+    # TABLE-analysis), with --out FILE into FILE's folder/analysis.
+    plots_dir = source.default_out if args.out is None else args.out.parent / "analysis"
     target = args.out or (source.results_dir / "report.html" if source.results_dir else plots_dir / "report.html")
+    _check_writable(target, "--out" if args.out else None, is_file=True)
+    if args.out is None:
+        _check_writable(plots_dir, None)
+    elif why := _unwritable(plots_dir, is_file=False):
+        raise UsageError(f"--out {args.out}: cannot write its fits and plots to {plots_dir} ({why})")
     analysis, problem = _analyse_for_plots(args, source, by)
     if analysis is not None:
         write_fits(plots_dir, [group_record(r, analysis) for r in analysis.results], fits_frame(analysis))
@@ -232,7 +296,7 @@ def run_report(args: argparse.Namespace) -> int:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(page)
     except OSError as exc:
-        raise UsageError(f"--out {target}: cannot write ({exc.strerror})") from exc
+        raise UsageError(f"{'--out ' if args.out else ''}{target}: cannot write ({exc.strerror})") from exc
     if analysis is not None:
         print(format_table(analysis))
     _print_notes(notes + plot_notes + ([f"no fits: {problem}"] if problem else []))

@@ -163,6 +163,18 @@ def done_runs(table: pd.DataFrame) -> pd.DataFrame:
     return table[table["status"] == "done"] if "status" in table.columns else table
 
 
+def fittable_runs(table: pd.DataFrame, source: str = "table") -> pd.DataFrame:
+    """``done_runs``; a UsageError with the count of each status when there are none."""
+    runs = done_runs(table)
+    if runs.empty:
+        if "status" in table.columns and len(table):
+            counts = table["status"].fillna("(none)").astype(str).value_counts()
+            found = ", ".join(f"{n} {status}" for status, n in counts.items())
+            raise UsageError(f"{source}: no run has status 'done', so there is nothing to fit ({found})")
+        raise UsageError(f"{source}: the table has no runs")
+    return runs
+
+
 def clean_runs(table: pd.DataFrame, columns: list[str], by: list[str], source: str = "table") -> tuple[pd.DataFrame, list[str]]:
     """The done runs with finite values in ``columns`` (made float), and notes on what was dropped.
 
@@ -175,7 +187,7 @@ def clean_runs(table: pd.DataFrame, columns: list[str], by: list[str], source: s
             f"{source}: missing column(s) {', '.join(repr(c) for c in missing)} (has: {', '.join(map(str, table.columns))})"
         )
     notes: list[str] = []
-    runs = done_runs(table)
+    runs = fittable_runs(table, source)
     if len(runs) < len(table):
         notes.append(f"{len(table) - len(runs)} of {len(table)} runs are not 'done' and are not fitted")
     values = {c: pd.to_numeric(runs[c], errors="coerce").to_numpy(float) for c in columns}
@@ -225,7 +237,8 @@ def make_series(table: pd.DataFrame, x: str, y: str, by: list[str], source: str 
 
 
 def seed_table(series: list[Series], x: str, y: str) -> pd.DataFrame:
-    """Per (group, x): seeds, mean, median and sd of y, and mean and sd of log y."""
+    """Per (group, x): the grouping columns and the group's label (as in fits.csv), x, seeds, mean,
+    median and sd of y, and mean and sd of log y."""
     frames = []
     for s in series:
         df = pd.DataFrame({"_j": s.run_x, "log_y": s.log_y, "y": np.exp(s.log_y)})
@@ -237,11 +250,13 @@ def seed_table(series: list[Series], x: str, y: str) -> pd.DataFrame:
             mean_log=("log_y", "mean"),
             sd_log=("log_y", "std"),
         )
-        agg.insert(0, x, s.x[agg.index])
-        for col, v in reversed(list(s.group.items())):
-            agg.insert(0, col, v)
-        agg.insert(0, "group", s.label)
-        frames.append(agg.rename(columns={"mean": f"{y}_mean", "median": f"{y}_median", "sd": f"{y}_sd"}))
+        agg = agg.rename(columns={"mean": f"{y}_mean", "median": f"{y}_median", "sd": f"{y}_sd"})
+        clash = [col for col in s.group if col in agg.columns]
+        if clash:
+            names = ", ".join(map(repr, clash))
+            raise UsageError(f"grouping column(s) {names} have the name of a column of seeds.csv; rename them")
+        keys = pd.DataFrame({**s.group, "label": s.label, x: s.x[agg.index]}, index=agg.index)
+        frames.append(keys.join(agg))
     return pd.concat(frames, ignore_index=True)
 
 

@@ -138,15 +138,18 @@ def joint_frame(records: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def write_fits(out: Path, records: list[dict], frame: pd.DataFrame) -> list[Path]:
-    """Write out/fits.json and out/fits.csv; returns their paths."""
+def write_fits(out: Path, records: list[dict], frame: pd.DataFrame, seeds: pd.DataFrame | None = None) -> list[Path]:
+    """Write out/fits.json, out/fits.csv and (given ``seeds``) out/seeds.csv; returns their paths."""
+    paths = [out / "fits.json", out / "fits.csv"] + ([out / "seeds.csv"] if seeds is not None else [])
     try:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "fits.json").write_text(json.dumps(records, indent=2) + "\n")
-        frame.to_csv(out / "fits.csv", index=False)
+        paths[0].write_text(json.dumps(records, indent=2) + "\n")
+        frame.to_csv(paths[1], index=False)
+        if seeds is not None:
+            seeds.to_csv(paths[2], index=False)
     except OSError as exc:
-        raise UsageError(f"--out {out}: cannot write ({exc.strerror})") from exc
-    return [out / "fits.json", out / "fits.csv"]
+        raise UsageError(f"{out}: cannot write the fits there ({exc.strerror})") from exc
+    return paths
 
 
 def _ci_text(value, ci, digits: int = 3) -> str:

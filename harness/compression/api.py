@@ -17,6 +17,7 @@ from harness.compression.recombination import recombine
 from harness.compression.size import SizeRule, parse_size
 from harness.compression.validate import check_inputs, check_memory
 from harness.device import one_cpu_thread
+from harness.errors import warn_once
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,8 @@ def compress(
         k: highest moment degree to match.
         size: target support d': an int, a fraction in (0, 1), a rule string ("0.1d",
             "16*d^0.5", "20*ln(d)^2") or a SizeRule; None means N(m, k). Clamped up to N(m, k)
-            with a warning. If d <= d' the input comes back unchanged.
+            with a warning. If d <= d' the input comes back unchanged at once (moment error 0),
+            with a warning when N(m, k) or the size asked exceeds d.
         method: ``clustered`` (the paper's Algorithm 1), ``global`` (one reduction of the whole
             set to at most N(m, k) points, whatever the size), ``random`` (uniform subset,
             weights total/d') or ``kmeans`` (weighted centroids; new points).
@@ -81,7 +83,8 @@ def compress(
 
     Raises:
         ValueError: for an unknown method, a bad size, NaN/inf, wrong shapes, negative or
-            all-zero weights, k < 0, or more moments than memory allows.
+            all-zero weights, k < 0, or more moments than memory allows (checked before
+            anything of size N(m, k) is allocated).
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
@@ -91,11 +94,14 @@ def compress(
     target, clamped = _resolve_target(size, d, m, k)
     host_points = x.cpu().numpy()
     host_weights = w.cpu().numpy()
-    start = time.perf_counter()
     if d <= target:
-        indices, kept_weights, kept_points = np.arange(d), host_weights, host_points
-    elif method in ("clustered", "global"):
-        check_memory(d, m, k)
+        # Nothing to remove: the input is its own compression (moment error 0), and measuring
+        # its N(m, k) moments could take more time and memory than anything else here.
+        return Compression(indices=np.arange(d), weights=host_weights, points=host_points, k=k, n_moments=n_features,
+                           moment_error=0.0, seconds=0.0, method=method, target=target, clamped=clamped)
+    check_memory(d, m, k, reduce=method in ("clustered", "global"))
+    start = time.perf_counter()
+    if method in ("clustered", "global"):
         with one_cpu_thread(x.device):
             c = recombine(x, w, k) if method == "global" else clustered_weights(x, w, k, target)
         keep = torch.nonzero(c > 0).squeeze(1)
@@ -126,11 +132,22 @@ def compress(
 
 
 def _resolve_target(size, d: int, m: int, k: int) -> tuple[int, bool]:
+    """The support size to compress to and whether it was clamped up to N(m, k). Warns when it is
+    clamped, and (once per process) when every point is kept because N(m, k) or the size asked
+    exceeds d."""
     floor = n_moments(m, k)
-    if size is None:
-        return floor, False
-    rule = parse_size(size)
-    wanted = rule.resolve(d)
+    rule = None if size is None else parse_size(size)
+    wanted = floor if rule is None else rule.resolve(d)
+    if floor >= d:
+        lower = max((j for j in range(k) if n_moments(m, j) < d), default=None)
+        advice = f"lower k: N(m={m}, k={lower}) = {n_moments(m, lower):,} < d" if lower is not None else "no k can"
+        warn_once(f"N(m={m}, k={k}) = {floor:,} moments >= d = {d:,} points: nothing can be compressed, "
+                  f"every point is kept ({advice})", stacklevel=3)
+        return floor, wanted < floor
+    if wanted > d:
+        warn_once(f"size {rule} gives d' = {wanted:,} for d = {d:,} points, more than d: every point is kept",
+                  stacklevel=3)
+        return wanted, False
     if wanted < floor:
         warnings.warn(
             f"size {rule} gives d' = {wanted} for d = {d}, below N(m={m}, k={k}) = {floor}; "
@@ -139,5 +156,3 @@ def _resolve_target(size, d: int, m: int, k: int) -> tuple[int, bool]:
         )
         return floor, True
     return wanted, False
-
-

@@ -15,6 +15,9 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+RAW_MOMENTS_CHUNK = 1 << 15  # rows of features ``raw_moments`` holds at once
+
+
 def n_moments(m: int, k: int) -> int:
     """N(m, k) = C(m + k, k): the number of monomials of degree <= k in m variables."""
     return math.comb(m + k, k)
@@ -147,7 +150,7 @@ def to_box(x: torch.Tensor) -> torch.Tensor:
     return (x - centre) / half
 
 
-def raw_moments(points: np.ndarray, weights: np.ndarray, k: int, chunk: int = 1 << 15) -> np.ndarray:
+def raw_moments(points: np.ndarray, weights: np.ndarray, k: int, chunk: int = RAW_MOMENTS_CHUNK) -> np.ndarray:
     """sum_i w_i x_i^a for every |a| <= k, in float64, without holding all features at once."""
     x = torch.as_tensor(np.asarray(points, dtype=np.float64))
     w = torch.as_tensor(np.asarray(weights, dtype=np.float64))

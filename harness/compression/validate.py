@@ -7,9 +7,9 @@ import os
 import numpy as np
 import torch
 
-from harness.compression.basis import n_moments
+from harness.compression.basis import RAW_MOMENTS_CHUNK, n_moments
 
-# Refuse a reduction whose working set would take more than this share of physical memory.
+# Refuse a compression whose working set would take more than this share of physical memory.
 MEMORY_SHARE = 0.5
 
 
@@ -48,17 +48,31 @@ def check_inputs(points, weights, k) -> tuple[torch.Tensor, torch.Tensor]:
     return x, w
 
 
-def check_memory(d: int, m: int, k: int) -> None:
-    """Refuse a reduction whose features and factorisations would not fit in memory."""
-    n_features = n_moments(m, k)
-    need = 8 * (3 * d * n_features + 12 * n_features**2)
+def check_memory(d: int, m: int, k: int, reduce: bool = True) -> None:
+    """Refuse a compression whose moment features (and, when ``reduce``, factorisations) would
+    not fit in memory; called before anything of size N(m, k) is allocated."""
     have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    need = memory_needed(d, m, k, reduce)
     if need > MEMORY_SHARE * have:
+        fits = [j for j in range(k) if memory_needed(d, m, j, reduce) <= MEMORY_SHARE * have]
+        advice = f"use k <= {fits[-1]}" if fits else "lower k"
+        work = "reducing" if reduce else "measuring the moments of"
         raise ValueError(
-            f"N(m={m}, k={k}) = {n_features:,} moments is too many: reducing {d:,} points would need "
+            f"N(m={m}, k={k}) = {n_moments(m, k):,} moments is too many: {work} {d:,} points would need "
             f"about {need / 2**30:,.1f} GiB, more than {MEMORY_SHARE:.0%} of this machine's "
-            f"{have / 2**30:,.1f} GiB; lower k or compress in a lower-dimensional space"
+            f"{have / 2**30:,.1f} GiB; {advice} or compress in a lower-dimensional space"
         )
+
+
+def memory_needed(d: int, m: int, k: int, reduce: bool = True) -> int:
+    """Bytes at the peak of a compression of d points: the moment features of one chunk of
+    ``raw_moments`` (the error measurement: the chunk's (rows, N) features and up to three
+    temporaries of at most that size while ``product_features`` builds them, float64) and, when
+    ``reduce``, the reduction's features and factorisations."""
+    n_features = n_moments(m, k)
+    measure = 8 * min(d, RAW_MOMENTS_CHUNK) * 4 * n_features
+    reduction = 8 * (3 * d * n_features + 12 * n_features**2) if reduce else 0
+    return max(measure, reduction)
 
 
 def _as_float64(array, name: str, device: torch.device) -> torch.Tensor:

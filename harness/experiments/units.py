@@ -29,6 +29,7 @@ import torch
 from harness.compression import compress, n_moments, parse_size, raw_moments, relative_moment_error
 from harness.config import Config, CompressionConfig
 from harness.data import Dataset
+from harness.errors import warn_once
 from harness.experiments.common import ArmResult, OnRecord, Seeds, dtype_of, final_summary, tensor
 from harness.train import Arm, BatchSampler, accuracy, loss_for, mean_loss, predict, train_side_by_side
 
@@ -44,13 +45,15 @@ def _wanted(d: int, m: int, k: int, size) -> int:
 
 def compress_units(model, arm: str, compression: CompressionConfig, seed: int, device: torch.device):
     """(the compressed model, its facts: width_eff per layer, compress_seconds, moment_error, clamped)."""
-    widths, seconds, errors, whole, clamped = [], 0.0, [], [], False
+    widths, seconds, errors, whole, clamped, oversized = [], 0.0, [], [], False, []
     k = compression.k
     for layer in range(model.unit_layers):
         objects = model.unit_objects(layer)
         weights = model.unit_multiplicities(layer).double().cpu().numpy()
         d, m = objects.shape
         wanted, target = _wanted(d, m, k, compression.size), budget(d, m, k, compression.size)
+        if wanted > d:
+            oversized.append(f"layer {layer}: {wanted} of {d}")
         if wanted < min(d, n_moments(m, k)):
             clamped = True
             raised = "the layer is kept whole" if target >= d else f"raised to {target}"
@@ -75,6 +78,9 @@ def compress_units(model, arm: str, compression: CompressionConfig, seed: int, d
                                             raw_moments(objects[indices], multiplicities, k)))
         model = model.select_units(layer, indices, multiplicities)
         widths.append(len(indices))
+    if len(oversized) == len(widths):
+        warn_once(f"size {compression.size} asks for more units than every layer has ({', '.join(oversized)}): "
+                  "every unit is kept", stacklevel=2)
     facts = {
         "width_eff": max(widths),
         "width_eff_layers": ",".join(map(str, widths)),
