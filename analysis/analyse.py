@@ -78,7 +78,9 @@ def fittable(forms: tuple[str, ...], n_points: int) -> tuple[str, ...]:
     return tuple(name for name in forms if FORMS[name].n_params < n_points)
 
 
-def fit_forms(t: np.ndarray, y: np.ndarray, w: np.ndarray, forms: tuple[str, ...], huber: float | None) -> dict[str, BatchFit]:
+def fit_forms(
+    t: np.ndarray, y: np.ndarray, w: np.ndarray, forms: tuple[str, ...], huber: float | None
+) -> dict[str, BatchFit]:
     """Fit the forms to y (B, J), each nested one also started from the optimum of the one it contains."""
     fits: dict[str, BatchFit] = {}
     for name in FORM_ORDER:
@@ -151,8 +153,12 @@ def analyse_batch(
         else np.full(D, np.nan)
         for name in TEST_FORMS
     }
-    verdict, reason = decide(series.x, p_value, gamma, gamma_ci, lack_of_fit["power_law_offset"], lack_of_fit["nested"], level)
-    return BatchAnalysis(fits, boot_theta, boot_means, statistic, p_value, lack_of_fit, extrapolation, holdout, gamma_ci, verdict, reason)
+    verdict, reason = decide(
+        series.x, p_value, gamma, gamma_ci, lack_of_fit["power_law_offset"], lack_of_fit["nested"], level
+    )
+    return BatchAnalysis(
+        fits, boot_theta, boot_means, statistic, p_value, lack_of_fit, extrapolation, holdout, gamma_ci, verdict, reason
+    )
 
 
 def group_seed(label: str, seed: int) -> np.random.Generator:
@@ -199,7 +205,9 @@ def analyse_series(
     return GroupResult(
         series=series,
         forms=results,
-        extrapolation={name: float(batch.extrapolation[name][0]) if name in batch.extrapolation else None for name in results},
+        extrapolation={
+            name: float(batch.extrapolation[name][0]) if name in batch.extrapolation else None for name in results
+        },
         holdout=batch.holdout,
         p_value=p_value,
         statistic=statistic,
@@ -232,7 +240,9 @@ def exponent_ratios(results: list[GroupResult], form: str = "power_law_offset", 
                 boot = num.boot_theta[form][:b, 2] / den.boot_theta[form][:b, 2]
                 ratio = a_num / a_den if a_den != 0 else float("nan")
             lo, hi = percentile_interval(np.where(np.isfinite(boot), boot, np.nan), level)
-            rows.append({"numerator": num.label, "denominator": den.label, "ratio": float(ratio), "ci": (float(lo), float(hi))})
+            rows.append(
+                {"numerator": num.label, "denominator": den.label, "ratio": float(ratio), "ci": (float(lo), float(hi))}
+            )
     return rows
 
 
@@ -267,6 +277,9 @@ def analyse_table(
         raise ValueError(f"--n-boot must be at least 1; got {n_boot}")
     series, notes = make_series(table, x, y, by, source)
     if 1.0 / (n_boot + 1) >= level:
-        notes.append(f"with {n_boot} bootstrap replicates no p-value falls below {1 / (n_boot + 1):.3g}, so none can reach level {level:g}")
+        notes.append(
+            f"with {n_boot} bootstrap replicates no p-value falls below {1 / (n_boot + 1):.3g}, so none can "
+            f"reach level {level:g}"
+        )
     results = [analyse_series(s, n_boot, seed, huber=huber, level=level) for s in series]
     return TableAnalysis(x, y, by, results, exponent_ratios(results), notes, n_boot, level, huber)

@@ -23,7 +23,9 @@ stretched exponential L0 + A exp(-b x^gamma), and the nested family ln(L - L0) =
 (gamma = 0: power law). Verdict per group: superpolynomial (gamma > 0 significant), power_law or
 inconclusive, with the reason.
 """
-PLOT_EPILOG = EPILOG + """
+PLOT_EPILOG = (
+    EPILOG
+    + """
 output, in DIR:
   loss_vs_X.png       loss vs x per group: seeds, their means, the nested fit and its 95% band
   local_slope_X.png   d ln L / d ln x between neighbouring x with 95% bootstrap intervals
@@ -36,7 +38,10 @@ examples:
   polyscale plot results/e4a --x d_eff --by arm,k --out figures/e4a
   polyscale plot runs.csv --metric train_loss --n-boot 200
 """
-REPORT_EPILOG = EPILOG + """
+)
+REPORT_EPILOG = (
+    EPILOG
+    + """
 The page embeds its plots (no external links): verdicts and fit tables, the plots of `polyscale
 plot`, runs by status and each failed run with its error. A table too small to fit still gets a
 page, with the reason. The fits and PNGs also stay on disk, in
@@ -47,6 +52,7 @@ examples:
   polyscale report results/smoke --x d --by arm --n-boot 200
   polyscale report results/e4a --out ~/e4a/report.html   # results folder read-only: write elsewhere
 """
+)
 
 
 def _positive_int(text: str) -> int:
@@ -72,54 +78,126 @@ def _level(text: str) -> float:
 
 def _add_common(parser: argparse.ArgumentParser, input_name: str = "INPUT") -> None:
     parser.add_argument("input", metavar=input_name, help=INPUT_HELP)
-    parser.add_argument("--x", default=None, metavar="COL", help="x column (d, d_eff, width, width_eff, ...); default: the first of d_eff, width_eff, d, width that varies")
+    parser.add_argument(
+        "--x",
+        default=None,
+        metavar="COL",
+        help="x column (d, d_eff, width, width_eff, ...); default: the first of d_eff, width_eff, d, width that varies",
+    )
     parser.add_argument("--y", default="test_loss", metavar="COL", help="y column (default: test_loss)")
-    parser.add_argument("--by", default=None, metavar="COLS", help="comma-separated grouping columns (default: arm if present; 'none' for one group)")
-    parser.add_argument("--n-boot", type=_positive_int, default=1000, metavar="B", help="bootstrap replicates (default: 1000)")
+    parser.add_argument(
+        "--by",
+        default=None,
+        metavar="COLS",
+        help="comma-separated grouping columns (default: arm if present; 'none' for one group)",
+    )
+    parser.add_argument(
+        "--n-boot", type=_positive_int, default=1000, metavar="B", help="bootstrap replicates (default: 1000)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default: 0)")
-    parser.add_argument("--huber", type=_positive_float, default=None, metavar="DELTA", help="Huber loss on log residuals with this delta (default: least squares; 1e-3 for --joint)")
-    parser.add_argument("--level", type=_level, default=LEVEL, help=f"level of the test of gamma > 0 (default: {LEVEL})")
-    parser.add_argument("--wandb", choices=MODES, default="disabled", help="log the fit table and plots to W&B (default: disabled)")
-    parser.add_argument("--wandb-project", default=DEFAULT_PROJECT, metavar="NAME", help=f"W&B project (default: {DEFAULT_PROJECT})")
+    parser.add_argument(
+        "--huber",
+        type=_positive_float,
+        default=None,
+        metavar="DELTA",
+        help="Huber loss on log residuals with this delta (default: least squares; 1e-3 for --joint)",
+    )
+    parser.add_argument(
+        "--level", type=_level, default=LEVEL, help=f"level of the test of gamma > 0 (default: {LEVEL})"
+    )
+    parser.add_argument(
+        "--wandb", choices=MODES, default="disabled", help="log the fit table and plots to W&B (default: disabled)"
+    )
+    parser.add_argument(
+        "--wandb-project", default=DEFAULT_PROJECT, metavar="NAME", help=f"W&B project (default: {DEFAULT_PROJECT})"
+    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     fit = subparsers.add_parser(
         "fit",
         help="fit scaling laws and test for superpolynomial scaling",
-        description="Fit power laws, stretched exponentials and the nested family per group; write DIR/fits.json and DIR/fits.csv.",
-        epilog=EPILOG + "\nexample:\n  polyscale fit results/e4 --x d_eff --by arm --out results/e4/analysis\n  polyscale fit runs.csv --joint N,D --y loss\n",
+        description="Fit power laws, stretched exponentials and the nested family per group; write "
+        "DIR/fits.json and DIR/fits.csv.",
+        epilog=EPILOG
+        + "\nexample:\n  polyscale fit results/e4 --x d_eff --by arm --out results/e4/analysis\n  polyscale "
+        "fit runs.csv --joint N,D --y loss\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_common(fit)
-    fit.add_argument("--joint", default=None, metavar="N,D", help="fit L(N, D) = E + A/N^alpha + B/D^beta over these two columns instead")
-    fit.add_argument("--out", type=Path, default=None, metavar="DIR", help="output folder (default: RESULTS/analysis, or TABLE-analysis beside a table)")
+    fit.add_argument(
+        "--joint",
+        default=None,
+        metavar="N,D",
+        help="fit L(N, D) = E + A/N^alpha + B/D^beta over these two columns instead",
+    )
+    fit.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="output folder (default: RESULTS/analysis, or TABLE-analysis beside a table)",
+    )
     fit.set_defaults(handler=run_fit)
 
     plot = subparsers.add_parser(
         "plot",
         help="plot loss vs x with fits, local slopes, trajectories and compression error",
-        description="Write PNGs: loss vs x per group with fitted curves and bands, local slope vs x, training trajectories (from runs/*/metrics.jsonl) and error vs d.",
+        description="Write PNGs: loss vs x per group with fitted curves and bands, local slope vs x, training "
+        "trajectories (from runs/*/metrics.jsonl) and error vs d.",
         epilog=PLOT_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_common(plot)
-    plot.add_argument("--out", type=Path, default=None, metavar="DIR", help="output folder (default: RESULTS/analysis, or TABLE-analysis beside a table)")
-    plot.add_argument("--metric", default="test_loss", metavar="NAME", help="metric of metrics.jsonl drawn in trajectories.png, e.g. train_loss (default: test_loss)")
-    plot.add_argument("--error-col", default="moment_error", metavar="COL", help="compression error column plotted against d (default: moment_error)")
+    plot.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="output folder (default: RESULTS/analysis, or TABLE-analysis beside a table)",
+    )
+    plot.add_argument(
+        "--metric",
+        default="test_loss",
+        metavar="NAME",
+        help="metric of metrics.jsonl drawn in trajectories.png, e.g. train_loss (default: test_loss)",
+    )
+    plot.add_argument(
+        "--error-col",
+        default="moment_error",
+        metavar="COL",
+        help="compression error column plotted against d (default: moment_error)",
+    )
     plot.set_defaults(handler=run_plot)
 
     report = subparsers.add_parser(
         "report",
         help="write one self-contained HTML report of a results folder",
-        description="Fit, plot and write RESULTS/report.html: verdicts, fit tables, plots, run counts and failures, in one file.",
+        description="Fit, plot and write RESULTS/report.html: verdicts, fit tables, plots, run counts and "
+        "failures, in one file.",
         epilog=REPORT_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_common(report, "RESULTS")
-    report.add_argument("--out", type=Path, default=None, metavar="FILE", help="the HTML file (default: RESULTS/report.html, or TABLE-analysis/report.html beside a table)")
-    report.add_argument("--metric", default="test_loss", metavar="NAME", help="metric of metrics.jsonl drawn in the trajectories plot, e.g. train_loss (default: test_loss)")
-    report.add_argument("--error-col", default="moment_error", metavar="COL", help="compression error column plotted against d (default: moment_error)")
+    report.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="the HTML file (default: RESULTS/report.html, or TABLE-analysis/report.html beside a table)",
+    )
+    report.add_argument(
+        "--metric",
+        default="test_loss",
+        metavar="NAME",
+        help="metric of metrics.jsonl drawn in the trajectories plot, e.g. train_loss (default: test_loss)",
+    )
+    report.add_argument(
+        "--error-col",
+        default="moment_error",
+        metavar="COL",
+        help="compression error column plotted against d (default: moment_error)",
+    )
     report.set_defaults(handler=run_report)
 
 
@@ -139,7 +217,9 @@ def _analyse(args: argparse.Namespace, source: Source, by: list[str]) -> TableAn
     from analysis.load import choose_x, fittable_runs
 
     x = args.x or choose_x(fittable_runs(source.table, source.description), by)
-    return analyse_table(source.table, x, args.y, by, args.n_boot, args.seed, args.huber, args.level, source.description)
+    return analyse_table(
+        source.table, x, args.y, by, args.n_boot, args.seed, args.huber, args.level, source.description
+    )
 
 
 def _print_notes(notes: list[str]) -> None:
@@ -195,7 +275,14 @@ def run_fit(args: argparse.Namespace) -> int:
     print(format_table(analysis))
     _print_notes(notes + analysis.notes)
     print(f"wrote {', '.join(str(p) for p in paths)}")
-    log_analysis(args.wandb, args.wandb_project, source.name, {"fits": frame}, summary=_verdicts(analysis), config=_config(args, analysis))
+    log_analysis(
+        args.wandb,
+        args.wandb_project,
+        source.name,
+        {"fits": frame},
+        summary=_verdicts(analysis),
+        config=_config(args, analysis),
+    )
     return 0
 
 
@@ -215,7 +302,10 @@ def _run_joint(args: argparse.Namespace, source: Source, by: list[str], out: Pat
     for group, label, part in groups(runs, by):
         cells = part[[n_col, d_col]].drop_duplicates()
         if len(cells) < 6:
-            notes.append(f"group {label}: only {len(cells)} distinct ({n_col}, {d_col}) points; the joint law needs at least 6, skipped")
+            notes.append(
+                f"group {label}: only {len(cells)} distinct ({n_col}, {d_col}) points; the joint law needs at "
+                "least 6, skipped"
+            )
             continue
         result = fit_joint(part[n_col], part[d_col], part[args.y], args.n_boot, args.seed, args.huber or 1e-3, N_STARTS)
         records.append(joint_record(group, label, result, n_col, d_col, args.y))
@@ -226,7 +316,9 @@ def _run_joint(args: argparse.Namespace, source: Source, by: list[str], out: Pat
     print(format_joint(records))
     _print_notes(notes)
     print(f"wrote {', '.join(str(p) for p in paths)}")
-    log_analysis(args.wandb, args.wandb_project, source.name, {"joint_fits": frame}, config={"N": n_col, "D": d_col, "y": args.y})
+    log_analysis(
+        args.wandb, args.wandb_project, source.name, {"joint_fits": frame}, config={"N": n_col, "D": d_col, "y": args.y}
+    )
     return 0
 
 
@@ -237,10 +329,21 @@ def _verdicts(analysis: TableAnalysis) -> dict:
 
 
 def _config(args: argparse.Namespace, analysis: TableAnalysis) -> dict:
-    return {"x": analysis.x, "y": analysis.y, "by": analysis.by, "n_boot": args.n_boot, "seed": args.seed, "huber": args.huber, "level": args.level, "input": str(args.input)}
+    return {
+        "x": analysis.x,
+        "y": analysis.y,
+        "by": analysis.by,
+        "n_boot": args.n_boot,
+        "seed": args.seed,
+        "huber": args.huber,
+        "level": args.level,
+        "input": str(args.input),
+    }
 
 
-def _analyse_for_plots(args: argparse.Namespace, source: Source, by: list[str]) -> tuple[TableAnalysis | None, str | None]:
+def _analyse_for_plots(
+    args: argparse.Namespace, source: Source, by: list[str]
+) -> tuple[TableAnalysis | None, str | None]:
     """The fits when the table allows them; otherwise None and why (plots of the rest still go out)."""
     try:
         return _analyse(args, source, by), None
@@ -291,7 +394,16 @@ def run_report(args: argparse.Namespace) -> int:
         write_fits(plots_dir, [group_record(r, analysis) for r in analysis.results], fits_frame(analysis))
         notes += analysis.notes
     paths, plot_notes = make_plots(analysis, source.table, source.results_dir, plots_dir, args.metric, args.error_col)
-    page = render(f"polyscale report: {source.name}", source.description, source.table, source.results_dir, analysis, paths, notes + plot_notes, problem)
+    page = render(
+        f"polyscale report: {source.name}",
+        source.description,
+        source.table,
+        source.results_dir,
+        analysis,
+        paths,
+        notes + plot_notes,
+        problem,
+    )
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(page)

@@ -98,7 +98,9 @@ def _grid(form: Form, t: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return theta, M, region
 
 
-def _grid_starts(form: Form, t: np.ndarray, y: np.ndarray, w: np.ndarray, curved_only: bool = False) -> list[np.ndarray]:
+def _grid_starts(
+    form: Form, t: np.ndarray, y: np.ndarray, w: np.ndarray, curved_only: bool = False
+) -> list[np.ndarray]:
     """For each grid region, the best grid point of every data set (B, 4), level solved exactly.
 
     curved_only: only the regions with gamma above its lower bound.
@@ -268,7 +270,9 @@ def normalised_log_x(x: np.ndarray) -> tuple[np.ndarray, float]:
     return np.log(x / x_ref), x_ref
 
 
-def summarise(form: Form | str, batch: BatchFit, index: int, t: np.ndarray, y: np.ndarray, w: np.ndarray, x_ref: float) -> FitResult:
+def summarise(
+    form: Form | str, batch: BatchFit, index: int, t: np.ndarray, y: np.ndarray, w: np.ndarray, x_ref: float
+) -> FitResult:
     """Turn row ``index`` of a batch fit to the observed y (J,) into a FitResult."""
     form = FORMS[form] if isinstance(form, str) else form
     theta = batch.theta[index]
@@ -295,14 +299,18 @@ def summarise(form: Form | str, batch: BatchFit, index: int, t: np.ndarray, y: n
     )
 
 
-def fit_form(form: Form | str, x: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None, huber: float | None = None) -> FitResult:
+def fit_form(
+    form: Form | str, x: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None, huber: float | None = None
+) -> FitResult:
     """Fit one form to mean log losses y at distinct x (weights: seeds behind each y; default equal)."""
     form = FORMS[form] if isinstance(form, str) else form
     order = np.argsort(x)
     x, y = np.asarray(x, float)[order], np.asarray(y, float)[order]
     w = np.ones_like(x) if weights is None else np.asarray(weights, float)[order]
     if len(x) < form.n_params + 1:
-        raise ValueError(f"{form.name} has {form.n_params} parameters; {len(x)} distinct x values are too few to fit it")
+        raise ValueError(
+            f"{form.name} has {form.n_params} parameters; {len(x)} distinct x values are too few to fit it"
+        )
     t, x_ref = normalised_log_x(x)
     batch = fit_batch(form, t, y[None, :], w, huber)
     return summarise(form, batch, 0, t, y, w, x_ref)

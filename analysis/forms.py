@@ -15,8 +15,8 @@ parameters of the form written in raw x.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -121,7 +121,9 @@ def _report_nested(theta: np.ndarray, x_ref: float) -> dict[str, np.ndarray]:
 FORMS: dict[str, Form] = {
     form.name: form
     for form in (
-        Form("power_law", "L = A x^-alpha", (False, True, True, False), 0.0, -np.inf, ("A", "alpha"), _report_power_law),
+        Form(
+            "power_law", "L = A x^-alpha", (False, True, True, False), 0.0, -np.inf, ("A", "alpha"), _report_power_law
+        ),
         Form(
             "power_law_offset",
             "L = L0 + A x^-alpha",

@@ -70,7 +70,14 @@ def _huber(r: np.ndarray, delta: float) -> tuple[np.ndarray, np.ndarray]:
     return np.where(inside, 0.5 * r * r, delta * (abs_r - 0.5 * delta)), np.where(inside, r, delta * np.sign(r))
 
 
-def objective(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log_l: np.ndarray, w: np.ndarray, delta: float = HUBER_DELTA) -> tuple[float, np.ndarray]:
+def objective(
+    theta: np.ndarray,
+    log_n: np.ndarray,
+    log_d: np.ndarray,
+    log_l: np.ndarray,
+    w: np.ndarray,
+    delta: float = HUBER_DELTA,
+) -> tuple[float, np.ndarray]:
     """Weighted sum of Huber losses of the log residuals and its gradient in theta."""
     pred, share = _predict(theta, log_n, log_d)
     loss, psi = _huber(pred - log_l, delta)
@@ -85,7 +92,12 @@ def _minimise(theta0: np.ndarray, args: tuple) -> tuple[np.ndarray, float, bool,
 
 
 def fit_joint_arrays(
-    n: np.ndarray, d: np.ndarray, log_l: np.ndarray, w: np.ndarray | None = None, delta: float = HUBER_DELTA, n_starts: int | None = N_STARTS
+    n: np.ndarray,
+    d: np.ndarray,
+    log_l: np.ndarray,
+    w: np.ndarray | None = None,
+    delta: float = HUBER_DELTA,
+    n_starts: int | None = N_STARTS,
 ) -> tuple[np.ndarray, float, bool, str]:
     """Best (theta, loss, success, message) from the grid of starts, for points (N, D, ln L) with weights w."""
     log_n, log_d = np.log(n), np.log(d)
@@ -105,7 +117,13 @@ def fit_joint_arrays(
 
 def to_params(theta: np.ndarray) -> dict[str, np.ndarray]:
     """(a, b, e, alpha, beta) -> E, A, B, alpha, beta."""
-    return {"E": np.exp(theta[..., 2]), "A": np.exp(theta[..., 0]), "B": np.exp(theta[..., 1]), "alpha": theta[..., 3], "beta": theta[..., 4]}
+    return {
+        "E": np.exp(theta[..., 2]),
+        "A": np.exp(theta[..., 0]),
+        "B": np.exp(theta[..., 1]),
+        "alpha": theta[..., 3],
+        "beta": theta[..., 4],
+    }
 
 
 def fit_joint(
@@ -138,7 +156,10 @@ def fit_joint(
             y, w = means, np.bincount(rng.integers(0, len(cells), len(cells)), minlength=len(cells)).astype(float)
         boots.append(_minimise(theta, (log_n, log_d, y, w, delta))[0])
     boot_params = to_params(np.array(boots).reshape(-1, 5))
-    ci = {k: tuple(float(v) for v in percentile_interval(boot_params[k])) if n_boot else (float("nan"),) * 2 for k in PARAMS}
+    ci = {
+        k: tuple(float(v) for v in percentile_interval(boot_params[k])) if n_boot else (float("nan"),) * 2
+        for k in PARAMS
+    }
     return JointResult(
         params={k: float(v) for k, v in to_params(theta).items()},
         param_ci=ci,

@@ -79,7 +79,7 @@ def read_source(spec: str | os.PathLike) -> Source:
     """Load a results folder, a .parquet/.csv table or ``wandb:ENTITY/PROJECT``."""
     text = str(spec)
     if text.startswith(WANDB_PREFIX):
-        return _read_wandb(text[len(WANDB_PREFIX):])
+        return _read_wandb(text[len(WANDB_PREFIX) :])
     path = Path(text)
     if path.is_dir():
         for table_file in (table_path(path), path / "runs.csv"):
@@ -102,7 +102,9 @@ def _read_table(path: Path) -> pd.DataFrame:
         if suffix == ".csv":
             return without_copied_columns(pd.read_csv(path))
     except Exception as exc:  # pyarrow and the CSV parser raise many types; all mean "unreadable"
-        raise UsageError(f"{path}: cannot read table ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc
+        raise UsageError(
+            f"{path}: cannot read table ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        ) from exc
     raise UsageError(f"{path}: unknown table format {suffix or '(no suffix)'}; use .parquet or .csv")
 
 
@@ -123,13 +125,21 @@ def _read_wandb(project_path: str) -> Source:
         row = {k: v for k, v in dict(run.config).items() if np.isscalar(v)}
         row.update({k: v for k, v in dict(run.summary).items() if np.isscalar(v) and not k.startswith("_")})
         row.setdefault("run_id", run.id)
-        row.setdefault("status", "done" if run.state == "finished" else "failed" if run.state in ("failed", "crashed") else run.state)
+        row.setdefault(
+            "status",
+            "done" if run.state == "finished" else "failed" if run.state in ("failed", "crashed") else run.state,
+        )
         rows.append(row)
     if not rows:
         raise UsageError(f"wandb:{project_path}: the project has no runs")
     project = project_path.split("/")[1]
-    return Source(without_copied_columns(pd.DataFrame(rows)), project, f"W&B project {project_path}", None,
-                  Path(f"{project}-analysis"))
+    return Source(
+        without_copied_columns(pd.DataFrame(rows)),
+        project,
+        f"W&B project {project_path}",
+        None,
+        Path(f"{project}-analysis"),
+    )
 
 
 def without_copied_columns(table: pd.DataFrame) -> pd.DataFrame:
@@ -149,13 +159,18 @@ def choose_x(table: pd.DataFrame, by: list[str]) -> str:
     """The first of d_eff, width_eff, d, width that varies within a group: the default x column."""
     missing = [c for c in by if c not in table.columns]
     if missing:
-        raise UsageError(f"missing grouping column(s) {', '.join(repr(c) for c in missing)} (has: {', '.join(map(str, table.columns))})")
+        raise UsageError(
+            f"missing grouping column(s) {', '.join(repr(c) for c in missing)} (has: "
+            f"{', '.join(map(str, table.columns))})"
+        )
     for col in X_CANDIDATES:
         if col in table.columns:
             spread = table.groupby(by, dropna=False)[col].nunique() if by else pd.Series([table[col].nunique()])
             if (spread > 1).any():
                 return col
-    raise UsageError(f"no --x given and none of {', '.join(X_CANDIDATES)} varies within a group; name the x column with --x")
+    raise UsageError(
+        f"no --x given and none of {', '.join(X_CANDIDATES)} varies within a group; name the x column with --x"
+    )
 
 
 def done_runs(table: pd.DataFrame) -> pd.DataFrame:
@@ -175,7 +190,9 @@ def fittable_runs(table: pd.DataFrame, source: str = "table") -> pd.DataFrame:
     return runs
 
 
-def clean_runs(table: pd.DataFrame, columns: list[str], by: list[str], source: str = "table") -> tuple[pd.DataFrame, list[str]]:
+def clean_runs(
+    table: pd.DataFrame, columns: list[str], by: list[str], source: str = "table"
+) -> tuple[pd.DataFrame, list[str]]:
     """The done runs with finite values in ``columns`` (made float), and notes on what was dropped.
 
     Raises UsageError (one line) for a missing column, a non-positive value (fits are in log space)
@@ -184,7 +201,8 @@ def clean_runs(table: pd.DataFrame, columns: list[str], by: list[str], source: s
     missing = [c for c in [*columns, *by] if c not in table.columns]
     if missing:
         raise UsageError(
-            f"{source}: missing column(s) {', '.join(repr(c) for c in missing)} (has: {', '.join(map(str, table.columns))})"
+            f"{source}: missing column(s) {', '.join(repr(c) for c in missing)} (has: "
+            f"{', '.join(map(str, table.columns))})"
         )
     notes: list[str] = []
     runs = fittable_runs(table, source)
@@ -202,7 +220,9 @@ def clean_runs(table: pd.DataFrame, columns: list[str], by: list[str], source: s
             )
         finite &= np.isfinite(v)
     if not finite.all():
-        notes.append(f"{int((~finite).sum())} done runs have a missing or non-finite {' or '.join(columns)} and are skipped")
+        notes.append(
+            f"{int((~finite).sum())} done runs have a missing or non-finite {' or '.join(columns)} and are skipped"
+        )
     runs = runs.assign(**values)[finite]
     if runs.empty:
         raise UsageError(f"{source}: no done runs with finite {' and '.join(columns)}")
@@ -218,7 +238,9 @@ def groups(runs: pd.DataFrame, by: list[str]):
         yield group, "/".join(str(v) for v in group.values()) or "all", part
 
 
-def make_series(table: pd.DataFrame, x: str, y: str, by: list[str], source: str = "table") -> tuple[list[Series], list[str]]:
+def make_series(
+    table: pd.DataFrame, x: str, y: str, by: list[str], source: str = "table"
+) -> tuple[list[Series], list[str]]:
     """Validate the columns and split the done runs into series; returns them and notes on what was dropped.
 
     Raises UsageError (one line) for missing columns, non-positive x or y, or no group with enough x.
@@ -228,7 +250,9 @@ def make_series(table: pd.DataFrame, x: str, y: str, by: list[str], source: str 
     for group, label, part in groups(runs, by):
         xs, run_x = np.unique(part[x].to_numpy(), return_inverse=True)
         if len(xs) < MIN_DISTINCT_X:
-            notes.append(f"group {label}: only {len(xs)} distinct {x} value(s); at least {MIN_DISTINCT_X} are needed, skipped")
+            notes.append(
+                f"group {label}: only {len(xs)} distinct {x} value(s); at least {MIN_DISTINCT_X} are needed, skipped"
+            )
             continue
         series.append(Series(group, label, xs, run_x.ravel(), np.log(part[y].to_numpy())))
     if not series:

@@ -27,7 +27,9 @@ DPI = 120
 def _figure(n_panels: int = 1, width: float = 7.5, height: float = 5.0) -> tuple[Figure, list]:
     cols = min(n_panels, 3)
     rows = -(-n_panels // cols)
-    fig = Figure(figsize=(width if n_panels == 1 else 5.2 * cols, height if n_panels == 1 else 4.0 * rows), layout="constrained")
+    fig = Figure(
+        figsize=(width if n_panels == 1 else 5.2 * cols, height if n_panels == 1 else 4.0 * rows), layout="constrained"
+    )
     FigureCanvasAgg(fig)
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     for ax in axes[n_panels:]:
@@ -68,7 +70,15 @@ def plot_loss_vs_x(analysis: TableAnalysis, path: Path) -> Path:
         means = s.means()
         se = np.sqrt(np.bincount(s.run_x, (s.log_y - means[s.run_x]) ** 2) / np.maximum(s.n - 1, 1) / s.n)
         ax.scatter(s.x[s.run_x], np.exp(s.log_y), s=9, color=color, alpha=0.25, linewidths=0)
-        ax.errorbar(s.x, np.exp(means), yerr=[np.exp(means) - np.exp(means - se), np.exp(means + se) - np.exp(means)], fmt="o", ms=4, color=color, capsize=2)
+        ax.errorbar(
+            s.x,
+            np.exp(means),
+            yerr=[np.exp(means) - np.exp(means - se), np.exp(means + se) - np.exp(means)],
+            fmt="o",
+            ms=4,
+            color=color,
+            capsize=2,
+        )
         grid_t = np.linspace(0, s.t[-1], 200)
         grid_x = s.x_ref * np.exp(grid_t)
         label = f"{r.label}: alpha={_ci(r.alpha, r.alpha_ci)}, gamma={_ci(r.gamma, r.gamma_ci)} -> {r.verdict}"
@@ -78,11 +88,22 @@ def plot_loss_vs_x(analysis: TableAnalysis, path: Path) -> Path:
             ax.fill_between(grid_x, np.exp(band[:, 0]), np.exp(band[:, 1]), color=color, alpha=0.15, lw=0)
             label = None
         if "power_law_offset" in r.forms:
-            ax.plot(grid_x, np.exp(log_model(r.forms["power_law_offset"].theta, grid_t)), color=color, lw=1.2, ls="--", label=label)
+            ax.plot(
+                grid_x,
+                np.exp(log_model(r.forms["power_law_offset"].theta, grid_t)),
+                color=color,
+                lw=1.2,
+                ls="--",
+                label=label,
+            )
     _log_axes(ax)
     ax.set_xlabel(analysis.x)
     ax.set_ylabel(f"{analysis.y} (log scale)")
-    ax.set_title(f"{analysis.y} vs {analysis.x}\nsolid: nested fit with 95% band; dashed: power law + offset; dots: seed means ±1 s.e.", fontsize=10)
+    ax.set_title(
+        f"{analysis.y} vs {analysis.x}\nsolid: nested fit with 95% band; dashed: power law + offset; dots: "
+        "seed means ±1 s.e.",
+        fontsize=10,
+    )
     ax.legend(fontsize=7.5, loc="best")
     return _save(fig, path)
 
@@ -94,7 +115,16 @@ def plot_local_slope(analysis: TableAnalysis, path: Path) -> Path:
         color = f"C{i % 10}"
         ls = r.local_slope
         yerr = np.abs(np.stack([ls["slope"] - ls["lo"], ls["hi"] - ls["slope"]]))
-        ax.errorbar(ls["x_mid"], ls["slope"], yerr=yerr, fmt="o", ms=4, color=color, capsize=2, label=f"{r.label} (gamma={_ci(r.gamma, r.gamma_ci)})")
+        ax.errorbar(
+            ls["x_mid"],
+            ls["slope"],
+            yerr=yerr,
+            fmt="o",
+            ms=4,
+            color=color,
+            capsize=2,
+            label=f"{r.label} (gamma={_ci(r.gamma, r.gamma_ci)})",
+        )
         grid_t = np.linspace(0, r.series.t[-1], 200)
         grid_x = r.series.x_ref * np.exp(grid_t)
         for name, style in (("nested", "-"), ("power_law_offset", "--")):
@@ -104,7 +134,10 @@ def plot_local_slope(analysis: TableAnalysis, path: Path) -> Path:
     ax.set_xscale("log")
     ax.set_xlabel(analysis.x)
     ax.set_ylabel(f"local slope d ln {analysis.y} / d ln {analysis.x}")
-    ax.set_title("Local slope: steepening with x means faster than any power law\nsolid: nested fit; dashed: power law + offset", fontsize=10)
+    ax.set_title(
+        "Local slope: steepening with x means faster than any power law\nsolid: nested fit; dashed: power law + offset",
+        fontsize=10,
+    )
     ax.grid(True, which="both", alpha=0.25)
     ax.legend(fontsize=8)
     return _save(fig, path)
@@ -138,7 +171,9 @@ def plot_trajectories(trajectories: pd.DataFrame, metric: str, path: Path) -> tu
     data = trajectories[np.isfinite(pd.to_numeric(trajectories[metric], errors="coerce"))]
     panel_cols = [c for c in ("experiment", "train.optimizer") if c in data.columns]
     panels = list(data.groupby(panel_cols, dropna=False)) if panel_cols else [((), data)]
-    note = f"{len(panels)} trajectory panels; only the first {MAX_PANELS} are drawn" if len(panels) > MAX_PANELS else None
+    note = (
+        f"{len(panels)} trajectory panels; only the first {MAX_PANELS} are drawn" if len(panels) > MAX_PANELS else None
+    )
     panels = panels[:MAX_PANELS]
     fig, axes = _figure(len(panels))
     for ax, (key, part) in zip(axes, panels):
@@ -151,7 +186,9 @@ def plot_trajectories(trajectories: pd.DataFrame, metric: str, path: Path) -> tu
                 size = size if isinstance(size, tuple) else (size,)
                 stats = runs.groupby("step")[metric].agg(["mean", "min", "max"])
                 n = runs["run_id"].nunique()
-                label = " ".join([str(arm), *(f"{c}={v:g}" for c, v in zip(sizes, size))]) + f" ({n} run{'s' * (n > 1)})"
+                label = (
+                    " ".join([str(arm), *(f"{c}={v:g}" for c, v in zip(sizes, size))]) + f" ({n} run{'s' * (n > 1)})"
+                )
                 style = ("-", "--", ":", "-.")[j % 4]
                 ax.plot(stats.index, stats["mean"], color=f"C{i % 10}", ls=style, lw=1.5, label=label)
                 ax.fill_between(stats.index, stats["min"], stats["max"], color=f"C{i % 10}", alpha=0.12, lw=0)
@@ -187,7 +224,8 @@ def plot_error_vs_d(table: pd.DataFrame, error: str, path: Path, d: str = "d") -
             agg = runs_line.groupby("_d")["_err"].apply(lambda v: np.exp(np.log(v).mean()))
             label = " ".join(f"{c}={v}" if c == "k" else str(v) for c, v in zip(line_cols, key)) or error
             if len(agg) >= 3:
-                label += f": slope {-fit_form('power_law', agg.index.to_numpy(), np.log(agg.to_numpy())).params['alpha']:.2f}"
+                slope = -fit_form("power_law", agg.index.to_numpy(), np.log(agg.to_numpy())).params["alpha"]
+                label += f": slope {slope:.2f}"
             ax.scatter(runs_line["_d"], runs_line["_err"], s=8, color=f"C{i % 10}", alpha=0.3, linewidths=0)
             ax.plot(agg.index, agg.to_numpy(), "o-", ms=3, color=f"C{i % 10}", lw=1.3, label=label)
         _log_axes(ax)
@@ -199,7 +237,14 @@ def plot_error_vs_d(table: pd.DataFrame, error: str, path: Path, d: str = "d") -
     return _save(fig, path), note
 
 
-def make_plots(analysis: TableAnalysis | None, table: pd.DataFrame, results_dir: Path | None, out: Path, metric: str = "test_loss", error: str = "moment_error") -> tuple[list[Path], list[str]]:
+def make_plots(
+    analysis: TableAnalysis | None,
+    table: pd.DataFrame,
+    results_dir: Path | None,
+    out: Path,
+    metric: str = "test_loss",
+    error: str = "moment_error",
+) -> tuple[list[Path], list[str]]:
     """Every plot the data allow; returns the PNGs written and notes on those that were not (and on
     unreadable trajectory records)."""
     paths: list[Path] = []

@@ -70,27 +70,57 @@ def failures(table: pd.DataFrame, results_dir: Path | None) -> pd.DataFrame:
         if not head and error is not None and not pd.isna(error):
             head = error_line(str(error))
         head = head[:ERROR_HEAD]
-        rows.append({c: run[c] for c in ("run_id", "experiment", "arm", "seed", "status") if c in bad.columns} | {"error": head})
+        rows.append(
+            {c: run[c] for c in ("run_id", "experiment", "arm", "seed", "status") if c in bad.columns} | {"error": head}
+        )
     return pd.DataFrame(rows)
 
 
 def _embed(path: Path) -> str:
     data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return f"<figure><img alt='{_e(path.stem)}' src='data:image/png;base64,{data}'><figcaption class='note'>{_e(path.name)}</figcaption></figure>"
+    return (
+        f"<figure><img alt='{_e(path.stem)}' src='data:image/png;base64,{data}'>"
+        f"<figcaption class='note'>{_e(path.name)}</figcaption></figure>"
+    )
 
 
 def _fits_section(analysis: TableAnalysis) -> str:
     parts = []
-    header = ["group", "x points", "runs", "verdict", "p", "gamma [95% CI]", "alpha [95% CI]", "best form (AICc)", "reason"]
+    header = [
+        "group",
+        "x points",
+        "runs",
+        "verdict",
+        "p",
+        "gamma [95% CI]",
+        "alpha [95% CI]",
+        "best form (AICc)",
+        "reason",
+    ]
     records = [group_record(r, analysis) for r in analysis.results]
     rows = [
-        [_e(r["label"]), str(r["n_points"]), str(r["n_runs"]), f"<b>{_e(r['verdict'])}</b>", _fmt(r["p_value"]), _fmt(r["gamma"], r["gamma_ci"]), _fmt(r["alpha"], r["alpha_ci"]), _e(r["best_form"]), _e(r["reason"])]
+        [
+            _e(r["label"]),
+            str(r["n_points"]),
+            str(r["n_runs"]),
+            f"<b>{_e(r['verdict'])}</b>",
+            _fmt(r["p_value"]),
+            _fmt(r["gamma"], r["gamma_ci"]),
+            _fmt(r["alpha"], r["alpha_ci"]),
+            _e(r["best_form"]),
+            _e(r["reason"]),
+        ]
         for r in records
     ]
     parts.append(_table(header, rows, [r["verdict"] for r in records]))
     if analysis.ratios:
         parts.append("<h3>Exponent ratios (power law with offset)</h3>")
-        parts.append(_table(["ratio", "value [95% CI]"], [[_e(f"{q['numerator']} / {q['denominator']}"), _fmt(q["ratio"], q["ci"])] for q in analysis.ratios]))
+        parts.append(
+            _table(
+                ["ratio", "value [95% CI]"],
+                [[_e(f"{q['numerator']} / {q['denominator']}"), _fmt(q["ratio"], q["ci"])] for q in analysis.ratios],
+            )
+        )
     for r in records:
         parts.append(f"<h3>{_e(r['label'])}</h3>")
         rows = [
@@ -104,7 +134,19 @@ def _fits_section(analysis: TableAnalysis) -> str:
             ]
             for name, form in r["forms"].items()
         ]
-        parts.append(_table(["form", "formula", "parameters [95% CI]", "AICc", "ΔAICc", f"extrapolation RMSE (ln, {r['extrapolation_holdout']} largest x held out)"], rows))
+        parts.append(
+            _table(
+                [
+                    "form",
+                    "formula",
+                    "parameters [95% CI]",
+                    "AICc",
+                    "ΔAICc",
+                    f"extrapolation RMSE (ln, {r['extrapolation_holdout']} largest x held out)",
+                ],
+                rows,
+            )
+        )
     return "\n".join(parts)
 
 
@@ -121,14 +163,19 @@ def render(
     """The report as one HTML string (nothing fetched from elsewhere)."""
     counts = status_counts(table)
     fail = failures(table, results_dir)
-    body = [f"<h1>{_e(title)}</h1>", f"<p class='note'>source: <code>{_e(source)}</code>; generated {_e(dt.datetime.now().isoformat(timespec='seconds'))}</p>"]
+    body = [
+        f"<h1>{_e(title)}</h1>",
+        f"<p class='note'>source: <code>{_e(source)}</code>; generated "
+        f"{_e(dt.datetime.now().isoformat(timespec='seconds'))}</p>",
+    ]
     body.append(f"<h2>Runs ({len(table)})</h2>")
     body.append(counts.to_html(border=0))
     body.append("<h2>Verdicts and fits</h2>")
     if analysis is not None:
         body.append(
             f"<p class='note'>x = <code>{_e(analysis.x)}</code>, y = <code>{_e(analysis.y)}</code>, groups by "
-            f"<code>{_e(', '.join(analysis.by) or '(none)')}</code>; {_e(loss_name(analysis))} on log loss; seeds of one x are replicates; "
+            f"<code>{_e(', '.join(analysis.by) or '(none)')}</code>; {_e(loss_name(analysis))} on log loss; "
+            "seeds of one x are replicates; "
             f"{analysis.n_boot} bootstrap replicates; verdict level {analysis.level:g}.</p>"
         )
         body.append(_fits_section(analysis))
@@ -142,4 +189,9 @@ def render(
     body.append(fail.to_html(index=False, border=0) if not fail.empty else "<p>No failed or diverged runs.</p>")
     if notes:
         body.append("<h2>Notes</h2><ul>" + "".join(f"<li>{_e(n)}</li>" for n in notes) + "</ul>")
-    return f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{_e(title)}</title><style>{STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+    return (
+        "<!DOCTYPE html>\n<html><head><meta "
+        f"charset='utf-8'><title>{_e(title)}</title><style>{STYLE}</style></head><body>\n"
+        + "\n".join(body)
+        + "\n</body></html>\n"
+    )

@@ -89,11 +89,23 @@ def fits_frame(analysis: TableAnalysis) -> pd.DataFrame:
     rows = []
     for record in (group_record(r, analysis) for r in analysis.results):
         for name, form in record["forms"].items():
-            row = {**record["group"], "label": record["label"], "n_points": record["n_points"], "n_runs": record["n_runs"]}
+            row = {
+                **record["group"],
+                "label": record["label"],
+                "n_points": record["n_points"],
+                "n_runs": record["n_runs"],
+            }
             row.update({"verdict": record["verdict"], "p_value": record["p_value"], "gamma": record["gamma"]})
             row.update(_flat_ci("gamma", record["gamma_ci"]))
             row.update({"alpha": record["alpha"], **_flat_ci("alpha", record["alpha_ci"])})
-            row.update({"form": name, "aicc": form["aicc"], "delta_aicc": form["delta_aicc"], "extrapolation_rmse": form["extrapolation_rmse"]})
+            row.update(
+                {
+                    "form": name,
+                    "aicc": form["aicc"],
+                    "delta_aicc": form["delta_aicc"],
+                    "extrapolation_rmse": form["extrapolation_rmse"],
+                }
+            )
             for k, v in form["params"].items():
                 row[f"{name}.{k}"] = v
                 row.update(_flat_ci(f"{name}.{k}", form["param_ci"].get(k)))
@@ -108,7 +120,15 @@ def _flat_ci(name: str, ci) -> dict:
 
 def joint_record(group: dict, label: str, result: JointResult, n_col: str, d_col: str, y: str) -> dict:
     """One group of fits.json for the joint law L(N, D)."""
-    record = {"group": group, "label": label, "N": n_col, "D": d_col, "y": y, "n_points": result.n_points, "n_runs": result.n_runs}
+    record = {
+        "group": group,
+        "label": label,
+        "N": n_col,
+        "D": d_col,
+        "y": y,
+        "n_points": result.n_points,
+        "n_runs": result.n_runs,
+    }
     for k in JOINT_PARAMS:
         record[k] = _num(result.params[k])
         record[f"{k}_ci"] = _pair(result.param_ci[k])

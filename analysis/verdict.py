@@ -64,7 +64,8 @@ def bootstrap_p_value(observed: np.ndarray, null: np.ndarray) -> np.ndarray:
 
 
 def lack_of_fit_p(loss: np.ndarray, ss_within: np.ndarray, n_points: int, n_runs: int, n_params: int) -> np.ndarray:
-    """p-value of the classical lack-of-fit F test of a fit (its minimised loss) against the seed noise; NaN without seeds."""
+    """p-value of the classical lack-of-fit F test of a fit (its minimised loss) against the seed
+    noise; NaN without seeds."""
     df_fit, df_seeds = n_points - n_params, n_runs - n_points
     if df_fit <= 0 or df_seeds <= 0:
         return np.full(np.shape(loss), np.nan)
@@ -97,15 +98,34 @@ def decide(
         p, g, (lo, hi), lof, lof_alt = p_value[i], gamma[i], gamma_ci[i], lack_of_fit_null[i], lack_of_fit_alt[i]
         facts = f"p = {p:.3g}, gamma = {g:.3g} [{lo:.3g}, {hi:.3g}]"
         if p < level and lo > 0 and lof_alt < LACK_OF_FIT_LEVEL:
-            verdicts[i], reasons[i] = "inconclusive", f"gamma > 0 fits better, but the nested family too misses the means by more than the seed noise (lack of fit p = {lof_alt:.2g}; {facts})"
+            verdicts[i], reasons[i] = (
+                "inconclusive",
+                "gamma > 0 fits better, but the nested family too misses the means by more than the seed "
+                f"noise (lack of fit p = {lof_alt:.2g}; {facts})",
+            )
         elif p < level and lo > 0:
             verdicts[i], reasons[i] = "superpolynomial", f"power law with offset rejected and gamma > 0 ({facts})"
         elif p < level:
-            verdicts[i], reasons[i] = "inconclusive", f"power law with offset rejected but gamma's interval reaches 0 ({facts})"
+            verdicts[i], reasons[i] = (
+                "inconclusive",
+                f"power law with offset rejected but gamma's interval reaches 0 ({facts})",
+            )
         elif lof < LACK_OF_FIT_LEVEL:
-            verdicts[i], reasons[i] = "inconclusive", f"no evidence of gamma > 0, but the power law with offset misses the means by more than the seed noise (lack of fit p = {lof:.2g}; {facts})"
+            verdicts[i], reasons[i] = (
+                "inconclusive",
+                "no evidence of gamma > 0, but the power law with offset misses the means by more than the "
+                f"seed noise (lack of fit p = {lof:.2g}; {facts})",
+            )
         elif hi * span <= MAX_SLOPE_GROWTH:
-            verdicts[i], reasons[i] = "power_law", f"no evidence of gamma > 0, and the data exclude a slope growing more than x{np.exp(hi * span):.2g} over the x range ({facts})"
+            verdicts[i], reasons[i] = (
+                "power_law",
+                "no evidence of gamma > 0, and the data exclude a slope growing more than "
+                f"x{np.exp(hi * span):.2g} over the x range ({facts})",
+            )
         else:
-            verdicts[i], reasons[i] = "inconclusive", f"no evidence of gamma > 0, but too little data to exclude a slope growing x{np.exp(hi * span):.2g} over the x range ({facts})"
+            verdicts[i], reasons[i] = (
+                "inconclusive",
+                "no evidence of gamma > 0, but too little data to exclude a slope growing "
+                f"x{np.exp(hi * span):.2g} over the x range ({facts})",
+            )
     return verdicts, reasons

@@ -29,9 +29,14 @@ def log_analysis(
     try:
         import wandb
 
-        run = wandb.init(project=project, group=group, job_type="analysis", name=f"analysis-{group}", mode=mode, config=config or {})
+        run = wandb.init(
+            project=project, group=group, job_type="analysis", name=f"analysis-{group}", mode=mode, config=config or {}
+        )
         try:
-            payload = {name: wandb.Table(dataframe=frame.astype(object).where(frame.notna(), None)) for name, frame in tables.items()}
+            payload = {
+                name: wandb.Table(dataframe=frame.astype(object).where(frame.notna(), None))
+                for name, frame in tables.items()
+            }
             payload.update({path.stem: wandb.Image(str(path)) for path in images})
             run.log(payload)
             run.summary.update(summary or {})
@@ -39,5 +44,8 @@ def log_analysis(
             run.finish()
         return True
     except Exception as exc:  # any W&B problem (network, auth, service) must not lose the local results
-        print(f"polyscale: warning: W&B logging failed, local files are unaffected ({type(exc).__name__}: {exc})", file=sys.stderr)
+        print(
+            f"polyscale: warning: W&B logging failed, local files are unaffected ({type(exc).__name__}: {exc})",
+            file=sys.stderr,
+        )
         return False

@@ -33,7 +33,14 @@ def synthetic_table(seed: int = 0) -> pd.DataFrame:
         "kmeans": lambda x: 0.1 + 2.0 * np.exp(-0.9 * x**0.15),
     }
     rows = [
-        {"run_id": f"{arm}-{int(x)}-{s}", "arm": arm, "seed": s, "d": x, "test_loss": law(x) * np.exp(rng.normal(0, 0.03)), "status": "done"}
+        {
+            "run_id": f"{arm}-{int(x)}-{s}",
+            "arm": arm,
+            "seed": s,
+            "d": x,
+            "test_loss": law(x) * np.exp(rng.normal(0, 0.03)),
+            "status": "done",
+        }
         for arm, law in laws.items()
         for x in d
         for s in range(5)

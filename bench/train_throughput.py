@@ -42,18 +42,44 @@ EVAL_EVERY = 256
 def workloads(quick: bool, device: str) -> dict[str, list[Config]]:
     steps = 128 if quick else 2048
     e2_seeds, e3_seeds = (4, 1) if quick else (16, 4)
-    e2 = [parse_config({
-        "experiment": "data", "seed": seed, "arms": ["original"], "device": device,
-        "task": {"name": "teacher", "n_train": 4096, "n_test": 10_000}, "model": {"width": 50},
-        "train": {"optimizer": "adamw", "lr": lr, "steps": steps, "batch_size": 512, "eval_every": EVAL_EVERY},
-    }) for seed, lr in itertools.product(range(e2_seeds), LEARNING_RATES)]
-    e3 = [parse_config({
-        "experiment": "width", "seed": seed, "arms": ["original"], "device": device,
-        "task": {"name": "harmonic", "n_train": 20_000, "n_test": 10_000}, "model": {"width": 1000},
-        "train": {"optimizer": "adamw", "lr": lr / 10, "steps": steps, "batch_size": 128, "eval_every": EVAL_EVERY},
-    }) for seed, lr in itertools.product(range(e3_seeds), LEARNING_RATES)]
-    return {f"E2-sized: {len(e2)} x width 50, d 4096, {steps} steps": e2,
-            f"E3-sized: {len(e3)} x width 1000, d 20000, {steps} steps": e3}
+    e2 = [
+        parse_config(
+            {
+                "experiment": "data",
+                "seed": seed,
+                "arms": ["original"],
+                "device": device,
+                "task": {"name": "teacher", "n_train": 4096, "n_test": 10_000},
+                "model": {"width": 50},
+                "train": {"optimizer": "adamw", "lr": lr, "steps": steps, "batch_size": 512, "eval_every": EVAL_EVERY},
+            }
+        )
+        for seed, lr in itertools.product(range(e2_seeds), LEARNING_RATES)
+    ]
+    e3 = [
+        parse_config(
+            {
+                "experiment": "width",
+                "seed": seed,
+                "arms": ["original"],
+                "device": device,
+                "task": {"name": "harmonic", "n_train": 20_000, "n_test": 10_000},
+                "model": {"width": 1000},
+                "train": {
+                    "optimizer": "adamw",
+                    "lr": lr / 10,
+                    "steps": steps,
+                    "batch_size": 128,
+                    "eval_every": EVAL_EVERY,
+                },
+            }
+        )
+        for seed, lr in itertools.product(range(e3_seeds), LEARNING_RATES)
+    ]
+    return {
+        f"E2-sized: {len(e2)} x width 50, d 4096, {steps} steps": e2,
+        f"E3-sized: {len(e3)} x width 1000, d 20000, {steps} steps": e3,
+    }
 
 
 def final_losses(records) -> dict[str, float]:
@@ -74,8 +100,13 @@ def measure(configs: list[Config], folder: Path) -> dict:
         batched.update(final_losses(result))
     seconds_batched = time.perf_counter() - start
     differences = [abs(batched[rid] - alone[rid]) / abs(alone[rid]) for rid in alone]
-    return {"runs": len(configs), "alone": seconds_alone, "batched": seconds_batched,
-            "median": statistics.median(differences), "max": max(differences)}
+    return {
+        "runs": len(configs),
+        "alone": seconds_alone,
+        "batched": seconds_batched,
+        "median": statistics.median(differences),
+        "max": max(differences),
+    }
 
 
 def main() -> None:
@@ -88,17 +119,27 @@ def main() -> None:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore")
-    where = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} torch threads"
+    where = (
+        torch.cuda.get_device_name(args.device)
+        if args.device.startswith("cuda")
+        else f"CPU, {torch.get_num_threads()} torch threads"
+    )
     print(f"training throughput on {where}, torch {torch.__version__}")
-    print("| workload | runs | one at a time (s) | batched (s) | runs/h one at a time | runs/h batched | speed-up "
-          "| final test loss rel. diff. median / max |")
+    print(
+        "| workload | runs | one at a time (s) | batched (s) | runs/h one at a time | runs/h batched | speed-up "
+        "| final test loss rel. diff. median / max |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as folder:
         for name, configs in workloads(args.quick, args.device).items():
             m = measure(configs, Path(folder) / name.split(":")[0])
-            print(f"| {name} | {m['runs']} | {m['alone']:.1f} | {m['batched']:.1f} | {3600 * m['runs'] / m['alone']:,.0f} | "
-                  f"{3600 * m['runs'] / m['batched']:,.0f} | {m['alone'] / m['batched']:.1f}x | {m['median']:.0e} / {m['max']:.0e} |",
-                  flush=True)
+            print(
+                f"| {name} | {m['runs']} | {m['alone']:.1f} | {m['batched']:.1f} | "
+                f"{3600 * m['runs'] / m['alone']:,.0f} | "
+                f"{3600 * m['runs'] / m['batched']:,.0f} | {m['alone'] / m['batched']:.1f}x | "
+                f"{m['median']:.0e} / {m['max']:.0e} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

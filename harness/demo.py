@@ -25,7 +25,6 @@ from harness.cli import main as polyscale  # noqa: E402
 from harness.compression import METHODS, compress  # noqa: E402
 from harness.data.symmetric import sigmoid_sum, uniform_objects  # noqa: E402
 
-
 SMOKE_SPEC = Path(__file__).resolve().parents[1] / "sweeps" / "smoke.yaml"
 
 
@@ -37,8 +36,17 @@ def compression_table(d: int = 4000) -> list[dict]:
         points = uniform_objects(d, m, rng)
         for method in METHODS:
             result = compress(points, k=k, size="0.1d", method=method, seed=0)
-            rows.append({"m": m, "k": k, "N(m,k)": result.n_moments, "method": method, "kept": result.size,
-                         "moment_error": result.moment_error, "seconds": result.seconds})
+            rows.append(
+                {
+                    "m": m,
+                    "k": k,
+                    "N(m,k)": result.n_moments,
+                    "method": method,
+                    "kept": result.size,
+                    "moment_error": result.moment_error,
+                    "seconds": result.seconds,
+                }
+            )
     return rows
 
 
@@ -81,8 +89,10 @@ def plot_e1(out: Path, ds: list[int], trials: int) -> Path:
 def print_table(rows: list[dict]) -> None:
     print(f"{'m':>2} {'k':>2} {'N(m,k)':>7} {'method':>10} {'kept':>6} {'moment error':>13} {'seconds':>8}")
     for row in rows:
-        print(f"{row['m']:>2} {row['k']:>2} {row['N(m,k)']:>7} {row['method']:>10} {row['kept']:>6} "
-              f"{row['moment_error']:>13.2e} {row['seconds']:>8.3f}")
+        print(
+            f"{row['m']:>2} {row['k']:>2} {row['N(m,k)']:>7} {row['method']:>10} {row['kept']:>6} "
+            f"{row['moment_error']:>13.2e} {row['seconds']:>8.3f}"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,7 +113,12 @@ def main(argv: list[str] | None = None) -> int:
 
     smoke = args.out / "smoke"
     print(f"\n== 3. the smoke sweep -> {smoke} (finished runs are kept; a rerun only adds what is missing) ==")
-    for command in (["sweep", str(SMOKE_SPEC), "--out", str(smoke)], ["fit", str(smoke)], ["plot", str(smoke)], ["report", str(smoke)]):
+    for command in (
+        ["sweep", str(SMOKE_SPEC), "--out", str(smoke)],
+        ["fit", str(smoke)],
+        ["plot", str(smoke)],
+        ["report", str(smoke)],
+    ):
         print(f"\n$ polyscale {' '.join(command)}", flush=True)
         code = polyscale(command)
         if code != 0:

@@ -34,21 +34,35 @@ def nested_theta_law(theta, x):
     return np.exp(log_model(np.asarray(theta, float), np.log(x / x[0])))
 
 
-def draws(loss: np.ndarray, x: np.ndarray, seeds: int, n_draws: int, rng: np.random.Generator, sd: float = SEED_SD) -> Series:
+def draws(
+    loss: np.ndarray, x: np.ndarray, seeds: int, n_draws: int, rng: np.random.Generator, sd: float = SEED_SD
+) -> Series:
     """n_draws independent data sets of `seeds` runs at each x around the law `loss` (J,), as one batched Series."""
     run_x = np.repeat(np.arange(len(x)), seeds)
     log_y = np.log(loss)[run_x][None, :] + rng.normal(0.0, sd, (n_draws, len(run_x)))
     return Series({}, "synthetic", np.asarray(x, float), run_x, log_y)
 
 
-def runs_table(laws: dict, x: np.ndarray, seeds: int, rng: np.random.Generator, sd: float = SEED_SD, x_col: str = "d") -> pd.DataFrame:
+def runs_table(
+    laws: dict, x: np.ndarray, seeds: int, rng: np.random.Generator, sd: float = SEED_SD, x_col: str = "d"
+) -> pd.DataFrame:
     """One row per run: arm, seed, x and test_loss with log-normal seed noise, status done."""
     rows = []
     for arm, law in laws.items():
         for xi in x:
             for seed in range(seeds):
                 loss = float(law(xi)) * float(np.exp(rng.normal(0.0, sd)))
-                rows.append({"run_id": f"{arm}-{int(xi)}-{seed}", "experiment": "E4a", "arm": arm, "seed": seed, x_col: float(xi), "test_loss": loss, "status": "done"})
+                rows.append(
+                    {
+                        "run_id": f"{arm}-{int(xi)}-{seed}",
+                        "experiment": "E4a",
+                        "arm": arm,
+                        "seed": seed,
+                        x_col: float(xi),
+                        "test_loss": loss,
+                        "status": "done",
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -69,12 +83,24 @@ def results_folder(root: Path, table: pd.DataFrame, failed: int = 0, trajectorie
         (folder / "config.json").write_text(json.dumps({"arm": run["arm"], "seed": int(run["seed"])}))
         status = {"status": run["status"]}
         if run["status"] == "failed":
-            status["error"] = (f"Traceback (most recent call last):\n  File \"train.py\", line 1, in <module>\n"
-                               f"RuntimeError: diverged in {run['run_id']}\n")
+            status["error"] = (
+                f'Traceback (most recent call last):\n  File "train.py", line 1, in <module>\n'
+                f"RuntimeError: diverged in {run['run_id']}\n"
+            )
         (folder / "status.json").write_text(json.dumps(status))
-        (folder / "summary.json").write_text(json.dumps({"test_loss": None if pd.isna(run["test_loss"]) else run["test_loss"]}))
+        (folder / "summary.json").write_text(
+            json.dumps({"test_loss": None if pd.isna(run["test_loss"]) else run["test_loss"]})
+        )
         if trajectories and run["status"] == "done":
             final = run["test_loss"]
-            lines = [{"step": s, "epoch": s / 10, "train_loss": final * (1 + np.exp(-s / 50)), "test_loss": final * (1 + 2 * np.exp(-s / 50))} for s in range(0, 301, 50)]
+            lines = [
+                {
+                    "step": s,
+                    "epoch": s / 10,
+                    "train_loss": final * (1 + np.exp(-s / 50)),
+                    "test_loss": final * (1 + 2 * np.exp(-s / 50)),
+                }
+                for s in range(0, 301, 50)
+            ]
             (folder / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     return root

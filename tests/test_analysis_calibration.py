@@ -175,8 +175,20 @@ def test_verdict_rules():
     lof_null = np.array([0.5, 0.5, 0.5, 0.5, 0.001, 0.5])
     lof_alt = np.array([0.5, 0.5, 0.5, 0.5, 0.5, 0.001])
     verdicts, reasons = decide(x, p, gamma, ci, lof_null, lof_alt, LEVEL)
-    assert list(verdicts) == ["superpolynomial", "inconclusive", "power_law", "inconclusive", "inconclusive", "inconclusive"]
-    assert "reaches 0" in reasons[1] and "too little data" in reasons[3] and "lack of fit" in reasons[4] and "lack of fit" in reasons[5]
+    assert list(verdicts) == [
+        "superpolynomial",
+        "inconclusive",
+        "power_law",
+        "inconclusive",
+        "inconclusive",
+        "inconclusive",
+    ]
+    assert (
+        "reaches 0" in reasons[1]
+        and "too little data" in reasons[3]
+        and "lack of fit" in reasons[4]
+        and "lack of fit" in reasons[5]
+    )
     few, why = decide(x[:5], p[:1], gamma[:1], ci[:1], lof_null[:1], lof_alt[:1])
     assert few[0] == "inconclusive" and "5 distinct x" in why[0]
     narrow, why = decide(np.linspace(1, 4, 8), p[:1], gamma[:1], ci[:1], lof_null[:1], lof_alt[:1])

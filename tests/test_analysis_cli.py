@@ -36,7 +36,18 @@ def fitted(results):
 def test_fit_writes_one_object_per_group_with_the_documented_fields(fitted, results):
     assert sorted(g["label"] for g in fitted) == ["compressed", "naive", "original"]
     for group in fitted:
-        for key in ("group", "n_points", "verdict", "p_value", "gamma", "gamma_ci", "alpha", "alpha_ci", "forms", "reason"):
+        for key in (
+            "group",
+            "n_points",
+            "verdict",
+            "p_value",
+            "gamma",
+            "gamma_ci",
+            "alpha",
+            "alpha_ci",
+            "forms",
+            "reason",
+        ):
             assert key in group
         assert set(group["forms"]) == {"power_law", "power_law_offset", "stretched_exp", "nested"}
         for form in group["forms"].values():
@@ -83,7 +94,10 @@ def test_joint_fit_writes_the_law_and_intervals(tmp_path):
     d = np.tile(np.geomspace(1e3, 1e6, 5), 5)
     loss = 0.5 + 30 / n**0.4 + 60 / d**0.3
     pd.DataFrame({"width": n, "d": d, "test_loss": loss}).to_csv(tmp_path / "grid.csv", index=False)
-    assert main(["fit", str(tmp_path / "grid.csv"), "--joint", "width,d", "--n-boot", "10", "--out", str(tmp_path / "j")]) == 0
+    assert (
+        main(["fit", str(tmp_path / "grid.csv"), "--joint", "width,d", "--n-boot", "10", "--out", str(tmp_path / "j")])
+        == 0
+    )
     (record,) = json.loads((tmp_path / "j" / "fits.json").read_text())
     for key, value in {"E": 0.5, "A": 30, "B": 60, "alpha": 0.4, "beta": 0.3}.items():
         assert record[key] == pytest.approx(value, rel=1e-3)
@@ -160,7 +174,9 @@ def test_plot_writes_readable_pngs(results, tmp_path, capsys):
 
 
 def test_plot_without_trajectories_notes_it(tmp_path, capsys):
-    folder = results_folder(tmp_path / "r", runs_table({"a": power_law}, X, 2, np.random.default_rng(2)), trajectories=False)
+    folder = results_folder(
+        tmp_path / "r", runs_table({"a": power_law}, X, 2, np.random.default_rng(2)), trajectories=False
+    )
     assert main(["plot", str(folder), "--x", "d", "--n-boot", "20"]) == 0
     assert "no trajectories" in capsys.readouterr().out
     assert not (folder / "analysis" / "trajectories.png").exists()
@@ -189,12 +205,19 @@ def test_wandb_offline_logs_the_fit_table_and_plots(results, tmp_path, monkeypat
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.chdir(tmp_path)
-    assert main(["plot", str(results), "--x", "d", "--n-boot", "20", "--out", str(tmp_path / "plots"), "--wandb", "offline"]) == 0
+    assert (
+        main(
+            ["plot", str(results), "--x", "d", "--n-boot", "20", "--out", str(tmp_path / "plots"), "--wandb", "offline"]
+        )
+        == 0
+    )
     (run,) = (tmp_path / "wandb").glob("offline-run-*")
     assert list(run.glob("run-*.wandb"))
     (table,) = run.glob("files/media/table/fits_*.table.json")
     logged = json.loads(table.read_text())
-    assert "verdict" in logged["columns"] and {row[logged["columns"].index("label")] for row in logged["data"]} == set(LAWS)
+    assert "verdict" in logged["columns"] and {row[logged["columns"].index("label")] for row in logged["data"]} == set(
+        LAWS
+    )
     assert len(list(run.glob("files/media/images/*.png"))) == 3
 
 

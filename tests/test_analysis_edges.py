@@ -68,8 +68,10 @@ def test_an_unwritable_default_folder_is_named_and_nothing_else_blamed(tmp_path,
     for command in ("fit", "plot", "report"):
         assert main([command, str(results), "--x", "d", "--n-boot", "20"]) == 2
         err = capsys.readouterr().err.strip()
-        assert err == (f"polyscale {command}: error: {results / 'analysis'}: the default output folder is not writable "
-                       f"({results / 'analysis'} is a file); give another with --out DIR")
+        assert err == (
+            f"polyscale {command}: error: {results / 'analysis'}: the default output folder is not writable "
+            f"({results / 'analysis'} is a file); give another with --out DIR"
+        )
     assert _files(results) == before
 
 
@@ -81,7 +83,8 @@ def test_a_read_only_results_folder_is_named(tmp_path, capsys):
         assert main(["fit", str(results), "--x", "d", "--n-boot", "20"]) == 2
         assert capsys.readouterr().err.strip() == (
             f"polyscale fit: error: {results / 'analysis'}: the default output folder is not writable "
-            f"(permission denied: {results}); give another with --out DIR")
+            f"(permission denied: {results}); give another with --out DIR"
+        )
         assert main(["report", str(results), "--x", "d", "--n-boot", "20"]) == 2
         assert f"error: {results / 'report.html'}: the default output file is not writable" in capsys.readouterr().err
     finally:
@@ -104,7 +107,8 @@ def test_an_out_that_cannot_be_written_is_blamed_as_given(tmp_path, capsys):
     (tmp_path / "file").write_text("")
     assert main(["fit", str(tmp_path / "runs.csv"), "--out", str(tmp_path / "file" / "fits")]) == 2
     assert capsys.readouterr().err.strip() == (
-        f"polyscale fit: error: --out {tmp_path / 'file' / 'fits'}: not writable ({tmp_path / 'file'} is a file)")
+        f"polyscale fit: error: --out {tmp_path / 'file' / 'fits'}: not writable ({tmp_path / 'file'} is a file)"
+    )
 
 
 @pytest.mark.parametrize("command", ["plot", "report"])

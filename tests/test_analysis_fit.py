@@ -16,10 +16,14 @@ def test_nested_family_is_the_power_law_at_gamma_zero_and_the_stretched_exponent
     t, x_ref = normalised_log_x(X)
     theta = np.array([0.3, 0.7, 0.4, 0.0])
     params = FORMS["power_law_offset"].report(theta, x_ref)
-    assert np.allclose(np.exp(log_model(theta, t)), power_law_offset(X, params["L0"], params["A"], params["alpha"]), rtol=1e-12)
+    assert np.allclose(
+        np.exp(log_model(theta, t)), power_law_offset(X, params["L0"], params["A"], params["alpha"]), rtol=1e-12
+    )
     theta[3] = 0.25
     se = FORMS["stretched_exp"].report(theta, x_ref)
-    assert np.allclose(np.exp(log_model(theta, t)), stretched_exp(X, se["L0"], se["A"], se["b"], se["gamma"]), rtol=1e-10)
+    assert np.allclose(
+        np.exp(log_model(theta, t)), stretched_exp(X, se["L0"], se["A"], se["b"], se["gamma"]), rtol=1e-10
+    )
     nested = FORMS["nested"].report(theta, x_ref)  # ln(L - L0) = c - a (x^gamma - 1) / gamma in raw x
     raw = nested["c"] - nested["a"] * (X ** nested["gamma"] - 1) / nested["gamma"]
     assert np.allclose(np.log(np.exp(log_model(theta, t)) - nested["L0"]), raw, rtol=1e-10)
@@ -78,7 +82,11 @@ def _scipy_best(form, t, y, w, rng, starts=20):
     lower, upper = FORMS[form].bounds(t[-1])
     best = np.inf
     for _ in range(starts):
-        theta0 = np.clip(np.where(free, [rng.uniform(0, 0.4), rng.uniform(-2, 2), rng.uniform(0.02, 1.5), rng.uniform(0, 1)], 0.0), lower, upper)
+        theta0 = np.clip(
+            np.where(free, [rng.uniform(0, 0.4), rng.uniform(-2, 2), rng.uniform(0.02, 1.5), rng.uniform(0, 1)], 0.0),
+            lower,
+            upper,
+        )
 
         def resid(p, theta0=theta0):
             theta = theta0.copy()
@@ -158,9 +166,14 @@ def test_noisy_plateaued_series_from_a_real_sweep_still_gets_a_verdict_per_group
         "random": [0.7874, 1.3878, 0.2343, 1.3589, 0.2439, 0.4553, 0.2757, 0.4636, 0.2721, 0.2405, 0.0612, 0.2802],
     }
     original = [0.2581, 0.1517, 0.0884, 0.2512, 0.0953, 0.1135, 0.0318, 0.0592, 0.0126, 0.0913, 0.0105, 0.0816]
-    rows = [{"arm": arm, "d_eff": x, "seed": i % 2, "test_loss": y}
-            for arm, ys in losses.items() for i, (x, y) in enumerate(zip(d_eff, ys))]
-    rows += [{"arm": "original", "d_eff": 256 * 2 ** (i // 2), "seed": i % 2, "test_loss": y} for i, y in enumerate(original)]
+    rows = [
+        {"arm": arm, "d_eff": x, "seed": i % 2, "test_loss": y}
+        for arm, ys in losses.items()
+        for i, (x, y) in enumerate(zip(d_eff, ys))
+    ]
+    rows += [
+        {"arm": "original", "d_eff": 256 * 2 ** (i // 2), "seed": i % 2, "test_loss": y} for i, y in enumerate(original)
+    ]
     analysis = analyse_table(pd.DataFrame(rows), "d_eff", "test_loss", ["arm"], 1000, 0, None, 0.025, "smoke")
     verdicts = {result.label: result.verdict for result in analysis.results}
     assert sorted(verdicts) == sorted([*losses, "original"])

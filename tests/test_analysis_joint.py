@@ -13,7 +13,13 @@ from analysis.joint import fit_joint, objective
 # the check runs wherever the repository is checked out.
 CHINCHILLA = Path(__file__).resolve().parent / "data" / "chinchilla_fig4_extracted.csv"
 # Besiroglu et al. 2024: their paper and their notebook (the spread between them).
-PUBLISHED = {"E": (1.82, 1.82), "A": (478.0, 482.0), "B": (2085.0, 2144.0), "alpha": (0.347, 0.347), "beta": (0.366, 0.366)}
+PUBLISHED = {
+    "E": (1.82, 1.82),
+    "A": (478.0, 482.0),
+    "B": (2085.0, 2144.0),
+    "alpha": (0.347, 0.347),
+    "beta": (0.366, 0.366),
+}
 
 
 def test_chinchilla_refit_reproduces_the_published_parameters_within_2_percent():
@@ -51,7 +57,10 @@ def test_gradient_matches_finite_differences():
     for i in range(5):
         step = np.zeros(5)
         step[i] = 1e-6
-        numeric = (objective(theta + step, log_n, log_d, log_l, np.ones(50), 0.5)[0] - objective(theta - step, log_n, log_d, log_l, np.ones(50), 0.5)[0]) / 2e-6
+        numeric = (
+            objective(theta + step, log_n, log_d, log_l, np.ones(50), 0.5)[0]
+            - objective(theta - step, log_n, log_d, log_l, np.ones(50), 0.5)[0]
+        ) / 2e-6
         assert grad[i] == pytest.approx(numeric, rel=1e-5, abs=1e-8)
 
 

@@ -24,33 +24,37 @@ def heavy_modules_after(code: str, repo_root) -> list[str]:
     report = f"print(json.dumps(sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r}))))"
     probe = f"{code}\nimport json, sys\n{report}"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo_root), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, "-c", probe], cwd=repo_root, env=env, capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=repo_root, env=env, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.splitlines()[-1])
 
 
 def test_the_schema_and_the_sweep_files_import_nothing_heavy(repo_root):
-    code = ("import harness.config, harness.config.sweep_spec\n"
-            "from harness.config import Config, load_configs, run_id, flatten")
+    code = (
+        "import harness.config, harness.config.sweep_spec\n"
+        "from harness.config import Config, load_configs, run_id, flatten"
+    )
     assert heavy_modules_after(code, repo_root) == []
 
 
 def test_loading_and_expanding_a_sweep_file_imports_nothing_heavy(repo_root):
-    code = ("from harness.config.sweep_spec import load_sweep\n"
-            "assert load_sweep('sweeps/smoke.yaml').runs")
+    code = "from harness.config.sweep_spec import load_sweep\nassert load_sweep('sweeps/smoke.yaml').runs"
     assert heavy_modules_after(code, repo_root) == []
 
 
 @pytest.mark.parametrize("argv", [["--help"], *([command, "--help"] for command in COMMANDS), ["run"], ["nosuch"]])
 def test_help_and_usage_errors_import_nothing_heavy(argv, repo_root):
-    code = ("from harness.cli import main\n"
-            "try:\n"
-            f"    main({argv!r})\n"
-            "except SystemExit as exit:\n"
-            f"    assert exit.code == {0 if '--help' in argv else 2}, exit.code\n"
-            "else:\n"
-            "    raise AssertionError('argparse did not exit')")
+    code = (
+        "from harness.cli import main\n"
+        "try:\n"
+        f"    main({argv!r})\n"
+        "except SystemExit as exit:\n"
+        f"    assert exit.code == {0 if '--help' in argv else 2}, exit.code\n"
+        "else:\n"
+        "    raise AssertionError('argparse did not exit')"
+    )
     assert heavy_modules_after(code, repo_root) == []
 
 

@@ -24,6 +24,7 @@ def fresh_warnings(monkeypatch):
 @pytest.fixture
 def nothing_built(monkeypatch):
     """Any moment features, reduction or error measurement fails the test."""
+
     def forbidden(*args, **kwargs):
         raise AssertionError("moment features were built")
 
@@ -66,8 +67,9 @@ def test_compress_cli_with_too_many_moments_is_one_warning_line(tmp_path, capsys
 MEASURING = "measuring the moments of"
 
 
-@pytest.mark.parametrize("method, work", [("clustered", "reducing"), ("global", "reducing"),
-                                          ("random", MEASURING), ("kmeans", MEASURING)])
+@pytest.mark.parametrize(
+    "method, work", [("clustered", "reducing"), ("global", "reducing"), ("random", MEASURING), ("kmeans", MEASURING)]
+)
 def test_the_memory_guard_comes_first_for_every_method(monkeypatch, nothing_built, method, work):
     # A machine that allows 1 MiB: the guard must refuse before building anything.
     physical = validate.os.sysconf("SC_PAGE_SIZE") * validate.os.sysconf("SC_PHYS_PAGES")
@@ -90,8 +92,11 @@ def test_a_size_larger_than_d_keeps_every_point_with_one_warning(nothing_built):
     points = np.random.default_rng(2).uniform(-1, 1, (300, 2))
 
     def twice():
-        return [compress(points, k=2, size=size, method=method)
-                for size in ("1000", 1000) for method in ("clustered", "random")]
+        return [
+            compress(points, k=2, size=size, method=method)
+            for size in ("1000", 1000)
+            for method in ("clustered", "random")
+        ]
 
     results, messages = _recorded(twice)
     assert all(r.size == 300 and r.moment_error == 0.0 for r in results)
@@ -107,8 +112,9 @@ def test_compress_cli_size_larger_than_d_warns(tmp_path, capsys):
     assert main([*command, "--size", "5000"]) == 0
     captured = capsys.readouterr()
     assert '"kept": 400' in captured.out
-    assert captured.err == ("polyscale compress: warning: size 5000 gives d' = 5,000 for d = 400 points, more than d: "
-                            "every point is kept\n")
+    assert captured.err == (
+        "polyscale compress: warning: size 5000 gives d' = 5,000 for d = 400 points, more than d: every point is kept\n"
+    )
 
 
 SYMMETRIC = """\
@@ -129,10 +135,14 @@ seeds: [0, 1]
 """
 
 
-@pytest.mark.parametrize("spec, expected", [
-    (SYMMETRIC, "size 500 gives d' = 500 for d = 150 points, more than d: every point is kept"),
-    (WIDTH, "size 64 asks for more units than every layer has (layer 0: 64 of 20): every unit is kept"),
-], ids=["points", "units"])
+@pytest.mark.parametrize(
+    "spec, expected",
+    [
+        (SYMMETRIC, "size 500 gives d' = 500 for d = 150 points, more than d: every point is kept"),
+        (WIDTH, "size 64 asks for more units than every layer has (layer 0: 64 of 20): every unit is kept"),
+    ],
+    ids=["points", "units"],
+)
 def test_run_warns_once_for_a_size_larger_than_d_not_per_arm_or_seed(tmp_path, capsys, spec, expected):
     (tmp_path / "spec.yaml").write_text(spec)
     command = ["run", str(tmp_path / "spec.yaml"), "--out", str(tmp_path / "r"), "--device", "cpu"]

@@ -23,28 +23,55 @@ def test_a_valid_config_is_typed_with_defaults():
     assert config.model.width == 100 and config.arm_names == ARMS["width"]
 
 
-@pytest.mark.parametrize("raw, expected", [
-    ({**BASE, "train": {"lr": "fast", "steps": 1}}, "smoke.yaml: train.lr: expected a positive float, got 'fast'"),
-    ({**BASE, "train": {"lr": -1, "steps": 1}}, "smoke.yaml: train.lr: expected a positive float, got -1"),
-    ({**BASE, "train": {"lrr": 0.1}}, "smoke.yaml: train.lrr: unknown key (did you mean train.lr?)"),
-    ({**BASE, "modle": {}}, "smoke.yaml: modle: unknown key (did you mean model?)"),
-    ({"task": {}}, "smoke.yaml: experiment: required (one of width, data, attention, symmetric, runtime)"),
-    ({**BASE, "experiment": "depth"}, "smoke.yaml: experiment: expected one of width, data, attention, symmetric, runtime, got 'depth'"),
-    ({**BASE, "model": {"width": 10.5}}, "smoke.yaml: model.width: expected a positive integer, got 10.5"),
-    ({**BASE, "model": {"width": True}}, "smoke.yaml: model.width: expected a positive integer, got True"),
-    ({**BASE, "train": {"steps": 1, "momentum": 1.0}}, "smoke.yaml: train.momentum: expected a float in [0, 1), got 1.0"),
-    ({**BASE, "compression": {"size": "lots"}}, "smoke.yaml: compression.size: size 'lots' is not a rule"),
-    ({**BASE, "train": {}}, "smoke.yaml: train.steps: give exactly one of train.steps and train.epochs"),
-    ({**BASE, "train": {"steps": 5, "epochs": 2}}, "give exactly one"),
-    ({**BASE, "train": {"steps": 5, "optimizer": "gd", "batch_size": 32}}, "smoke.yaml: train.batch_size: gd is full-batch"),
-    ({**BASE, "train": {"steps": 5, "batch_size": 20_000}}, "train.batch_size: 20000 is larger than task.n_train (10000)"),
-    ({**BASE, "train": {"steps": 5, "optimizer": "rprop", "weight_decay": 0.1}}, "train.weight_decay: rprop has no weight decay"),
-    ({**BASE, "arms": ["moment", "kmeans"]}, "smoke.yaml: arms: 'kmeans' is not an arm of the width experiment"),
-    ({**BASE, "task": {"name": "piecewise"}}, "smoke.yaml: task.name: the width experiment runs on teacher, harmonic"),
-    ({**BASE, "task": {"name": "harmonic", "segments": 4}}, "smoke.yaml: task.segments: only read by task piecewise"),
-    ({**BASE, "model": {"heads": 8}}, "smoke.yaml: model.heads: only read by the attention experiment(s), not width"),
-    ({**BASE, "task": "harmonic"}, "smoke.yaml: task: expected a section (mapping), got 'harmonic'"),
-])
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ({**BASE, "train": {"lr": "fast", "steps": 1}}, "smoke.yaml: train.lr: expected a positive float, got 'fast'"),
+        ({**BASE, "train": {"lr": -1, "steps": 1}}, "smoke.yaml: train.lr: expected a positive float, got -1"),
+        ({**BASE, "train": {"lrr": 0.1}}, "smoke.yaml: train.lrr: unknown key (did you mean train.lr?)"),
+        ({**BASE, "modle": {}}, "smoke.yaml: modle: unknown key (did you mean model?)"),
+        ({"task": {}}, "smoke.yaml: experiment: required (one of width, data, attention, symmetric, runtime)"),
+        (
+            {**BASE, "experiment": "depth"},
+            "smoke.yaml: experiment: expected one of width, data, attention, symmetric, runtime, got 'depth'",
+        ),
+        ({**BASE, "model": {"width": 10.5}}, "smoke.yaml: model.width: expected a positive integer, got 10.5"),
+        ({**BASE, "model": {"width": True}}, "smoke.yaml: model.width: expected a positive integer, got True"),
+        (
+            {**BASE, "train": {"steps": 1, "momentum": 1.0}},
+            "smoke.yaml: train.momentum: expected a float in [0, 1), got 1.0",
+        ),
+        ({**BASE, "compression": {"size": "lots"}}, "smoke.yaml: compression.size: size 'lots' is not a rule"),
+        ({**BASE, "train": {}}, "smoke.yaml: train.steps: give exactly one of train.steps and train.epochs"),
+        ({**BASE, "train": {"steps": 5, "epochs": 2}}, "give exactly one"),
+        (
+            {**BASE, "train": {"steps": 5, "optimizer": "gd", "batch_size": 32}},
+            "smoke.yaml: train.batch_size: gd is full-batch",
+        ),
+        (
+            {**BASE, "train": {"steps": 5, "batch_size": 20_000}},
+            "train.batch_size: 20000 is larger than task.n_train (10000)",
+        ),
+        (
+            {**BASE, "train": {"steps": 5, "optimizer": "rprop", "weight_decay": 0.1}},
+            "train.weight_decay: rprop has no weight decay",
+        ),
+        ({**BASE, "arms": ["moment", "kmeans"]}, "smoke.yaml: arms: 'kmeans' is not an arm of the width experiment"),
+        (
+            {**BASE, "task": {"name": "piecewise"}},
+            "smoke.yaml: task.name: the width experiment runs on teacher, harmonic",
+        ),
+        (
+            {**BASE, "task": {"name": "harmonic", "segments": 4}},
+            "smoke.yaml: task.segments: only read by task piecewise",
+        ),
+        (
+            {**BASE, "model": {"heads": 8}},
+            "smoke.yaml: model.heads: only read by the attention experiment(s), not width",
+        ),
+        ({**BASE, "task": "harmonic"}, "smoke.yaml: task: expected a section (mapping), got 'harmonic'"),
+    ],
+)
 def test_bad_configs_give_one_line_naming_file_and_key(raw, expected):
     assert expected in error(raw)
 
@@ -57,8 +84,17 @@ def test_override_errors_name_the_override():
 
 
 def test_overrides_are_read_as_yaml_never_evaluated():
-    config = parse_config(BASE, "x", ["train.lr=0.05", "arms=[original, moment]", "compression.size=16*d^0.5",
-                                      "train.batch_size=null", "task.noise=0"])
+    config = parse_config(
+        BASE,
+        "x",
+        [
+            "train.lr=0.05",
+            "arms=[original, moment]",
+            "compression.size=16*d^0.5",
+            "train.batch_size=null",
+            "task.noise=0",
+        ],
+    )
     assert config.train.lr == 0.05 and config.arms == ("original", "moment")
     assert config.compression.size == "16*d^0.5" and config.train.batch_size is None and config.task.noise == 0.0
     assert "expected a positive float, got \"__import__('os')\"" in error(BASE, ["train.lr=__import__('os')"])
@@ -81,8 +117,18 @@ def test_load_configs_reads_every_document_and_names_the_file(tmp_path):
 
 def test_run_id_ignores_cosmetic_keys_and_explicit_defaults():
     config = parse_config(BASE)
-    same = parse_config({**BASE, "out": "elsewhere", "device": "cpu", "name": "nice", "tags": ["a"],
-                         "arms": ["moment"], "model": {"width": 100}, "train": {"steps": 100, "lr": 0.001}})
+    same = parse_config(
+        {
+            **BASE,
+            "out": "elsewhere",
+            "device": "cpu",
+            "name": "nice",
+            "tags": ["a"],
+            "arms": ["moment"],
+            "model": {"width": 100},
+            "train": {"steps": 100, "lr": 0.001},
+        }
+    )
     assert run_id(config, "moment") == run_id(same, "moment")
     assert run_id(config, "moment") != run_id(config, "random")
     assert run_id(config, "moment") != run_id(parse_config(BASE, "x", ["seed=1"]), "moment")
@@ -93,7 +139,11 @@ def test_run_id_ignores_cosmetic_keys_and_explicit_defaults():
 
 
 def test_run_id_hashes_only_non_default_fields_so_new_defaulted_fields_keep_old_ids():
-    assert canonical(parse_config(BASE)) == {"experiment": "width", "task": {"name": "harmonic"}, "train": {"steps": 100}}
+    assert canonical(parse_config(BASE)) == {
+        "experiment": "width",
+        "task": {"name": "harmonic"},
+        "train": {"steps": 100},
+    }
 
 
 def test_flatten_gives_dotted_scalar_columns():
@@ -105,7 +155,9 @@ def test_flatten_gives_dotted_scalar_columns():
 
 
 def test_epochs_become_steps_over_the_original_training_set():
-    config = parse_config({**BASE, "task": {"name": "harmonic", "n_train": 1000}, "train": {"epochs": 3, "batch_size": 128}})
+    config = parse_config(
+        {**BASE, "task": {"name": "harmonic", "n_train": 1000}, "train": {"epochs": 3, "batch_size": 128}}
+    )
     assert config.total_steps() == 3 * 8  # ceil(1000 / 128) = 8 batches per epoch
     full = parse_config({**BASE, "train": {"epochs": 5}})
     assert full.total_steps() == 5
@@ -153,8 +205,10 @@ def test_quoted_numbers_are_read_alike_for_integers_and_floats(tmp_path):
     path.write_text('experiment: width\ntask: {name: harmonic, n_train: "2000"}\ntrain: {steps: 1e3, lr: 1e-3}\n')
     (config,) = load_configs(path)
     assert (config.task.n_train, config.train.steps, config.train.lr) == (2000, 1000, 0.001)
-    assert run_id(config, "moment") == run_id(parse_config({**BASE, "task": {"name": "harmonic", "n_train": 2000},
-                                                            "train": {"steps": 1000, "lr": 0.001}}), "moment")
+    assert run_id(config, "moment") == run_id(
+        parse_config({**BASE, "task": {"name": "harmonic", "n_train": 2000}, "train": {"steps": 1000, "lr": 0.001}}),
+        "moment",
+    )
     for text in ("ten", "2.5"):
         expected = f"smoke.yaml: train.steps: expected a positive integer or null, got {text!r}"
         assert error({**BASE, "train": {"steps": text}}) == expected
@@ -164,7 +218,8 @@ def test_quoted_numbers_are_read_alike_for_integers_and_floats(tmp_path):
 def test_k_zero_is_refused_as_no_moment_degree():
     assert error({**BASE, "compression": {"k": 0}}) == (
         "smoke.yaml: compression.k: expected a positive integer (the highest moment degree matched; "
-        "0 matches only the total weight), got 0")
+        "0 matches only the total weight), got 0"
+    )
     assert parse_config({**BASE, "compression": {"k": 1}}).compression.k == 1
 
 

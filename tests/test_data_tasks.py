@@ -118,8 +118,9 @@ def test_mnist_loads_from_a_local_torchvision_folder(tmp_path):
         load_task(TaskConfig(name="mnist", n_train=31, n_test=12, data_root=str(tmp_path)), seed=0)
 
 
-@pytest.mark.parametrize("name, folder", [("mnist", "MNIST/raw"), ("fashion_mnist", "FashionMNIST/raw"),
-                                          ("cifar10", "cifar-10-batches-py")])
+@pytest.mark.parametrize(
+    "name, folder", [("mnist", "MNIST/raw"), ("fashion_mnist", "FashionMNIST/raw"), ("cifar10", "cifar-10-batches-py")]
+)
 def test_a_missing_dataset_names_its_folder_and_the_download_option(tmp_path, name, folder):
     with pytest.raises(UsageError) as error:
         load_task(TaskConfig(name=name, n_train=10, n_test=10, data_root=str(tmp_path)), seed=0)

@@ -11,7 +11,6 @@ from harness.data.symmetric import symmetric_problem
 from harness.experiments import run_arms, run_one
 from harness.experiments.common import Seeds
 
-
 DATA = {
     "experiment": "data",
     "task": {"name": "teacher", "n_train": 1000, "n_test": 500},
@@ -31,8 +30,10 @@ def test_data_arms_start_from_one_student_and_differ_only_in_their_training_set(
         assert first[arm]["test_loss"] == first["original"]["test_loss"]
     # the loss landscape at that point: the weighted loss on the moment-compressed set is close to
     # the full loss (measured 0.10%); the random subset's is further (measured 5.5%)
-    gap = {arm: abs(first[arm]["train_loss"] - first["original"]["train_loss"]) / first["original"]["train_loss"]
-           for arm in ("moment", "random")}
+    gap = {
+        arm: abs(first[arm]["train_loss"] - first["original"]["train_loss"]) / first["original"]["train_loss"]
+        for arm in ("moment", "random")
+    }
     assert gap["moment"] < 0.005 < gap["random"]
     assert [r.summary["d_eff"] for r in results.values()][:3] == [1000, 100, 100]
     assert results["kmeans"].summary["d_eff"] <= 100
@@ -43,10 +44,16 @@ def test_data_arms_start_from_one_student_and_differ_only_in_their_training_set(
 
 
 def test_data_experiment_on_real_digits_with_cross_entropy():
-    config = parse_config({"experiment": "data", "arms": ["original", "random"],
-                           "task": {"name": "digits", "n_train": 600, "n_test": 300},
-                           "model": {"width": 32}, "compression": {"k": 1, "size": 200},
-                           "train": {"optimizer": "adam", "lr": 0.01, "steps": 60, "batch_size": 64, "eval_every": 30}})
+    config = parse_config(
+        {
+            "experiment": "data",
+            "arms": ["original", "random"],
+            "task": {"name": "digits", "n_train": 600, "n_test": 300},
+            "model": {"width": 32},
+            "compression": {"k": 1, "size": 200},
+            "train": {"optimizer": "adam", "lr": 0.01, "steps": 60, "batch_size": 64, "eval_every": 30},
+        }
+    )
     results = run_arms(config, device="cpu")
     original = results["original"]
     assert original.metrics[0]["test_loss"] == pytest.approx(np.log(10), rel=0.1)  # near-uniform logits
@@ -55,9 +62,15 @@ def test_data_experiment_on_real_digits_with_cross_entropy():
 
 
 def test_attention_experiment_compresses_heads():
-    config = parse_config({"experiment": "attention", "task": {"name": "piecewise", "n_train": 300, "n_test": 200},
-                           "model": {"heads": 120, "head_dim": 2}, "compression": {"k": 2, "size": 50},
-                           "train": {"optimizer": "adam", "lr": 0.001, "steps": 10, "batch_size": 32, "eval_every": 5}})
+    config = parse_config(
+        {
+            "experiment": "attention",
+            "task": {"name": "piecewise", "n_train": 300, "n_test": 200},
+            "model": {"heads": 120, "head_dim": 2},
+            "compression": {"k": 2, "size": 50},
+            "train": {"optimizer": "adam", "lr": 0.001, "steps": 10, "batch_size": 32, "eval_every": 5},
+        }
+    )
     results = run_arms(config, device="cpu")
     assert results["original"].summary["width"] == 120 and results["original"].summary["width_eff"] == 120
     for arm in ("moment", "random"):
@@ -68,9 +81,14 @@ def test_attention_experiment_compresses_heads():
 
 
 def test_symmetric_experiment_measures_the_error_of_compressed_sums():
-    config = parse_config({"experiment": "symmetric", "seed": 3,
-                           "task": {"name": "symmetric", "n_train": 2000, "input_dim": 1, "function": "inverse"},
-                           "compression": {"k": 4, "size": "0.1d"}})
+    config = parse_config(
+        {
+            "experiment": "symmetric",
+            "seed": 3,
+            "task": {"name": "symmetric", "n_train": 2000, "input_dim": 1, "function": "inverse"},
+            "compression": {"k": 4, "size": "0.1d"},
+        }
+    )
     results = run_arms(config, device="cpu")
     objects, probes = symmetric_problem(2000, 1, 10, Seeds.of(config).data)
     exact = np.mean(1.0 / (1.05 + objects @ probes.T))  # E7: A = m + 0.05
@@ -81,18 +99,31 @@ def test_symmetric_experiment_measures_the_error_of_compressed_sums():
 
 
 def test_runtime_experiment_records_time_size_and_moment_error():
-    config = parse_config({"experiment": "runtime", "arms": ["moment"],
-                           "task": {"name": "symmetric", "n_train": 3000, "input_dim": 2},
-                           "compression": {"k": 3, "size": "0.1d"}})
+    config = parse_config(
+        {
+            "experiment": "runtime",
+            "arms": ["moment"],
+            "task": {"name": "symmetric", "n_train": 3000, "input_dim": 2},
+            "compression": {"k": 3, "size": "0.1d"},
+        }
+    )
     summary = run_one(config, "moment", device="cpu").summary
     assert summary["d_eff"] == 300 and summary["compress_seconds"] > 0 and summary["moment_error"] < 1e-10
 
 
-@pytest.mark.parametrize("spec", [
-    DATA,
-    {"experiment": "width", "task": {"name": "teacher", "n_train": 300, "n_test": 100}, "model": {"width": 80},
-     "compression": {"k": 2, "size": 30}, "train": {"optimizer": "sgd", "lr": 0.01, "steps": 20, "batch_size": 16, "eval_every": 5}},
-])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        DATA,
+        {
+            "experiment": "width",
+            "task": {"name": "teacher", "n_train": 300, "n_test": 100},
+            "model": {"width": 80},
+            "compression": {"k": 2, "size": 30},
+            "train": {"optimizer": "sgd", "lr": 0.01, "steps": 20, "batch_size": 16, "eval_every": 5},
+        },
+    ],
+)
 def test_same_config_gives_the_same_numbers_whatever_the_global_seed(spec):
     config = parse_config(spec)
     with warnings.catch_warnings():

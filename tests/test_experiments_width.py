@@ -56,9 +56,14 @@ def test_gradient_division_keeps_the_compressed_net_near_the_original_at_every_s
 
 
 def test_arms_share_the_initialisation_and_the_batch_order():
-    config = parse_config({**SMALL_E3, "task": {**SMALL_E3["task"], "n_train": 200, "n_test": 100},
-                           "compression": {"k": 3, "size": 400},  # budget = width: nothing removed
-                           "train": {"optimizer": "sgd", "lr": 0.02, "steps": 30, "batch_size": 32, "eval_every": 10}})
+    config = parse_config(
+        {
+            **SMALL_E3,
+            "task": {**SMALL_E3["task"], "n_train": 200, "n_test": 100},
+            "compression": {"k": 3, "size": 400},  # budget = width: nothing removed
+            "train": {"optimizer": "sgd", "lr": 0.02, "steps": 30, "batch_size": 32, "eval_every": 10},
+        }
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         results = run_arms(config, ("original", "moment", "random", "magnitude"), device="cpu")
@@ -74,7 +79,9 @@ def test_deep_layers_are_compressed_in_turn_and_match_their_moments():
     net = init_mlp([2, 300, 3, 1], seed=0)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        small, facts = compress_units(net, "moment", CompressionConfig(k=2, size=40), seed=0, device=torch.device("cpu"))
+        small, facts = compress_units(
+            net, "moment", CompressionConfig(k=2, size=40), seed=0, device=torch.device("cpu")
+        )
     # layer 0: objects (w in R^2, b, outgoing column in R^3), m = 6, N(6, 2) = 28 <= 40 < 300;
     # layer 1 has only 3 units: nothing to remove
     assert small.widths == [40, 3] and not caught
@@ -96,7 +103,9 @@ def test_equal_width_deep_layers_have_too_many_moments_to_compress():
     net = init_mlp([2, 50, 50, 1], seed=0)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        small, facts = compress_units(net, "moment", CompressionConfig(k=1, size=10), seed=0, device=torch.device("cpu"))
+        small, facts = compress_units(
+            net, "moment", CompressionConfig(k=1, size=10), seed=0, device=torch.device("cpu")
+        )
     assert [str(w.message) for w in caught] == [
         "layer 0: size 10 gives 10 of 50 units, below N(m=53, k=1) = 54: the layer is kept whole",
         "layer 1: size 10 gives 10 of 50 units, below N(m=52, k=1) = 53: the layer is kept whole",

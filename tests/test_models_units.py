@@ -93,7 +93,9 @@ def test_attention_equals_a_causal_layer_read_at_the_last_position():
     layer = init_attention(6, 2, seed=3)
     layer = layer.select_units(0, np.arange(6), np.array([1.0, 2.0, 0.5, 3.0, 1.0, 1.5]))
     tokens = np.random.default_rng(0).normal(size=(4, 9))
-    np.testing.assert_allclose(layer(torch.as_tensor(tokens)).detach().numpy(), _attention_reference(tokens, layer), rtol=1e-10)
+    np.testing.assert_allclose(
+        layer(torch.as_tensor(tokens)).detach().numpy(), _attention_reference(tokens, layer), rtol=1e-10
+    )
     assert layer.unit_objects().shape == (6, 8)  # m = 8: Q, K, V (2x1 each) and O (1x2)
 
 
@@ -113,14 +115,23 @@ def _expand_mlp(net: MLP, counts: list[np.ndarray]) -> MLP:
 
 
 def _train_pair(weighted, expanded, optimizer, divide, x, y, steps=25, batch_size=None):
-    train = TrainConfig(optimizer=optimizer, lr=0.05 if optimizer == "gd" else 0.01, steps=steps, eval_every=1,
-                        dtype="float64", batch_size=batch_size, divide_gradients=divide)
+    train = TrainConfig(
+        optimizer=optimizer,
+        lr=0.05 if optimizer == "gd" else 0.01,
+        steps=steps,
+        eval_every=1,
+        dtype="float64",
+        batch_size=batch_size,
+        divide_gradients=divide,
+    )
     sampler = BatchSampler(np.ones(len(x)), batch_size, "proportional", seed=0)
     arms = [Arm("weighted", weighted, x, y, sampler), Arm("expanded", expanded, x, y, sampler)]
 
     def evaluate(live):
         with torch.no_grad():
-            return {arm.name: {"train_loss": float(squared_error(arm.model(x), y).mean()), "test_loss": 0.0} for arm in live}
+            return {
+                arm.name: {"train_loss": float(squared_error(arm.model(x), y).mean()), "test_loss": 0.0} for arm in live
+            }
 
     train_side_by_side(arms, train, steps, squared_error, evaluate, epoch_size=len(x))
     return [np.array([r["train_loss"] for r in arm.history]) for arm in arms]
@@ -141,8 +152,12 @@ def test_weighted_mlp_trains_like_the_network_with_repeated_neurons(optimizer, h
     assert loss_weighted[-1] < 0.9 * loss_weighted[0]  # it did train
     np.testing.assert_allclose(loss_weighted, loss_expanded, rtol=1e-10)
     # each kept neuron ended exactly where each of its copies did
-    np.testing.assert_allclose(expanded.weights[0].detach().numpy(),
-                               np.repeat(weighted.weights[0].detach().numpy(), counts[0], axis=0), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(
+        expanded.weights[0].detach().numpy(),
+        np.repeat(weighted.weights[0].detach().numpy(), counts[0], axis=0),
+        rtol=1e-9,
+        atol=1e-12,
+    )
 
 
 def test_without_division_the_weighted_mlp_leaves_its_expanded_original():
@@ -161,7 +176,10 @@ def test_weighted_attention_trains_like_the_layer_with_repeated_heads():
     counts = rng.integers(1, 4, size=5)
     weighted = init_attention(5, 2, seed=6).select_units(0, np.arange(5), counts.astype(float))
     repeat = torch.as_tensor(counts)
-    maps = [p.detach().repeat_interleave(repeat, dim=0) for p in (weighted.query, weighted.key, weighted.value, weighted.output)]
+    maps = [
+        p.detach().repeat_interleave(repeat, dim=0)
+        for p in (weighted.query, weighted.key, weighted.value, weighted.output)
+    ]
     expanded = HeadsAttention(*maps, weighted.bias.detach().clone())
     x = torch.as_tensor(rng.uniform(-1, 1, (32, 7)))
     y = x.mean(dim=1, keepdim=True)

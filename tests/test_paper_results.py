@@ -53,7 +53,13 @@ def _options(records: list[dict]) -> tuple[str, str, list[str], int, float]:
     first = records[0]
     by = list(first["group"])
     for r in records:
-        assert (r["x"], r["y"], list(r["group"]), r["n_boot"], r["level"]) == (first["x"], first["y"], by, first["n_boot"], first["level"])
+        assert (r["x"], r["y"], list(r["group"]), r["n_boot"], r["level"]) == (
+            first["x"],
+            first["y"],
+            by,
+            first["n_boot"],
+            first["level"],
+        )
     return first["x"], first["y"], by, first["n_boot"], first["level"]
 
 
@@ -100,7 +106,11 @@ def _same_interval(got, want, bracket, where: str) -> None:
 def _with_intervals_shifted(monkeypatch, shift: float, compute):
     """compute() with every interval of the analysis at level + shift."""
     with monkeypatch.context() as patch:
-        patch.setattr(analyse_module, "percentile_interval", lambda samples, level=analyse_module.INTERVAL, axis=-1: percentile_interval(samples, level + shift, axis))
+        patch.setattr(
+            analyse_module,
+            "percentile_interval",
+            lambda samples, level=analyse_module.INTERVAL, axis=-1: percentile_interval(samples, level + shift, axis),
+        )
         return compute()
 
 

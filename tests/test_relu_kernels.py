@@ -33,7 +33,9 @@ def test_relu_readout_is_the_sum_of_relu_times_outgoing(models, rows, inputs, wi
     x, weight1_t, bias1, outgoing = problem(models, rows, inputs, width)
     z = numpy_preactivations(x, weight1_t, bias1)
     expected = np.einsum("kbj,kj->kb", np.maximum(z, 0.0), outgoing.numpy())
-    np.testing.assert_allclose(relu_kernels.relu_readout(x, weight1_t, bias1, outgoing).numpy(), expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(
+        relu_kernels.relu_readout(x, weight1_t, bias1, outgoing).numpy(), expected, rtol=1e-12, atol=1e-12
+    )
 
 
 @pytest.mark.parametrize("models, rows, inputs, width", SHAPES)
@@ -52,11 +54,14 @@ def test_strided_views_give_what_contiguous_copies_give():
     flat = torch.cat([weight1_t.reshape(4, -1), bias1, outgoing], dim=1)
     views = flat[:, :60].view(4, 2, 30), flat[:, 60:90], flat[:, 90:]
     assert not views[0].is_contiguous()
-    np.testing.assert_array_equal(relu_kernels.relu_readout(x, *views).numpy(),
-                                  relu_kernels.relu_readout(x, weight1_t, bias1, outgoing).numpy())
+    np.testing.assert_array_equal(
+        relu_kernels.relu_readout(x, *views).numpy(), relu_kernels.relu_readout(x, weight1_t, bias1, outgoing).numpy()
+    )
     per_example = torch.randn(4, 20, 3, dtype=torch.float64)[:, :, [2, 0, 1]]  # not contiguous either
-    np.testing.assert_array_equal(relu_kernels.masked_products(x, *views[:2], per_example).numpy(),
-                                  relu_kernels.masked_products(x, weight1_t, bias1, per_example.contiguous()).numpy())
+    np.testing.assert_array_equal(
+        relu_kernels.masked_products(x, *views[:2], per_example).numpy(),
+        relu_kernels.masked_products(x, weight1_t, bias1, per_example.contiguous()).numpy(),
+    )
 
 
 def test_float32_matches_the_float64_sums_to_float32_rounding():

@@ -13,15 +13,26 @@ from harness.config import flatten, parse_config
 from harness.experiments import run_config
 
 PAPER = Path(__file__).resolve().parent.parent / "results" / "paper"
-DATA = {"experiment": "data", "arms": ["original", "moment", "random"],
-        "task": {"name": "teacher", "n_train": 256, "n_test": 100}, "model": {"width": 12, "init": "uniform"},
-        "compression": {"k": 2, "size": 40},
-        "train": {"optimizer": "adamw", "lr": 0.001, "steps": 4, "batch_size": 128, "eval_every": 2}}
-SYMMETRIC = {"experiment": "symmetric", "task": {"name": "symmetric", "n_train": 400, "input_dim": 2},
-             "compression": {"k": 3, "size": "0.2d"}}
-ATTENTION = {"experiment": "attention", "task": {"name": "piecewise", "n_train": 64, "n_test": 32},
-             "model": {"heads": 30, "head_dim": 2}, "compression": {"k": 1, "size": 10},
-             "train": {"optimizer": "adam", "lr": 0.001, "steps": 2, "batch_size": 16, "eval_every": 1}}
+DATA = {
+    "experiment": "data",
+    "arms": ["original", "moment", "random"],
+    "task": {"name": "teacher", "n_train": 256, "n_test": 100},
+    "model": {"width": 12, "init": "uniform"},
+    "compression": {"k": 2, "size": 40},
+    "train": {"optimizer": "adamw", "lr": 0.001, "steps": 4, "batch_size": 128, "eval_every": 2},
+}
+SYMMETRIC = {
+    "experiment": "symmetric",
+    "task": {"name": "symmetric", "n_train": 400, "input_dim": 2},
+    "compression": {"k": 3, "size": "0.2d"},
+}
+ATTENTION = {
+    "experiment": "attention",
+    "task": {"name": "piecewise", "n_train": 64, "n_test": 32},
+    "model": {"heads": 30, "head_dim": 2},
+    "compression": {"k": 1, "size": 10},
+    "train": {"optimizer": "adam", "lr": 0.001, "steps": 2, "batch_size": 16, "eval_every": 1},
+}
 
 
 def fresh_table(raw: dict, out: Path) -> pd.DataFrame:
@@ -46,8 +57,9 @@ def test_plain_columns_that_look_like_copies_carry_their_own_values(tmp_path):
     assert data.loc["moment", "k"] == 2
     attention = fresh_table(ATTENTION, tmp_path / "attention").set_index("arm")
     assert (attention["width"] == 30).all() and (attention["model.width"] != 30).all()  # heads, not model.width
-    epochs = fresh_table({**DATA, "arms": ["original"], "train": {**DATA["train"], "steps": None, "epochs": 1}},
-                         tmp_path / "epochs")
+    epochs = fresh_table(
+        {**DATA, "arms": ["original"], "train": {**DATA["train"], "steps": None, "epochs": 1}}, tmp_path / "epochs"
+    )
     assert epochs["steps"].tolist() == [2] and epochs["train.steps"].isna().all()  # 256 examples, batches of 128
 
 

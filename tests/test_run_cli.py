@@ -20,7 +20,11 @@ def test_run_records_every_arm_and_skips_them_the_second_time(tmp_path, capsys):
     out = tmp_path / "results"
     assert main(["run", str(spec), "--out", str(out), "--device", "cpu", "--set", "arms=[original, moment]"]) == 0
     printed = capsys.readouterr().out.splitlines()
-    assert len(printed) == 3 and all(" done " in line for line in printed[:2]) and printed[2] == f"table: {out / 'runs.parquet'}"
+    assert (
+        len(printed) == 3
+        and all(" done " in line for line in printed[:2])
+        and printed[2] == f"table: {out / 'runs.parquet'}"
+    )
     table = pd.read_parquet(out / "runs.parquet")
     assert sorted(table["arm"]) == ["moment", "original"] and set(table["device"]) == {"cpu"}
     assert main(["run", str(spec), "--out", str(out), "--set", "arms=[original, moment]"]) == 0
@@ -35,8 +39,11 @@ def test_run_expands_a_sweep_file_and_runs_each_configuration_once(tmp_path, cap
     table = pd.read_parquet(out / "runs.parquet")
     assert len(table) == 2 * 2 * 2 and table["run_id"].is_unique
     assert sorted(zip(table["task.n_train"], table["seed"], table["arm"])) == sorted(
-        (n, seed, arm) for n in (80, 100) for seed in (0, 3) for arm in ("moment", "original"))
-    spec.write_text(TINY + "grid:\n  task.n_train: [80]\ntune:\n  params: {train.lr: {low: 0.001, high: 0.1}}\n  trials: 2\n")
+        (n, seed, arm) for n in (80, 100) for seed in (0, 3) for arm in ("moment", "original")
+    )
+    spec.write_text(
+        TINY + "grid:\n  task.n_train: [80]\ntune:\n  params: {train.lr: {low: 0.001, high: 0.1}}\n  trials: 2\n"
+    )
     capsys.readouterr()
     assert main(["run", str(spec)]) == 2
     assert "tune: searching first needs `polyscale sweep" in capsys.readouterr().err
@@ -49,7 +56,10 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     assert capsys.readouterr().err == "polyscale run: error: --set: train.lr: expected a positive float, got 'fast'\n"
     spec.write_text(TINY.replace("width: 30", "widht: 30"))
     assert main(["run", str(spec)]) == 2
-    assert capsys.readouterr().err == "polyscale run: error: tiny.yaml: model.widht: unknown key (did you mean model.width?)\n"
+    assert (
+        capsys.readouterr().err
+        == "polyscale run: error: tiny.yaml: model.widht: unknown key (did you mean model.width?)\n"
+    )
     assert main(["run", str(tmp_path / "none.yaml")]) == 2
     assert "none.yaml: no such file" in capsys.readouterr().err
 

@@ -16,18 +16,53 @@ import yaml
 from harness.cli import build_parser, main
 from harness.config import parse_config
 from harness.errors import UsageError
-from harness.experiments import run_config
-from harness.experiments import runner
+from harness.experiments import run_config, runner
 from harness.tracking import begin_run, is_finished, read_status, rebuild_table, run_dir
-from harness.tracking.store import (copy_finished, end_run, error_line, finished_status, metrics_path, read_metrics,
-                                    read_summary, record_problem, run_error, run_ids, status_path, summary_path,
-                                    table_path, write_json, write_metrics)
+from harness.tracking.store import (
+    copy_finished,
+    end_run,
+    error_line,
+    finished_status,
+    metrics_path,
+    read_metrics,
+    read_summary,
+    record_problem,
+    run_error,
+    run_ids,
+    status_path,
+    summary_path,
+    table_path,
+    write_json,
+    write_metrics,
+)
 
-REQUIRED = ["run_id", "experiment", "arm", "seed", "d", "d_eff", "width", "width_eff", "k", "train.optimizer", "train.lr",
-            "steps", "test_loss", "train_loss", "compress_seconds", "train_seconds", "moment_error", "status"]
-TINY_WIDTH = {"experiment": "width", "task": {"name": "teacher", "n_train": 100, "n_test": 50}, "model": {"width": 30},
-              "compression": {"k": 1, "size": 10},
-              "train": {"optimizer": "sgd", "lr": 0.01, "steps": 10, "batch_size": 20, "eval_every": 5}}
+REQUIRED = [
+    "run_id",
+    "experiment",
+    "arm",
+    "seed",
+    "d",
+    "d_eff",
+    "width",
+    "width_eff",
+    "k",
+    "train.optimizer",
+    "train.lr",
+    "steps",
+    "test_loss",
+    "train_loss",
+    "compress_seconds",
+    "train_seconds",
+    "moment_error",
+    "status",
+]
+TINY_WIDTH = {
+    "experiment": "width",
+    "task": {"name": "teacher", "n_train": 100, "n_test": 50},
+    "model": {"width": 30},
+    "compression": {"k": 1, "size": 10},
+    "train": {"optimizer": "sgd", "lr": 0.01, "steps": 10, "batch_size": 20, "eval_every": 5},
+}
 
 
 def test_run_config_writes_every_file_and_the_table(tmp_path):
@@ -36,7 +71,12 @@ def test_run_config_writes_every_file_and_the_table(tmp_path):
     assert [r.status for r in records] == ["done"] * 4 and not any(r.skipped for r in records)
     for record in records:
         folder = run_dir(tmp_path, record.run_id)
-        assert sorted(p.name for p in folder.iterdir()) == ["config.json", "metrics.jsonl", "status.json", "summary.json"]
+        assert sorted(p.name for p in folder.iterdir()) == [
+            "config.json",
+            "metrics.jsonl",
+            "status.json",
+            "summary.json",
+        ]
         assert json.loads((folder / "config.json").read_text())["config"]["model"]["width"] == 30
         lines = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
         assert [r["step"] for r in lines] == [0, 5, 10]
@@ -62,7 +102,11 @@ def test_finished_runs_are_never_run_again_and_others_are(tmp_path, monkeypatch)
     assert not is_finished(tmp_path, first[0].run_id)
     calls = []
     real = runner.RUNNERS["width"]
-    monkeypatch.setitem(runner.RUNNERS, "width", lambda cfg, arms, device, on_record: calls.append(arms) or real(cfg, arms, device, on_record))
+    monkeypatch.setitem(
+        runner.RUNNERS,
+        "width",
+        lambda cfg, arms, device, on_record: calls.append(arms) or real(cfg, arms, device, on_record),
+    )
     second = run_config(config, tmp_path)
     assert calls == [("original",)]
     assert [(r.arm, r.skipped) for r in second] == [("original", False), ("moment", True)]
@@ -88,17 +132,22 @@ def test_an_experiment_that_raises_marks_its_runs_failed_without_escaping(tmp_pa
 
 
 def test_a_usage_error_is_recorded_and_raised(tmp_path):
-    config = parse_config({"experiment": "data", "task": {"name": "mnist", "n_train": 10, "n_test": 10,
-                                                          "data_root": str(tmp_path / "nothing")},
-                           "train": {"steps": 1}})
+    config = parse_config(
+        {
+            "experiment": "data",
+            "task": {"name": "mnist", "n_train": 10, "n_test": 10, "data_root": str(tmp_path / "nothing")},
+            "train": {"steps": 1},
+        }
+    )
     with pytest.raises(UsageError, match="task.download: true"):
         run_config(config, tmp_path)
     assert set(pd.read_parquet(tmp_path / "runs.parquet")["status"]) == {"failed"}
 
 
 def test_divergence_is_a_result_not_a_crash(tmp_path):
-    config = parse_config({**TINY_WIDTH, "arms": ["original"],
-                           "train": {"optimizer": "gd", "lr": 1e4, "steps": 50, "eval_every": 5}})
+    config = parse_config(
+        {**TINY_WIDTH, "arms": ["original"], "train": {"optimizer": "gd", "lr": 1e4, "steps": 50, "eval_every": 5}}
+    )
     (record,) = run_config(config, tmp_path)
     assert record.status == "diverged" and is_finished(tmp_path, record.run_id)
     row = pd.read_parquet(tmp_path / "runs.parquet").iloc[0]
@@ -126,9 +175,15 @@ def test_observers_see_start_records_and_finish(tmp_path):
 
 def test_table_is_rebuilt_from_the_folders_whatever_their_state(tmp_path):
     run_config(parse_config({**TINY_WIDTH, "arms": ["original"]}), tmp_path)
-    begin_run(tmp_path, "width-moment-000000000000", "moment", {"experiment": "width", "seed": 0, "arms": ["moment"],
-                                                                 "model": {"width": 30}})
-    write_json(run_dir(tmp_path, "odd") / "config.json", {"run_id": "odd", "arm": "x", "config": {"model": {"width": "wide"}}})
+    begin_run(
+        tmp_path,
+        "width-moment-000000000000",
+        "moment",
+        {"experiment": "width", "seed": 0, "arms": ["moment"], "model": {"width": 30}},
+    )
+    write_json(
+        run_dir(tmp_path, "odd") / "config.json", {"run_id": "odd", "arm": "x", "config": {"model": {"width": "wide"}}}
+    )
     (tmp_path / "runs.parquet").unlink()
     table = rebuild_table(tmp_path).set_index("run_id")
     assert table.loc["width-moment-000000000000", "status"] == "running"
@@ -148,10 +203,17 @@ def _damage(out, run_id, what):
         summary_path(out, run_id).unlink()
 
 
-@pytest.mark.parametrize("what, problem", [("truncated summary.json", "summary.json does not parse"),
-                                           ("truncated status.json", "status.json does not parse"),
-                                           ("no summary.json", "status done but no summary.json")])
-def test_a_damaged_record_is_not_finished_and_the_next_run_redoes_it_and_says_so(tmp_path, capsys, caplog, what, problem):
+@pytest.mark.parametrize(
+    "what, problem",
+    [
+        ("truncated summary.json", "summary.json does not parse"),
+        ("truncated status.json", "status.json does not parse"),
+        ("no summary.json", "status done but no summary.json"),
+    ],
+)
+def test_a_damaged_record_is_not_finished_and_the_next_run_redoes_it_and_says_so(
+    tmp_path, capsys, caplog, what, problem
+):
     spec = tmp_path / "tiny.yaml"
     spec.write_text(yaml.safe_dump({**TINY_WIDTH, "arms": ["original", "moment"]}))
     out = tmp_path / "results"
@@ -188,7 +250,7 @@ def test_the_error_line_is_the_exception_of_a_traceback():
 
 def test_a_failed_runs_error_line_is_read_from_its_record(tmp_path):
     begin_run(tmp_path, "r1", "original", {})
-    end_run(tmp_path, "r1", "failed", [], {}, error="Traceback (most recent call last):\n  File \"x\"\nValueError: bad\n")
+    end_run(tmp_path, "r1", "failed", [], {}, error='Traceback (most recent call last):\n  File "x"\nValueError: bad\n')
     begin_run(tmp_path, "r2", "original", {})
     end_run(tmp_path, "r2", "failed", [], {})
     assert run_error(tmp_path, "r1") == "ValueError: bad" and run_error(tmp_path, "r2") == ""
@@ -197,12 +259,22 @@ def test_a_failed_runs_error_line_is_read_from_its_record(tmp_path):
 
 def test_metrics_are_read_with_bad_lines_skipped_and_bad_values_missing(tmp_path):
     begin_run(tmp_path, "r", "original", {})
-    lines = ['{"step": 0, "test_loss": 1.5}', '{"step": 5, "test_loss": "nan?", "lr": 0.1}', "", "[1, 2]",
-             '{"step": "ten", "test_loss": 1.0}', '{"step": 10, "test_loss": null}', '{"step": 15, "test_lo']
+    lines = [
+        '{"step": 0, "test_loss": 1.5}',
+        '{"step": 5, "test_loss": "nan?", "lr": 0.1}',
+        "",
+        "[1, 2]",
+        '{"step": "ten", "test_loss": 1.0}',
+        '{"step": 10, "test_loss": null}',
+        '{"step": 15, "test_lo',
+    ]
     metrics_path(tmp_path, "r").write_text("\n".join(lines))
     records, problem = read_metrics(tmp_path, "r")
-    assert records == [{"step": 0, "test_loss": 1.5}, {"step": 5, "test_loss": None, "lr": 0.1},
-                       {"step": 10, "test_loss": None}]
+    assert records == [
+        {"step": 0, "test_loss": 1.5},
+        {"step": 5, "test_loss": None, "lr": 0.1},
+        {"step": 10, "test_loss": None},
+    ]
     assert problem.startswith(f"{metrics_path(tmp_path, 'r')}: 3 unreadable line(s) skipped")
     assert "test_loss='nan?' (line 2)" in problem
     write_metrics(tmp_path, "r", records)
@@ -212,8 +284,14 @@ def test_metrics_are_read_with_bad_lines_skipped_and_bad_values_missing(tmp_path
 
 def test_copying_finished_runs_keeps_finished_ones_and_replaces_damaged_ones(tmp_path):
     source, target = tmp_path / "source", tmp_path / "target"
-    for out, run_id, status in [(source, "a", "done"), (source, "b", "diverged"), (source, "c", "failed"),
-                                (source, "d", "done"), (target, "a", "done"), (target, "b", "done")]:
+    for out, run_id, status in [
+        (source, "a", "done"),
+        (source, "b", "diverged"),
+        (source, "c", "failed"),
+        (source, "d", "done"),
+        (target, "a", "done"),
+        (target, "b", "done"),
+    ]:
         begin_run(out, run_id, "original", {"model": {"width": len(str(out))}})
         end_run(out, run_id, status, [{"step": 0, "test_loss": 1.0}], {"run_id": run_id, "from": out.name})
     summary_path(target, "b").write_text('{"run_id": "b", "fr')
@@ -262,16 +340,21 @@ def test_a_read_only_results_folder_is_one_line_naming_it(shared_tmp, capsys):
     source = shared_tmp / "source"
     begin_run(source, "r", "original", {})
     end_run(source, "r", "done", [], {"run_id": "r"})
-    commands = {"run": ["run", str(spec), "--out", str(locked), "--device", "cpu"],
-                "sweep": ["sweep", str(spec), "--out", str(locked / "new"), "--device", "cpu"],
-                "worker": ["worker", "--sweep", "tiny", "--out", str(locked)],
-                "collect": ["collect", str(locked), "--from", str(source)]}
+    commands = {
+        "run": ["run", str(spec), "--out", str(locked), "--device", "cpu"],
+        "sweep": ["sweep", str(spec), "--out", str(locked / "new"), "--device", "cpu"],
+        "worker": ["worker", "--sweep", "tiny", "--out", str(locked)],
+        "collect": ["collect", str(locked), "--from", str(source)],
+    }
     for command, argv in commands.items():
         capsys.readouterr()
         with read_only(locked):
             assert main(argv) == 2
         printed = capsys.readouterr()
         folder = locked / "new" if command == "sweep" else locked
-        assert printed.err == f"polyscale {command}: error: {folder}: the results folder is not writable (Permission denied)\n"
+        assert (
+            printed.err
+            == f"polyscale {command}: error: {folder}: the results folder is not writable (Permission denied)\n"
+        )
         assert printed.out == ""
     assert sorted(p.name for p in locked.rglob("*")) == ["runs"]

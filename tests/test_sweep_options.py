@@ -17,8 +17,15 @@ def worker_options(argv: list[str], env: dict[str, str]) -> SweepOptions:
 
 def test_every_option_survives_the_worker_command_line(tmp_path):
     options = SweepOptions(
-        out=tmp_path / "elsewhere", storage="postgresql://u:p@ss@db-host/polyscale", device="cuda:1",
-        wandb_mode="online", wandb_project="another", retries=3, grace_seconds=7.25, batch_models=5, threads=2,
+        out=tmp_path / "elsewhere",
+        storage="postgresql://u:p@ss@db-host/polyscale",
+        device="cuda:1",
+        wandb_mode="online",
+        wandb_project="another",
+        retries=3,
+        grace_seconds=7.25,
+        batch_models=5,
+        threads=2,
     )
     for field in dataclasses.fields(SweepOptions):  # the test covers every field, none at its default
         assert getattr(options, field.name) != field.default, field.name
@@ -35,14 +42,39 @@ def test_one_at_a_time_and_the_default_storage_survive_too(tmp_path):
 
 
 def test_sweep_and_worker_read_the_same_flags_the_same_way(tmp_path):
-    flags = ["--out", str(tmp_path), "--device", "cpu", "--wandb", "disabled", "--retries", "0", "--grace", "3",
-             "--no-batch", "--threads", "1", "--storage", "sqlite:///q.db"]
+    flags = [
+        "--out",
+        str(tmp_path),
+        "--device",
+        "cpu",
+        "--wandb",
+        "disabled",
+        "--retries",
+        "0",
+        "--grace",
+        "3",
+        "--no-batch",
+        "--threads",
+        "1",
+        "--storage",
+        "sqlite:///q.db",
+    ]
     parser = build_parser()
     as_sweep = from_args(parser.parse_args(["sweep", "s.yaml", *flags]), Path("unused"), environ={})
     as_worker = from_args(parser.parse_args(["worker", "--sweep", "s", *flags]), Path("unused"), environ={})
-    assert as_sweep == as_worker == SweepOptions(
-        out=tmp_path, storage="sqlite:///q.db", device="cpu", wandb_mode="disabled", retries=0, grace_seconds=3.0,
-        batch_models=1, threads=1,
+    assert (
+        as_sweep
+        == as_worker
+        == SweepOptions(
+            out=tmp_path,
+            storage="sqlite:///q.db",
+            device="cpu",
+            wandb_mode="disabled",
+            retries=0,
+            grace_seconds=3.0,
+            batch_models=1,
+            threads=1,
+        )
     )
 
 

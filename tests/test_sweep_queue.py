@@ -11,8 +11,8 @@ from collections import Counter
 import pytest
 
 from harness.errors import UsageError
-from harness.sweep.queue import JobRecord, RunQueue
 from harness.redact import redact
+from harness.sweep.queue import JobRecord, RunQueue
 from harness.sweep.storage import open_storage
 
 POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
@@ -83,8 +83,12 @@ def test_the_latest_attempt_of_each_run_and_where_its_results_went(storage_url):
     assert here.claim().run_id == "c"  # left running
     d = here.claim()
     here.finish(d, "failed", error="bang")
-    assert here.latest() == {"a": JobRecord("waiting"), "b": JobRecord("done", "machine-b:/results/x"),
-                             "c": JobRecord("running"), "d": JobRecord("failed", "machine-a:/results/x")}
+    assert here.latest() == {
+        "a": JobRecord("waiting"),
+        "b": JobRecord("done", "machine-b:/results/x"),
+        "c": JobRecord("running"),
+        "d": JobRecord("failed", "machine-a:/results/x"),
+    }
 
 
 def test_a_run_whose_worker_stopped_beating_is_queued_again(storage_url):

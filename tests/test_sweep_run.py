@@ -16,9 +16,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from harness.config.sweep_spec import load_sweep
 from harness.sweep.launch import jobs
 from harness.sweep.queue import OUTCOME, RUN_ID, RunQueue
-from harness.config.sweep_spec import load_sweep
 from tests.test_sweep_queue import POSTGRES_URL, postgres_reachable, unique_sweep
 from tests.wandb_records import offline_run
 
@@ -42,12 +42,21 @@ def write_spec(folder: Path, name: str, steps: int = 40, sizes=(96, 128, 160), s
     return path
 
 
-def polyscale(*args: str, cwd: Path, wandb: str = "disabled", **kwargs) -> subprocess.Popen | subprocess.CompletedProcess:
+def polyscale(
+    *args: str, cwd: Path, wandb: str = "disabled", **kwargs
+) -> subprocess.Popen | subprocess.CompletedProcess:
     env = {**os.environ, "WANDB_MODE": wandb, "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "harness.cli", *args]
     if kwargs.pop("background", False):
-        return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, start_new_session=True)
+        return subprocess.Popen(
+            command,
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600, **kwargs)
 
 
@@ -203,8 +212,19 @@ def test_a_coordinator_whose_runs_another_machine_did_says_where_they_are_and_ho
     log = (tmp_path / "worker.log").open("w")
 
     def the_other_machines_worker(name, options, workers):  # this machine's own finds nothing left
-        command = [sys.executable, "-m", "harness.cli", "worker", "--sweep", name, "--out", str(there),
-                   "--storage", storage, "--quiet"]
+        command = [
+            sys.executable,
+            "-m",
+            "harness.cli",
+            "worker",
+            "--sweep",
+            name,
+            "--out",
+            str(there),
+            "--storage",
+            storage,
+            "--quiet",
+        ]
         env = {**os.environ, "WANDB_MODE": "disabled"}
         return [subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)]
 
@@ -237,8 +257,10 @@ def test_a_run_failed_by_another_machine_is_reported_failed_and_the_sweep_exits_
     first, second = sorted(set(job_of.values()))
     latest = {first: JobRecord("failed", "machine-b:/r"), second: JobRecord("waiting")}
     ends = run_ends(sweep, tmp_path / "empty", {run.run_id: None for run in sweep.runs}, latest)
-    expected = {rid: ("failed elsewhere", None) if job == first else ("still waiting in the queue", None)
-                for rid, job in job_of.items()}
+    expected = {
+        rid: ("failed elsewhere", None) if job == first else ("still waiting in the queue", None)
+        for rid, job in job_of.items()
+    }
     assert ends == expected
     assert not complete(Counter(what for what, _ in ends.values()))
 

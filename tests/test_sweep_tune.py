@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 
 from harness.config import TaskConfig, run_id
+from harness.config.sweep_spec import load_sweep
 from harness.data import load_task
 from harness.errors import UsageError
-from harness.config.sweep_spec import load_sweep
 from harness.sweep.tune import tune_sweep, tuning_cells
 
 SPEC = """\
@@ -57,16 +57,46 @@ def test_the_validation_split_is_extra_training_distribution_points_not_the_test
     [
         ("tune: 5\n", r"tuned.yaml: tune: expected a mapping"),
         ("tune:\n      trials: 3\n", r"tune.params: expected a mapping"),
-        ("tune:\n      params: {train.lr: {low: 1, high: 0.1}}\n      trials: 3\n", r"tune.params.train.lr: expected numbers low < high"),
-        ("tune:\n      params: {train.lr: {low: 0, high: 0.1, log: true}}\n      trials: 3\n", r"a log range needs low > 0"),
-        ("tune:\n      params: {train.lrr: {low: 0.1, high: 0.2}}\n      trials: 3\n", r"tune.params.train.lrr: 0.1 makes a bad configuration \(.*unknown key \(did you mean train.lr\?\)\)"),
-        ("tune:\n      params: {train.optimizer: {choices: [adam, lion]}}\n      trials: 3\n", r"tune.params.train.optimizer: 'lion' makes a bad configuration"),
-        ("tune:\n      params: {task.n_train: {low: 10, high: 20, int: true}}\n      trials: 3\n", r"tune.params.task.n_train: also varied by grid"),
-        ("tune:\n      params: {train.lr: {low: 0.1, high: 0.2}}\n      trials: 0\n", r"tune.trials: expected a positive integer"),
-        ("tune:\n      params: {train.lr: {low: 0.1, high: 0.2}}\n      trials: 2\n      arm: kmeans\n", r"tune.arm: expected one of this sweep's arms \(original, moment\)"),
-        ("tune:\n      params: {train.lr: {low: 0.1, high: 0.2}}\n      trials: 2\n      per: [model.width]\n", r"tune.per: expected a list of grid/zip keys \(task.n_train\)"),
-        ("tune:\n      params: {train.lr: {low: 0.1, high: 0.2}}\n      trials: 2\n      validation: 1.5\n", r"tune.validation: expected a fraction in \(0, 1\)"),
-        ("tune:\n      params: {train.lr: {low: 0.1, high: 0.2}}\n      trials: 2\n      budget: 9\n", r"tune.budget: unknown key"),
+        (
+            "tune:\n      params: {train.lr: {low: 1, high: 0.1}}\n      trials: 3\n",
+            r"tune.params.train.lr: expected numbers low < high",
+        ),
+        (
+            "tune:\n      params: {train.lr: {low: 0, high: 0.1, log: true}}\n      trials: 3\n",
+            r"a log range needs low > 0",
+        ),
+        (
+            "tune:\n      params: {train.lrr: {low: 0.1, high: 0.2}}\n      trials: 3\n",
+            r"tune.params.train.lrr: 0.1 makes a bad configuration \(.*unknown key \(did you mean train.lr\?\)\)",
+        ),
+        (
+            "tune:\n      params: {train.optimizer: {choices: [adam, lion]}}\n      trials: 3\n",
+            r"tune.params.train.optimizer: 'lion' makes a bad configuration",
+        ),
+        (
+            "tune:\n      params: {task.n_train: {low: 10, high: 20, int: true}}\n      trials: 3\n",
+            r"tune.params.task.n_train: also varied by grid",
+        ),
+        (
+            "tune:\n      params: {train.lr: {low: 0.1, high: 0.2}}\n      trials: 0\n",
+            r"tune.trials: expected a positive integer",
+        ),
+        (
+            "tune:\n      params: {train.lr: {low: 0.1, high: 0.2}}\n      trials: 2\n      arm: kmeans\n",
+            r"tune.arm: expected one of this sweep's arms \(original, moment\)",
+        ),
+        (
+            "tune:\n      params: {train.lr: {low: 0.1, high: 0.2}}\n      trials: 2\n      per: [model.width]\n",
+            r"tune.per: expected a list of grid/zip keys \(task.n_train\)",
+        ),
+        (
+            "tune:\n      params: {train.lr: {low: 0.1, high: 0.2}}\n      trials: 2\n      validation: 1.5\n",
+            r"tune.validation: expected a fraction in \(0, 1\)",
+        ),
+        (
+            "tune:\n      params: {train.lr: {low: 0.1, high: 0.2}}\n      trials: 2\n      budget: 9\n",
+            r"tune.budget: unknown key",
+        ),
     ],
 )
 def test_bad_tune_blocks_give_one_line_errors_naming_the_key(tmp_path, block, message):
@@ -80,7 +110,9 @@ def test_tuning_picks_each_cells_best_trial_resumes_and_fixes_the_final_runs(tmp
     out = tmp_path / "results"
     storage = str(out / "queue.journal")
     assert [(cell.values, cell.arm) for cell in tuning_cells(sweep)] == [
-        ((("task.n_train", 96),), "original"), ((("task.n_train", 160),), "original")]
+        ((("task.n_train", 96),), "original"),
+        ((("task.n_train", 160),), "original"),
+    ]
 
     tuned, best = tune_sweep(sweep, out, storage, device="cpu")
 
@@ -111,9 +143,12 @@ def test_tuning_picks_each_cells_best_trial_resumes_and_fixes_the_final_runs(tmp
 def test_cells_may_be_keyed_by_list_values(tmp_path):
     text = SPEC.replace("    arms: [original, moment]\n", "").replace(
         "    grid:\n      task.n_train: [96, 160]\n",
-        "    zip:\n      arms: [[original], [original, moment]]\n      task.n_train: [96, 160]\n")
+        "    zip:\n      arms: [[original], [original, moment]]\n      task.n_train: [96, 160]\n",
+    )
     sweep = load_sweep(write(tmp_path, text + TUNE.replace("      arm: original\n", "")))
     cells = [(dict(cell.values), cell.arm) for cell in tuning_cells(sweep)]
-    assert cells == [({"arms": ["original"], "task.n_train": 96}, "original"),
-                     ({"arms": ["original", "moment"], "task.n_train": 160}, "original"),
-                     ({"arms": ["original", "moment"], "task.n_train": 160}, "moment")]
+    assert cells == [
+        ({"arms": ["original"], "task.n_train": 96}, "original"),
+        ({"arms": ["original", "moment"], "task.n_train": 160}, "original"),
+        ({"arms": ["original", "moment"], "task.n_train": 160}, "moment"),
+    ]

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from harness.config import OPTIMIZERS, Config, TrainConfig, parse_config
+from harness.config.sweep_spec import expand_sweep
 from harness.experiments.runner import run_arms, run_config, run_configs
 from harness.experiments.units import compress_units
 from harness.models import init_mlp, relu_kernels
@@ -26,7 +27,6 @@ from harness.sweep.execute import job_id
 from harness.sweep.launch import jobs
 from harness.sweep.options import SweepOptions
 from harness.sweep.queue import RunQueue
-from harness.config.sweep_spec import expand_sweep
 from harness.sweep.worker import work
 from harness.train import batched, run_together, stacked
 from harness.train.optim import make_optimizer
@@ -40,19 +40,37 @@ FLOAT32_TOLERANCE = 1e-5
 LOSSES = ("train_loss", "test_loss", "full_train_loss")
 
 
-def config(experiment: str = "data", optimizer: str = "adamw", lr: float = 0.01, seed: int = 0, *,
-           dtype: str = "float64", task: dict | None = None, **train) -> Config:
+def config(
+    experiment: str = "data",
+    optimizer: str = "adamw",
+    lr: float = 0.01,
+    seed: int = 0,
+    *,
+    dtype: str = "float64",
+    task: dict | None = None,
+    **train,
+) -> Config:
     """Small configurations: a teacher task (data) or a harmonic one with 40 neurons -> 15 (width)."""
     if optimizer != "gd":
         train.setdefault("batch_size", 32)
-    raw = {"experiment": experiment, "seed": seed, "device": "cpu",
-           "train": {"optimizer": optimizer, "lr": lr, "steps": 40, "eval_every": 10, "dtype": dtype, **train}}
+    raw = {
+        "experiment": experiment,
+        "seed": seed,
+        "device": "cpu",
+        "train": {"optimizer": optimizer, "lr": lr, "steps": 40, "eval_every": 10, "dtype": dtype, **train},
+    }
     if experiment == "data":
-        raw.update(task={"name": "teacher", "n_train": 200, "n_test": 100}, model={"width": 8},
-                   compression={"k": 2, "size": 30})
+        raw.update(
+            task={"name": "teacher", "n_train": 200, "n_test": 100},
+            model={"width": 8},
+            compression={"k": 2, "size": 30},
+        )
     else:
-        raw.update(task={"name": "harmonic", "n_train": 200, "n_test": 100, "order": 2, "frequency": 3.0},
-                   model={"width": 40}, compression={"k": 2, "size": 15})
+        raw.update(
+            task={"name": "harmonic", "n_train": 200, "n_test": 100, "order": 2, "frequency": 3.0},
+            model={"width": 40},
+            compression={"k": 2, "size": 15},
+        )
     if task:
         raw["task"].update(task)
     return parse_config(raw)
@@ -107,14 +125,17 @@ def largest_difference(solo: dict, together: dict, keys: tuple[str, ...] | None 
     return worst
 
 
-@pytest.mark.parametrize("sizes, rows", [
-    ([1, 30, 1], 20),       # a contraction of 1 (the input layer) and a single output
-    ([2, 40, 1], 16),       # one hidden layer, one output: the first layer's gradients through the mask
-    ([3, 8, 1], 50),        # the same with fewer units than rows
-    ([3, 8, 8, 4], 50),     # fewer units than rows: products computed transposed
-    ([5, 60, 40, 1], 12),   # more units than rows
-    ([2, 16, 3], 16),       # as many as rows
-])
+@pytest.mark.parametrize(
+    "sizes, rows",
+    [
+        ([1, 30, 1], 20),  # a contraction of 1 (the input layer) and a single output
+        ([2, 40, 1], 16),  # one hidden layer, one output: the first layer's gradients through the mask
+        ([3, 8, 1], 50),  # the same with fewer units than rows
+        ([3, 8, 8, 4], 50),  # fewer units than rows: products computed transposed
+        ([5, 60, 40, 1], 12),  # more units than rows
+        ([2, 16, 3], 16),  # as many as rows
+    ],
+)
 @pytest.mark.parametrize("fused", [True, False], ids=["fused kernels", "torch passes"])
 def test_stacked_forward_and_gradients_match_each_mlp(sizes, rows, fused, monkeypatch):
     """Every orientation of batched_matmul, and the one-hidden-layer pass through the fused CPU
@@ -135,7 +156,9 @@ def test_stacked_forward_and_gradients_match_each_mlp(sizes, rows, fused, monkey
         (expected * upstream[k]).sum().backward()
         torch.testing.assert_close(out[k], expected, rtol=1e-12, atol=1e-12)
         for layer in range(model.depth + 1):
-            torch.testing.assert_close(stack.weights_t[layer].grad[k], model.weights[layer].grad.T, rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(
+                stack.weights_t[layer].grad[k], model.weights[layer].grad.T, rtol=1e-12, atol=1e-12
+            )
             torch.testing.assert_close(stack.biases[layer].grad[k], model.biases[layer].grad, rtol=1e-12, atol=1e-12)
 
 
@@ -198,7 +221,9 @@ def test_a_small_cpu_stack_budget_splits_stacks_evenly_and_still_reproduces_the_
     gives 3 stacks of 4. With 2 inputs the fused kernels keep no activations: one stack of 12."""
     assert (inputs <= relu_kernels.MAX_INPUTS) == (inputs == 2)
     monkeypatch.setattr(batched, "CPU_STACK_BYTES", 10 << 10)
-    configs = [config("data", "adamw", lr, seed, task={"input_dim": inputs}) for seed, lr in [(0, 0.01), (1, 0.003), (2, 0.02)]]
+    configs = [
+        config("data", "adamw", lr, seed, task={"input_dim": inputs}) for seed, lr in [(0, 0.01), (1, 0.003), (2, 0.02)]
+    ]
     solo, together = solo_and_together(configs)
     for a, b in zip(solo, together):
         assert largest_difference(a, b) <= FLOAT64_TOLERANCE
@@ -289,11 +314,14 @@ def test_run_configs_records_what_run_config_records(tmp_path):
             solo_dir, batched_dir = (tmp_path / where / "runs" / record.run_id for where in ("solo", "batched"))
             a, b = (json.loads((d / "status.json").read_text())["status"] for d in (solo_dir, batched_dir))
             assert a == b == "done"
-            lines = [[json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
-                     for d in (solo_dir, batched_dir)]
+            lines = [
+                [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
+                for d in (solo_dir, batched_dir)
+            ]
             assert [r.keys() for r in lines[0]] == [r.keys() for r in lines[1]]
-            np.testing.assert_allclose([r["test_loss"] for r in lines[1]], [r["test_loss"] for r in lines[0]],
-                                       rtol=FLOAT64_TOLERANCE)
+            np.testing.assert_allclose(
+                [r["test_loss"] for r in lines[1]], [r["test_loss"] for r in lines[0]], rtol=FLOAT64_TOLERANCE
+            )
             summaries = [json.loads((d / "summary.json").read_text()) for d in (solo_dir, batched_dir)]
             assert summaries[0].keys() == summaries[1].keys()
 
@@ -308,11 +336,15 @@ def test_batch_keys_join_seeds_and_learning_rates_only_where_shapes_match():
 
 
 SWEEP = {
-    "name": "batched", "experiment": "data", "arms": ["original", "moment"],
-    "task": {"name": "teacher", "n_train": 120, "n_test": 60}, "model": {"width": 6},
+    "name": "batched",
+    "experiment": "data",
+    "arms": ["original", "moment"],
+    "task": {"name": "teacher", "n_train": 120, "n_test": 60},
+    "model": {"width": 6},
     "compression": {"k": 2, "size": 20},
     "train": {"optimizer": "adamw", "steps": 30, "batch_size": 16, "eval_every": 10, "dtype": "float64"},
-    "grid": {"train.lr": [0.01, 0.003], "model.width": [6, 7]}, "seeds": 2,
+    "grid": {"train.lr": [0.01, 0.003], "model.width": [6, 7]},
+    "seeds": 2,
 }
 
 

@@ -80,8 +80,13 @@ def test_optimizer_defaults_follow_spec():
     adamw = make_optimizer(params, TrainConfig(optimizer="adamw", lr=1e-3, steps=1)).param_groups[0]
     assert (adamw["betas"], adamw["weight_decay"], adamw["eps"]) == ((0.9, 0.999), 0.01, 1e-8)
     assert make_optimizer(params, TrainConfig(optimizer="adam", steps=1)).param_groups[0]["weight_decay"] == 0.0
-    for name, cls in [("gd", torch.optim.SGD), ("sgd", torch.optim.SGD), ("rprop", torch.optim.Rprop),
-                      ("rmsprop", torch.optim.RMSprop), ("adamax", torch.optim.Adamax)]:
+    for name, cls in [
+        ("gd", torch.optim.SGD),
+        ("sgd", torch.optim.SGD),
+        ("rprop", torch.optim.Rprop),
+        ("rmsprop", torch.optim.RMSprop),
+        ("adamax", torch.optim.Adamax),
+    ]:
         assert isinstance(make_optimizer(params, TrainConfig(optimizer=name, steps=1)), cls)
 
 
@@ -118,12 +123,16 @@ def test_full_batch_training_on_moment_compressed_data_matches_the_original_exac
 
     # and 60 full-batch GD steps through the training loop: the same trajectory
     train = TrainConfig(optimizer="gd", lr=0.1, steps=60, eval_every=1, dtype="float64")
-    arms = [Arm("original", Quadratic(theta), xs, ys, BatchSampler(np.ones(d), None, "proportional", 0)),
-            Arm("moment", Quadratic(theta), xs[kept], ys[kept], BatchSampler(small.weights, None, "proportional", 0))]
+    arms = [
+        Arm("original", Quadratic(theta), xs, ys, BatchSampler(np.ones(d), None, "proportional", 0)),
+        Arm("moment", Quadratic(theta), xs[kept], ys[kept], BatchSampler(small.weights, None, "proportional", 0)),
+    ]
 
     def evaluate(live):
         with torch.no_grad():
-            return {arm.name: {"train_loss": mean_loss(squared_error, arm.model(xs), ys), "test_loss": 0.0} for arm in live}
+            return {
+                arm.name: {"train_loss": mean_loss(squared_error, arm.model(xs), ys), "test_loss": 0.0} for arm in live
+            }
 
     train_side_by_side(arms, train, 60, squared_error, evaluate, epoch_size=d)
     original, moment = (np.array([r["train_loss"] for r in arm.history]) for arm in arms)
@@ -145,7 +154,9 @@ def test_divergence_stops_the_arm_and_records_it():
 
     def evaluate(live):
         with torch.no_grad():
-            return {arm.name: {"train_loss": mean_loss(squared_error, arm.model(x), y), "test_loss": 0.0} for arm in live}
+            return {
+                arm.name: {"train_loss": mean_loss(squared_error, arm.model(x), y), "test_loss": 0.0} for arm in live
+            }
 
     train_side_by_side(arms, train, 200, squared_error, evaluate, epoch_size=32)
     assert arms[0].status == "diverged"

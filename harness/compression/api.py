@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from harness.compression.basis import n_moments, raw_moments, relative_moment_error
 from harness.compression.baselines import kmeans_centroids, random_subset
+from harness.compression.basis import n_moments, raw_moments, relative_moment_error
 from harness.compression.clustered import clustered_weights
 from harness.compression.methods import METHODS
 from harness.compression.recombination import recombine
@@ -97,8 +97,18 @@ def compress(
     if d <= target:
         # Nothing to remove: the input is its own compression (moment error 0), and measuring
         # its N(m, k) moments could take more time and memory than anything else here.
-        return Compression(indices=np.arange(d), weights=host_weights, points=host_points, k=k, n_moments=n_features,
-                           moment_error=0.0, seconds=0.0, method=method, target=target, clamped=clamped)
+        return Compression(
+            indices=np.arange(d),
+            weights=host_weights,
+            points=host_points,
+            k=k,
+            n_moments=n_features,
+            moment_error=0.0,
+            seconds=0.0,
+            method=method,
+            target=target,
+            clamped=clamped,
+        )
     check_memory(d, m, k, reduce=method in ("clustered", "global"))
     start = time.perf_counter()
     if method in ("clustered", "global"):
@@ -114,9 +124,7 @@ def compress(
         indices = None
         kept_points, kept_weights = kmeans_centroids(host_points, host_weights, target, seed)
     seconds = time.perf_counter() - start
-    error = relative_moment_error(
-        raw_moments(host_points, host_weights, k), raw_moments(kept_points, kept_weights, k)
-    )
+    error = relative_moment_error(raw_moments(host_points, host_weights, k), raw_moments(kept_points, kept_weights, k))
     return Compression(
         indices=indices,
         weights=kept_weights,
@@ -141,17 +149,20 @@ def _resolve_target(size, d: int, m: int, k: int) -> tuple[int, bool]:
     if floor >= d:
         lower = max((j for j in range(k) if n_moments(m, j) < d), default=None)
         advice = f"lower k: N(m={m}, k={lower}) = {n_moments(m, lower):,} < d" if lower is not None else "no k can"
-        warn_once(f"N(m={m}, k={k}) = {floor:,} moments >= d = {d:,} points: nothing can be compressed, "
-                  f"every point is kept ({advice})", stacklevel=3)
+        warn_once(
+            f"N(m={m}, k={k}) = {floor:,} moments >= d = {d:,} points: nothing can be compressed, "
+            f"every point is kept ({advice})",
+            stacklevel=3,
+        )
         return floor, wanted < floor
     if wanted > d:
-        warn_once(f"size {rule} gives d' = {wanted:,} for d = {d:,} points, more than d: every point is kept",
-                  stacklevel=3)
+        warn_once(
+            f"size {rule} gives d' = {wanted:,} for d = {d:,} points, more than d: every point is kept", stacklevel=3
+        )
         return wanted, False
     if wanted < floor:
         warnings.warn(
-            f"size {rule} gives d' = {wanted} for d = {d}, below N(m={m}, k={k}) = {floor}; "
-            f"clamped to {floor}",
+            f"size {rule} gives d' = {wanted} for d = {d}, below N(m={m}, k={k}) = {floor}; clamped to {floor}",
             stacklevel=3,
         )
         return floor, True

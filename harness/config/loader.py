@@ -19,10 +19,10 @@ import difflib
 import math
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -56,14 +56,27 @@ FRACTION = Check(lambda v: 0 <= v < 1, suffix="in [0, 1)")
 BETAS = Check(lambda v: all(0 <= b < 1 for b in v), suffix="in [0, 1)")
 
 
-def option(default: Any = MISSING, *, check: Check | None = None, choices: tuple | None = None,
-           cosmetic: bool = False, tasks: tuple[str, ...] | None = None,
-           experiments: tuple[str, ...] | None = None, factory: Callable | None = None,
-           normal: Callable[[Any], Any] | None = None) -> Any:
+def option(
+    default: Any = MISSING,
+    *,
+    check: Check | None = None,
+    choices: tuple | None = None,
+    cosmetic: bool = False,
+    tasks: tuple[str, ...] | None = None,
+    experiments: tuple[str, ...] | None = None,
+    factory: Callable | None = None,
+    normal: Callable[[Any], Any] | None = None,
+) -> Any:
     """A schema field. ``tasks``/``experiments``: the only ones that read it (None: all).
     ``normal``: the form the run id hashes, for values with several spellings."""
-    metadata = {"check": check, "choices": choices, "cosmetic": cosmetic, "tasks": tasks, "experiments": experiments,
-                "normal": normal}
+    metadata = {
+        "check": check,
+        "choices": choices,
+        "cosmetic": cosmetic,
+        "tasks": tasks,
+        "experiments": experiments,
+        "normal": normal,
+    }
     if factory is not None:
         return field(default_factory=factory, metadata=metadata)
     return field(default=default, metadata=metadata)

@@ -38,6 +38,8 @@ def parse_config(raw: Any, source: str = "config", overrides: Sequence[str] = ()
         config = build(Config, raw)
         check_consistency(config)
     except ConfigError as exc:
-        from_override = any(exc.key == k or exc.key.startswith(k + ".") or k.startswith(exc.key + ".") for k in overridden)
+        from_override = any(
+            exc.key == k or exc.key.startswith(k + ".") or k.startswith(exc.key + ".") for k in overridden
+        )
         raise UsageError(f"{'--set' if from_override else source}: {exc}") from None
     return config

@@ -55,8 +55,9 @@ def _size_problem(value) -> str | None:
 
 SIZE_RULE = Check(lambda v: _size_problem(v) is None, explain=_size_problem)
 # SPEC 2: k is the highest degree of the moments matched; degree 0 alone is only the total weight.
-DEGREE = Check(lambda v: v >= 1, prefix="positive",
-               suffix="(the highest moment degree matched; 0 matches only the total weight)")
+DEGREE = Check(
+    lambda v: v >= 1, prefix="positive", suffix="(the highest moment degree matched; 0 matches only the total weight)"
+)
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,9 @@ class CompressionConfig:
     k: int = option(5, check=DEGREE)
     # A count, a fraction of d in (0, 1), or a rule of d: "0.1d", "16*d^0.5", "20*ln(d)^2"; null:
     # N(m, k). Raised to N(m, k) (see harness.compression.parse_size).
-    size: int | float | str | None = option("0.1d", check=SIZE_RULE, normal=lambda v: None if v is None else str(parse_size(v)))
+    size: int | float | str | None = option(
+        "0.1d", check=SIZE_RULE, normal=lambda v: None if v is None else str(parse_size(v))
+    )
     method: str = option("clustered", choices=("clustered", "global"))  # the moment arm's algorithm
 
 
@@ -176,12 +179,16 @@ def check_consistency(config: Config) -> None:
     experiment = config.experiment
     for arm in config.arms:
         if arm not in ARMS[experiment]:
-            raise ConfigError("arms", f"{arm!r} is not an arm of the {experiment} experiment (arms: {', '.join(ARMS[experiment])})")
+            raise ConfigError(
+                "arms", f"{arm!r} is not an arm of the {experiment} experiment (arms: {', '.join(ARMS[experiment])})"
+            )
     if len(set(config.arms)) != len(config.arms):
         raise ConfigError("arms", f"an arm is listed twice: {list(config.arms)}")
     task = config.task.name
     if task not in TASKS_OF[experiment]:
-        raise ConfigError("task.name", f"the {experiment} experiment runs on {', '.join(TASKS_OF[experiment])}; got {task!r}")
+        raise ConfigError(
+            "task.name", f"the {experiment} experiment runs on {', '.join(TASKS_OF[experiment])}; got {task!r}"
+        )
     for section in ("task", "model", "compression", "train"):
         value = getattr(config, section)
         for f in fields(value):
@@ -189,10 +196,14 @@ def check_consistency(config: Config) -> None:
                 continue
             readers = f.metadata.get("tasks")
             if readers is not None and task not in readers:
-                raise ConfigError(f"{section}.{f.name}", f"only read by task {', '.join(readers)} (this config's task is {task})")
+                raise ConfigError(
+                    f"{section}.{f.name}", f"only read by task {', '.join(readers)} (this config's task is {task})"
+                )
             readers = f.metadata.get("experiments")
             if readers is not None and experiment not in readers:
-                raise ConfigError(f"{section}.{f.name}", f"only read by the {', '.join(readers)} experiment(s), not {experiment}")
+                raise ConfigError(
+                    f"{section}.{f.name}", f"only read by the {', '.join(readers)} experiment(s), not {experiment}"
+                )
     if experiment in TRAINING_EXPERIMENTS:
         train = config.train
         if (train.steps is None) == (train.epochs is None):
@@ -202,4 +213,6 @@ def check_consistency(config: Config) -> None:
         if train.optimizer == "rprop" and train.weight_decay:
             raise ConfigError("train.weight_decay", "rprop has no weight decay")
         if train.batch_size is not None and train.batch_size > config.task.n_train:
-            raise ConfigError("train.batch_size", f"{train.batch_size} is larger than task.n_train ({config.task.n_train})")
+            raise ConfigError(
+                "train.batch_size", f"{train.batch_size} is larger than task.n_train ({config.task.n_train})"
+            )

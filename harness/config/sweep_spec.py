@@ -157,12 +157,15 @@ def expand_sweep(raw: dict, path: Path, overrides=()) -> Sweep:
                     runs.append(PlannedRun(run_id=rid, arm=arm, config=config, raw=data, varied=varied))
     tune = None
     if raw.get("tune") is not None:
-        tune = parse_tune(raw["tune"], path, base, cells=(*grid, *zipped), first_seed=seeds[0], arms=runs[0].config.arm_names)
+        tune = parse_tune(
+            raw["tune"], path, base, cells=(*grid, *zipped), first_seed=seeds[0], arms=runs[0].config.arm_names
+        )
     return Sweep(name=name, source=path, varied_keys=(*grid, *zipped, "seed"), runs=tuple(runs), tune=tune, base=base)
 
 
-def parse_tune(raw: Any, path: Path, base: dict, *, cells: tuple[str, ...], first_seed: int,
-               arms: tuple[str, ...]) -> TuneSpec:
+def parse_tune(
+    raw: Any, path: Path, base: dict, *, cells: tuple[str, ...], first_seed: int, arms: tuple[str, ...]
+) -> TuneSpec:
     """The validated ``tune:`` block; every searched value is checked against the run schema."""
     where = f"{path.name}: tune"
     if not isinstance(raw, dict):
@@ -179,7 +182,9 @@ def parse_tune(raw: Any, path: Path, base: dict, *, cells: tuple[str, ...], firs
         raise UsageError(f"{where}.trials: expected a positive integer, got {raw.get('trials')!r}")
     per = raw.get("per", list(cells))
     if not isinstance(per, list) or any(key not in cells for key in per):
-        raise UsageError(f"{where}.per: expected a list of grid/zip keys ({', '.join(cells) or 'none here'}), got {per!r}")
+        raise UsageError(
+            f"{where}.per: expected a list of grid/zip keys ({', '.join(cells) or 'none here'}), got {per!r}"
+        )
     arm = raw.get("arm")
     if arm is not None and arm not in arms:
         raise UsageError(f"{where}.arm: expected one of this sweep's arms ({', '.join(arms)}), got {arm!r}")
@@ -194,19 +199,25 @@ def parse_tune(raw: Any, path: Path, base: dict, *, cells: tuple[str, ...], firs
         raise UsageError(f"{where}.metric: expected a column name, got {metric!r}")
     for param in params:
         if param.key in cells or param.key == "seed":
-            raise UsageError(f"{where}.params.{param.key}: also varied by grid/zip/seeds; tune a key the sweep keeps fixed")
+            raise UsageError(
+                f"{where}.params.{param.key}: also varied by grid/zip/seeds; tune a key the sweep keeps fixed"
+            )
         for value in param.examples():
             try:
                 parse_config(with_values(base, {param.key: value, "task.validation": validation}, path.name), "tune")
             except UsageError as exc:
                 detail = str(exc).split(": ", 1)[-1]
-                raise UsageError(f"{where}.params.{param.key}: {value!r} makes a bad configuration ({detail})") from None
+                raise UsageError(
+                    f"{where}.params.{param.key}: {value!r} makes a bad configuration ({detail})"
+                ) from None
     return TuneSpec(params, trials, tuple(per), arm, validation, seed, metric)
 
 
 def _tuned_param(key: str, value: Any, where: str) -> TunedParam:
     if not isinstance(value, dict):
-        raise UsageError(f"{where}: expected {{low: L, high: H}} (optionally log: true, int: true) or {{choices: [...]}}")
+        raise UsageError(
+            f"{where}: expected {{low: L, high: H}} (optionally log: true, int: true) or {{choices: [...]}}"
+        )
     if "choices" in value:
         choices = value["choices"]
         if len(value) != 1 or not isinstance(choices, list) or not choices:
@@ -222,7 +233,9 @@ def _tuned_param(key: str, value: Any, where: str) -> TunedParam:
     log, integer = bool(value.get("log", False)), bool(value.get("int", False))
     if log and low <= 0:
         raise UsageError(f"{where}: a log range needs low > 0, got {low!r}")
-    return TunedParam(key, float(low) if not integer else int(low), float(high) if not integer else int(high), log, integer)
+    return TunedParam(
+        key, float(low) if not integer else int(low), float(high) if not integer else int(high), log, integer
+    )
 
 
 def _mapping_of_lists(value: Any, key: str, path: Path) -> dict[str, list]:

@@ -26,22 +26,39 @@ def load_task(task: TaskConfig, seed: int) -> Dataset:
 
 def hold_out(data: Dataset, n: int) -> Dataset:
     """The last ``n`` training points become the evaluation split; the test split is dropped."""
-    return Dataset(data.name, data.x_train[:-n], data.y_train[:-n], data.x_train[-n:], data.y_train[-n:],
-                   classification=data.classification)
+    return Dataset(
+        data.name,
+        data.x_train[:-n],
+        data.y_train[:-n],
+        data.x_train[-n:],
+        data.y_train[-n:],
+        classification=data.classification,
+    )
 
 
 def _generate(task: TaskConfig, seed: int, n_train: int) -> Dataset:
     n_test = task.n_test
     if task.name == "teacher":
         noise = teacher.DEFAULT_NOISE if task.noise is None else task.noise
-        return teacher.teacher_task(n_train, n_test, input_dim=task.input_dim, width=task.teacher_width,
-                                    weight_range=task.teacher_range, noise=noise, seed=seed)
+        return teacher.teacher_task(
+            n_train,
+            n_test,
+            input_dim=task.input_dim,
+            width=task.teacher_width,
+            weight_range=task.teacher_range,
+            noise=noise,
+            seed=seed,
+        )
     if task.name == "harmonic":
         noise = harmonic.DEFAULT_NOISE if task.noise is None else task.noise
-        return harmonic.harmonic_task(n_train, n_test, order=task.order, frequency=task.frequency, noise=noise, seed=seed)
+        return harmonic.harmonic_task(
+            n_train, n_test, order=task.order, frequency=task.frequency, noise=noise, seed=seed
+        )
     if task.name == "piecewise":
         noise = piecewise.DEFAULT_NOISE if task.noise is None else task.noise
-        return piecewise.piecewise_task(n_train, n_test, segments=task.segments, context=task.context, noise=noise, seed=seed)
+        return piecewise.piecewise_task(
+            n_train, n_test, segments=task.segments, context=task.context, noise=noise, seed=seed
+        )
     if task.name == "digits":
         return digits_task(n_train, n_test, seed=seed)
     if task.name in TORCHVISION:

@@ -17,8 +17,9 @@ def harmonic(x: np.ndarray, order: int, frequency: float) -> np.ndarray:
     return (jv(order, frequency * r) * np.cos(order * theta))[:, None]
 
 
-def harmonic_task(n_train: int, n_test: int, *, order: int = 6, frequency: float = 20.0,
-                  noise: float = DEFAULT_NOISE, seed: int = 0) -> Dataset:
+def harmonic_task(
+    n_train: int, n_test: int, *, order: int = 6, frequency: float = 20.0, noise: float = DEFAULT_NOISE, seed: int = 0
+) -> Dataset:
     """x uniform in [-1, 1]^2; training labels carry N(0, noise^2); test labels are clean."""
     _, train, test = streams(seed)
     x_train = train.uniform(-1.0, 1.0, (n_train, 2))

@@ -32,8 +32,9 @@ def digits_task(n_train: int, n_test: int, *, seed: int = 0) -> Dataset:
     return Dataset("digits", x[train], y[train], x[test], y[test], classification=True)
 
 
-def torchvision_task(name: str, n_train: int, n_test: int, *, data_root: str | Path, download: bool = False,
-                     seed: int = 0) -> Dataset:
+def torchvision_task(
+    name: str, n_train: int, n_test: int, *, data_root: str | Path, download: bool = False, seed: int = 0
+) -> Dataset:
     """``n_train`` and ``n_test`` images drawn (seeded) from the official train and test splits."""
     import torchvision.datasets
 
@@ -53,8 +54,10 @@ def torchvision_task(name: str, n_train: int, n_test: int, *, data_root: str | P
         splits.append((np.asarray(data.data), np.asarray(data.targets)))
     (train_images, train_labels), (test_images, test_labels) = splits
     picked = []
-    for images, labels, n, what, stream in ((train_images, train_labels, n_train, "n_train", 1),
-                                            (test_images, test_labels, n_test, "n_test", 2)):
+    for images, labels, n, what, stream in (
+        (train_images, train_labels, n_train, "n_train", 1),
+        (test_images, test_labels, n_test, "n_test", 2),
+    ):
         if n > len(labels):
             raise UsageError(f"task.{what}: {n} is more than the {len(labels)} images of {name}'s split")
         rows = np.random.default_rng([seed, stream]).permutation(len(labels))[:n]

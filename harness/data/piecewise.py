@@ -39,8 +39,9 @@ def _sequences(n: int, rng: np.random.Generator, segments: int, context: int, no
     return tokens, target[:, None]
 
 
-def piecewise_task(n_train: int, n_test: int, *, segments: int = 16, context: int = 8,
-                   noise: float = DEFAULT_NOISE, seed: int = 0) -> Dataset:
+def piecewise_task(
+    n_train: int, n_test: int, *, segments: int = 16, context: int = 8, noise: float = DEFAULT_NOISE, seed: int = 0
+) -> Dataset:
     """Sequences (n, 2 context + 1) of scalar tokens and the query's value (n, 1)."""
     _, train, test = streams(seed)
     x_train, y_train = _sequences(n_train, train, segments, context, noise, noisy_target=True)

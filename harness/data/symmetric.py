@@ -34,8 +34,14 @@ def symmetric_problem(d: int, m: int, n_probes: int, seed: int) -> tuple[np.ndar
     return objects, uniform_objects(n_probes, m, rng)
 
 
-def symmetric_value(function: str, objects: np.ndarray, weights: np.ndarray, probes: np.ndarray, total: float,
-                    offset: float | None = None) -> float:
+def symmetric_value(
+    function: str,
+    objects: np.ndarray,
+    weights: np.ndarray,
+    probes: np.ndarray,
+    total: float,
+    offset: float | None = None,
+) -> float:
     """``sigmoid`` (E1) or ``inverse`` (E7, offset A; None: m + 0.05 as in SPEC) of a weighted set."""
     if function == "sigmoid":
         return sigmoid_sum(objects, weights, probes, total)

@@ -9,8 +9,16 @@ from harness.data.dataset import Dataset, streams
 DEFAULT_NOISE = 3.0  # SPEC E2: y = teacher(x) + N(0, 3^2)
 
 
-def teacher_task(n_train: int, n_test: int, *, input_dim: int = 2, width: int = 50, weight_range: float = 1.0,
-                 noise: float = DEFAULT_NOISE, seed: int = 0) -> Dataset:
+def teacher_task(
+    n_train: int,
+    n_test: int,
+    *,
+    input_dim: int = 2,
+    width: int = 50,
+    weight_range: float = 1.0,
+    noise: float = DEFAULT_NOISE,
+    seed: int = 0,
+) -> Dataset:
     """Teacher weights and biases U(-weight_range, weight_range); x U(-1, 1); test labels clean."""
     params, train, test = streams(seed)
     w1 = params.uniform(-weight_range, weight_range, (width, input_dim))

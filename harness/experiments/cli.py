@@ -43,8 +43,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("spec", type=Path, metavar="SPEC.yaml", help="the configuration (see harness/config/schema.py)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key (dotted, value read as YAML); repeatable")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key (dotted, value read as YAML); repeatable",
+    )
     parser.add_argument("--out", type=Path, help="results folder (default: the config's `out`)")
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: the config's `device`; auto = cuda if present)")
     parser.add_argument("--force", action="store_true", help="run again arms whose runs are finished")
@@ -54,7 +60,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from harness.tracking.store import ensure_writable, table_path
 
-    configs = sweep_configs(args.spec, args.overrides) if is_sweep_file(args.spec) else load_configs(args.spec, args.overrides)
+    configs = (
+        sweep_configs(args.spec, args.overrides)
+        if is_sweep_file(args.spec)
+        else load_configs(args.spec, args.overrides)
+    )
     from harness.experiments.runner import run_config  # torch: only once the configurations are valid
 
     failed, tables = 0, []
@@ -96,7 +106,9 @@ def is_sweep_file(path: Path) -> bool:
         documents = read_yaml(path)
     except UsageError:
         return False
-    return len(documents) == 1 and isinstance(documents[0], dict) and any(key in documents[0] for key in SWEEP_ONLY_KEYS)
+    return (
+        len(documents) == 1 and isinstance(documents[0], dict) and any(key in documents[0] for key in SWEEP_ONLY_KEYS)
+    )
 
 
 def sweep_configs(path: Path, overrides: list[str]) -> list[Config]:

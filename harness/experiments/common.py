@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from harness.compression import Compression, compress, n_moments
-from harness.config import Config, CompressionConfig
+from harness.config import CompressionConfig, Config
 
 # Called with (arm, record) at every evaluation of a training experiment, as it happens.
 OnRecord = Callable[[str, dict], None]
@@ -60,8 +60,9 @@ def warm_up_compression(arms: tuple[str, ...], compression: CompressionConfig, m
         compress_objects(points, arm, compression, None, 0, device)
 
 
-def compress_objects(objects: np.ndarray, arm: str, compression: CompressionConfig, size, seed: int,
-                     device: torch.device) -> Compression:
+def compress_objects(
+    objects: np.ndarray, arm: str, compression: CompressionConfig, size, seed: int, device: torch.device
+) -> Compression:
     """An arm's compression of (d, m) objects: the moment arm's linear algebra on ``device``, the
     baselines on the host (E1, E5, E7). ``size``: a size rule, None for N(m, k)."""
     points = torch.as_tensor(objects, device=device) if arm == "moment" else objects

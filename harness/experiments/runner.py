@@ -26,10 +26,17 @@ from harness.device import pick_device
 from harness.errors import UsageError
 from harness.experiments import attention, data, runtime, symmetric, width
 from harness.experiments.common import ArmResult, OnRecord
-from harness.train import run_together
 from harness.tracking import (
-    RunObserver, begin_run, end_run, error_line, finished_status, rebuild_table, record_problem, write_metrics,
+    RunObserver,
+    begin_run,
+    end_run,
+    error_line,
+    finished_status,
+    rebuild_table,
+    record_problem,
+    write_metrics,
 )
+from harness.train import run_together
 
 RUNNERS = {
     "width": width.run,
@@ -43,8 +50,24 @@ RUNNERS = {
 # configured with; a plain column never copies a configuration value: ``d`` and ``width`` are the
 # original's size as loaded and built (``width`` counts heads in the attention experiment), ``k``
 # is None for the uncompressed original arm, ``steps`` counts epochs in steps.
-COLUMNS = ("run_id", "experiment", "arm", "seed", "status", "d", "d_eff", "width", "width_eff", "k", "steps",
-           "test_loss", "train_loss", "compress_seconds", "train_seconds", "moment_error")
+COLUMNS = (
+    "run_id",
+    "experiment",
+    "arm",
+    "seed",
+    "status",
+    "d",
+    "d_eff",
+    "width",
+    "width_eff",
+    "k",
+    "steps",
+    "test_loss",
+    "train_loss",
+    "compress_seconds",
+    "train_seconds",
+    "moment_error",
+)
 METRICS_EVERY_SECONDS = 10.0  # how often a running run's metrics are rewritten
 logger = logging.getLogger(__name__)
 
@@ -61,8 +84,13 @@ class RunRecord:
     error: str | None = None
 
 
-def run_arms(config: Config, arms: Sequence[str] | None = None, *, device: torch.device | str | None = None,
-             on_record: OnRecord | None = None) -> dict[str, ArmResult]:
+def run_arms(
+    config: Config,
+    arms: Sequence[str] | None = None,
+    *,
+    device: torch.device | str | None = None,
+    on_record: OnRecord | None = None,
+) -> dict[str, ArmResult]:
     """Run the given arms (default: the config's) of one configuration side by side, in memory."""
     arms = tuple(arms) if arms else config.arm_names
     for arm in arms:
@@ -78,8 +106,15 @@ def run_one(config: Config, arm: str, *, device: torch.device | str | None = Non
     return run_arms(config, (arm,), device=device)[arm]
 
 
-def run_config(config: Config, out: str | Path | None = None, *, arms: Sequence[str] | None = None,
-               force: bool = False, observers: Sequence[RunObserver] = (), refresh_table: bool = True) -> list[RunRecord]:
+def run_config(
+    config: Config,
+    out: str | Path | None = None,
+    *,
+    arms: Sequence[str] | None = None,
+    force: bool = False,
+    observers: Sequence[RunObserver] = (),
+    refresh_table: bool = True,
+) -> list[RunRecord]:
     """Run and record the unfinished arms of ``config`` into the store at ``out`` (default config.out).
 
     Finished runs (done or diverged) are skipped unless ``force``. Returns one RunRecord per arm.
@@ -89,8 +124,11 @@ def run_config(config: Config, out: str | Path | None = None, *, arms: Sequence[
     out = Path(out if out is not None else config.out)
     device = pick_device(config.device)
     ids = {arm: run_id(config, arm) for arm in (tuple(arms) if arms else config.arm_names)}
-    records = {arm: RunRecord(rid, arm, status, skipped=True) for arm, rid in ids.items()
-               if not force and (status := finished_status(out, rid))}
+    records = {
+        arm: RunRecord(rid, arm, status, skipped=True)
+        for arm, rid in ids.items()
+        if not force and (status := finished_status(out, rid))
+    }
     pending = tuple(arm for arm in ids if arm not in records)
     for arm in pending:
         if problem := record_problem(out, ids[arm]):
@@ -102,16 +140,25 @@ def run_config(config: Config, out: str | Path | None = None, *, arms: Sequence[
     return [records[arm] for arm in ids]
 
 
-def run_configs(jobs: Sequence[tuple[Config, Sequence[str] | None]], out: str | Path | None = None, *,
-                observers: Sequence[RunObserver] = (), refresh_table: bool = True) -> list[list[RunRecord] | Exception]:
+def run_configs(
+    jobs: Sequence[tuple[Config, Sequence[str] | None]],
+    out: str | Path | None = None,
+    *,
+    observers: Sequence[RunObserver] = (),
+    refresh_table: bool = True,
+) -> list[list[RunRecord] | Exception]:
     """``run_config`` of several (configuration, arms) at once, their compatible models trained as
     one batched model (harness/train/batched.py); each is recorded exactly as ``run_config`` records it.
 
     Returns each job's records, or the exception ``run_config`` raised for it (a UsageError, after
     recording its runs failed); an interrupt is raised.
     """
-    results = run_together([functools.partial(run_config, config, out, arms=arms, observers=observers,
-                                              refresh_table=False) for config, arms in jobs])
+    results = run_together(
+        [
+            functools.partial(run_config, config, out, arms=arms, observers=observers, refresh_table=False)
+            for config, arms in jobs
+        ]
+    )
     if refresh_table:
         rebuild_table(Path(out if out is not None else jobs[0][0].out))
     for result in results:
@@ -120,8 +167,15 @@ def run_configs(jobs: Sequence[tuple[Config, Sequence[str] | None]], out: str | 
     return results
 
 
-def _run_pending(config: Config, out: Path, pending: tuple[str, ...], ids: dict[str, str], device: torch.device,
-                 observers: Sequence[RunObserver], refresh_table: bool) -> dict[str, RunRecord]:
+def _run_pending(
+    config: Config,
+    out: Path,
+    pending: tuple[str, ...],
+    ids: dict[str, str],
+    device: torch.device,
+    observers: Sequence[RunObserver],
+    refresh_table: bool,
+) -> dict[str, RunRecord]:
     flat = {key: value for key, value in flatten(config).items() if key != "arms"}
     history = {arm: [] for arm in pending}
     written = {arm: 0.0 for arm in pending}
@@ -169,8 +223,14 @@ def _row(config: Config, arm: str, rid: str, status: str, summary: dict, device:
     """The run's results-table row: the fixed columns, the arm's measurements, the config (dotted)."""
     training = config.experiment in TRAINING_EXPERIMENTS
     row = dict.fromkeys(COLUMNS)
-    row.update(run_id=rid, experiment=config.experiment, arm=arm, seed=config.seed, status=status,
-               steps=config.total_steps() if training else None)
+    row.update(
+        run_id=rid,
+        experiment=config.experiment,
+        arm=arm,
+        seed=config.seed,
+        status=status,
+        steps=config.total_steps() if training else None,
+    )
     row.update(summary)
     row.update(flat)
     row["device"] = str(device)

@@ -16,7 +16,9 @@ from harness.data.symmetric import symmetric_problem, symmetric_value
 from harness.experiments.common import ArmResult, OnRecord, Seeds, compress_objects, warm_up_compression
 
 
-def run(config: Config, arms: tuple[str, ...], device: torch.device, on_record: OnRecord | None = None) -> dict[str, ArmResult]:
+def run(
+    config: Config, arms: tuple[str, ...], device: torch.device, on_record: OnRecord | None = None
+) -> dict[str, ArmResult]:
     seeds, task = Seeds.of(config), config.task
     objects, probes = symmetric_problem(task.n_train, task.input_dim, task.probes, seeds.data)
     d = len(objects)
@@ -26,13 +28,27 @@ def run(config: Config, arms: tuple[str, ...], device: torch.device, on_record: 
     for arm in arms:
         result = compress_objects(objects, arm, config.compression, config.compression.size, seeds.compression, device)
         value = symmetric_value(task.function, result.points, result.weights, probes, d, task.offset)
-        record = {"step": 0, "value": value, "exact": exact, "error": abs(value - exact),
-                  "relative_error": abs(value - exact) / abs(exact), "compress_seconds": result.seconds,
-                  "moment_error": result.moment_error, "d_eff": result.size}
+        record = {
+            "step": 0,
+            "value": value,
+            "exact": exact,
+            "error": abs(value - exact),
+            "relative_error": abs(value - exact) / abs(exact),
+            "compress_seconds": result.seconds,
+            "moment_error": result.moment_error,
+            "d_eff": result.size,
+        }
         if on_record is not None:
             on_record(arm, record)
-        summary = {"d": d, "d_eff": result.size, "k": config.compression.k,
-                   "compress_seconds": result.seconds, "moment_error": result.moment_error, "clamped": result.clamped,
-                   "error": record["error"], "relative_error": record["relative_error"]}
+        summary = {
+            "d": d,
+            "d_eff": result.size,
+            "k": config.compression.k,
+            "compress_seconds": result.seconds,
+            "moment_error": result.moment_error,
+            "clamped": result.clamped,
+            "error": record["error"],
+            "relative_error": record["relative_error"],
+        }
         results[arm] = ArmResult(arm, "done", [record], summary)
     return results

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from harness.compression import compress, n_moments, parse_size, raw_moments, relative_moment_error
-from harness.config import Config, CompressionConfig
+from harness.config import CompressionConfig, Config
 from harness.data import Dataset
 from harness.errors import warn_once
 from harness.experiments.common import ArmResult, OnRecord, Seeds, dtype_of, final_summary, tensor
@@ -57,8 +57,11 @@ def compress_units(model, arm: str, compression: CompressionConfig, seed: int, d
         if wanted < min(d, n_moments(m, k)):
             clamped = True
             raised = "the layer is kept whole" if target >= d else f"raised to {target}"
-            warnings.warn(f"layer {layer}: size {compression.size} gives {wanted} of {d} units, below "
-                          f"N(m={m}, k={k}) = {n_moments(m, k)}: {raised}", stacklevel=2)
+            warnings.warn(
+                f"layer {layer}: size {compression.size} gives {wanted} of {d} units, below "
+                f"N(m={m}, k={k}) = {n_moments(m, k)}: {raised}",
+                stacklevel=2,
+            )
         if target >= d:
             indices, multiplicities = np.arange(d), weights
             whole.append(layer)
@@ -74,13 +77,17 @@ def compress_units(model, arm: str, compression: CompressionConfig, seed: int, d
             multiplicities = np.ones(target)
         else:
             raise ValueError(f"unknown width arm {arm!r}")
-        errors.append(relative_moment_error(raw_moments(objects, weights, k),
-                                            raw_moments(objects[indices], multiplicities, k)))
+        errors.append(
+            relative_moment_error(raw_moments(objects, weights, k), raw_moments(objects[indices], multiplicities, k))
+        )
         model = model.select_units(layer, indices, multiplicities)
         widths.append(len(indices))
     if len(oversized) == len(widths):
-        warn_once(f"size {compression.size} asks for more units than every layer has ({', '.join(oversized)}): "
-                  "every unit is kept", stacklevel=2)
+        warn_once(
+            f"size {compression.size} asks for more units than every layer has ({', '.join(oversized)}): "
+            "every unit is kept",
+            stacklevel=2,
+        )
     facts = {
         "width_eff": max(widths),
         "width_eff_layers": ",".join(map(str, widths)),
@@ -92,15 +99,29 @@ def compress_units(model, arm: str, compression: CompressionConfig, seed: int, d
     return model, facts
 
 
-def run_units(config: Config, data: Dataset, original, arms: tuple[str, ...], device: torch.device,
-              on_record: OnRecord | None, chunk_rows: int) -> dict[str, ArmResult]:
+def run_units(
+    config: Config,
+    data: Dataset,
+    original,
+    arms: tuple[str, ...],
+    device: torch.device,
+    on_record: OnRecord | None,
+    chunk_rows: int,
+) -> dict[str, ArmResult]:
     """Compress ``original``'s units for each compressed arm, train all side by side, compare."""
     seeds, dtype = Seeds.of(config), dtype_of(config)
     names = ("original",) + tuple(arm for arm in arms if arm != "original")
     models = {"original": original}
-    facts = {"original": {"width_eff": max(original.widths), "width_eff_layers": ",".join(map(str, original.widths)),
-                          "compress_seconds": None, "moment_error": None, "uncompressed_layers": None,
-                          "clamped": None}}
+    facts = {
+        "original": {
+            "width_eff": max(original.widths),
+            "width_eff_layers": ",".join(map(str, original.widths)),
+            "compress_seconds": None,
+            "moment_error": None,
+            "uncompressed_layers": None,
+            "clamped": None,
+        }
+    }
     for arm in names[1:]:
         models[arm], facts[arm] = compress_units(original, arm, config.compression, seeds.compression, device)
 
@@ -112,11 +133,15 @@ def run_units(config: Config, data: Dataset, original, arms: tuple[str, ...], de
     loss_fn = loss_for(data.classification)
 
     def evaluate(live: list[Arm]) -> dict[str, dict]:
-        outputs = {arm.name: (predict(arm.model, x_train, chunk_rows), predict(arm.model, x_test, chunk_rows)) for arm in live}
+        outputs = {
+            arm.name: (predict(arm.model, x_train, chunk_rows), predict(arm.model, x_test, chunk_rows)) for arm in live
+        }
         records = {}
         for name, (train_out, test_out) in outputs.items():
-            records[name] = {"train_loss": mean_loss(loss_fn, train_out, y_train),
-                             "test_loss": mean_loss(loss_fn, test_out, y_test)}
+            records[name] = {
+                "train_loss": mean_loss(loss_fn, train_out, y_train),
+                "test_loss": mean_loss(loss_fn, test_out, y_test),
+            }
             if data.classification:
                 records[name]["test_accuracy"] = accuracy(test_out, y_test)
         reference = records.get("original")
@@ -132,15 +157,29 @@ def run_units(config: Config, data: Dataset, original, arms: tuple[str, ...], de
         return records
 
     report = None if on_record is None else (lambda arm, record: on_record(arm, record) if arm in arms else None)
-    train_side_by_side(trained, config.train, config.total_steps(), loss_fn, evaluate, epoch_size=n,
-                       on_record=report, description=f"{config.experiment} {'/'.join(names)}")
+    train_side_by_side(
+        trained,
+        config.train,
+        config.total_steps(),
+        loss_fn,
+        evaluate,
+        epoch_size=n,
+        on_record=report,
+        description=f"{config.experiment} {'/'.join(names)}",
+    )
     results = {}
     for arm in trained:
         if arm.name not in arms:
             continue
-        summary = {"d": n, "d_eff": n, "width": max(original.widths),
-                   "k": None if arm.name == "original" else config.compression.k,
-                   "train_seconds": arm.seconds, **facts[arm.name], **final_summary(arm.history)}
+        summary = {
+            "d": n,
+            "d_eff": n,
+            "width": max(original.widths),
+            "k": None if arm.name == "original" else config.compression.k,
+            "train_seconds": arm.seconds,
+            **facts[arm.name],
+            **final_summary(arm.history),
+        }
         if arm.name != "original":
             summary.update(_gap_summary(arm.history))
         results[arm.name] = ArmResult(arm.name, arm.status, arm.history, summary)
@@ -153,9 +192,13 @@ def _gap(value: float, reference: float) -> float:
 
 def _gap_summary(history: list[dict]) -> dict:
     """The largest gaps over the trajectory, and the last output difference."""
+
     def largest(key: str):
         values = [r[key] for r in history if r.get(key) is not None]
         return max(values) if values else None
 
-    return {"max_train_gap": largest("train_gap"), "max_test_gap": largest("test_gap"),
-            "max_output_diff": history[-1].get("max_output_diff") if history else None}
+    return {
+        "max_train_gap": largest("train_gap"),
+        "max_test_gap": largest("test_gap"),
+        "max_output_diff": history[-1].get("max_output_diff") if history else None,
+    }

@@ -12,7 +12,9 @@ from harness.models import init_mlp
 from harness.train.losses import chunk_rows_for
 
 
-def run(config: Config, arms: tuple[str, ...], device: torch.device, on_record: OnRecord | None = None) -> dict[str, ArmResult]:
+def run(
+    config: Config, arms: tuple[str, ...], device: torch.device, on_record: OnRecord | None = None
+) -> dict[str, ArmResult]:
     seeds = Seeds.of(config)
     data = load_task(config.task, seeds.data)
     model = config.model

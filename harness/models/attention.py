@@ -25,8 +25,15 @@ from torch import nn
 class HeadsAttention(nn.Module):
     """Weights per head: ``query``/``key``/``value`` (H, head_dim, e), ``output`` (H, outputs, head_dim)."""
 
-    def __init__(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, output: torch.Tensor,
-                 bias: torch.Tensor, multiplicity: torch.Tensor | None = None) -> None:
+    def __init__(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        output: torch.Tensor,
+        bias: torch.Tensor,
+        multiplicity: torch.Tensor | None = None,
+    ) -> None:
         super().__init__()
         self.query, self.key, self.value = nn.Parameter(query), nn.Parameter(key), nn.Parameter(value)
         self.output, self.bias = nn.Parameter(output), nn.Parameter(bias)
@@ -82,8 +89,16 @@ class HeadsAttention(nn.Module):
         return HeadsAttention(*kept, self.bias.detach().clone(), mult)
 
 
-def init_attention(heads: int, head_dim: int, *, token_dim: int = 1, outputs: int = 1, seed: int,
-                   init: str = "default", init_range: float = 1.0) -> HeadsAttention:
+def init_attention(
+    heads: int,
+    head_dim: int,
+    *,
+    token_dim: int = 1,
+    outputs: int = 1,
+    seed: int,
+    init: str = "default",
+    init_range: float = 1.0,
+) -> HeadsAttention:
     """A float64 layer from its own generator. ``default``: nn.Linear's rule per map (query, key,
     value: U(+-1/sqrt(token_dim)); output and bias: U(+-1/sqrt(heads * head_dim))); ``uniform``:
     everything U(-init_range, init_range)."""

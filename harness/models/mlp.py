@@ -32,8 +32,12 @@ from harness.models import relu_kernels
 class MLP(nn.Module):
     """``weights[l]``: (n_{l+1}, n_l); ``biases[l]``: (n_{l+1},); one multiplicity vector per hidden layer."""
 
-    def __init__(self, weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor],
-                 multiplicities: Sequence[torch.Tensor] | None = None) -> None:
+    def __init__(
+        self,
+        weights: Sequence[torch.Tensor],
+        biases: Sequence[torch.Tensor],
+        multiplicities: Sequence[torch.Tensor] | None = None,
+    ) -> None:
         super().__init__()
         if len(weights) < 2 or len(weights) != len(biases):
             raise ValueError("an MLP needs at least one hidden layer and one bias per weight matrix")
@@ -44,7 +48,9 @@ class MLP(nn.Module):
         if len(multiplicities) != len(weights) - 1:
             raise ValueError(f"expected {len(weights) - 1} multiplicity vectors (one per hidden layer)")
         for layer, c in enumerate(multiplicities):
-            self.register_buffer(f"multiplicity{layer}", torch.as_tensor(c, dtype=weights[0].dtype, device=weights[0].device))
+            self.register_buffer(
+                f"multiplicity{layer}", torch.as_tensor(c, dtype=weights[0].dtype, device=weights[0].device)
+            )
 
     @property
     def depth(self) -> int:
@@ -90,8 +96,14 @@ class MLP(nn.Module):
         """Whether to evaluate x through the fused kernel: no autograd, and x as the first layer
         takes it (anything else goes layer by layer, and gets torch's own errors)."""
         weight = self.weights[0]
-        return (not torch.is_grad_enabled() and self.fits_relu_kernels and x.dim() == 2
-                and x.shape[1] == weight.shape[1] and x.dtype == weight.dtype and x.device == weight.device)
+        return (
+            not torch.is_grad_enabled()
+            and self.fits_relu_kernels
+            and x.dim() == 2
+            and x.shape[1] == weight.shape[1]
+            and x.dtype == weight.dtype
+            and x.device == weight.device
+        )
 
     @torch.no_grad()
     def divide_gradients(self) -> None:

@@ -45,7 +45,9 @@ def relu_readout(x: torch.Tensor, weight1_t: torch.Tensor, bias1: torch.Tensor, 
     return out
 
 
-def masked_products(x: torch.Tensor, weight1_t: torch.Tensor, bias1: torch.Tensor, per_example: torch.Tensor) -> torch.Tensor:
+def masked_products(
+    x: torch.Tensor, weight1_t: torch.Tensor, bias1: torch.Tensor, per_example: torch.Tensor
+) -> torch.Tensor:
     """(K, n_0 + 1, width): sum_b per_example[k, b, c] [bias1[k, j] + x[k, b] . weight1_t[k, :, j] > 0]."""
     _check_shapes(x, weight1_t, bias1, per_example=(per_example, (*x.shape[:2], x.shape[-1] + 1)))
     out = x.new_empty((x.shape[0], x.shape[2] + 1, bias1.shape[1]))
@@ -53,8 +55,9 @@ def masked_products(x: torch.Tensor, weight1_t: torch.Tensor, bias1: torch.Tenso
     return out
 
 
-def _check_shapes(x: torch.Tensor, weight1_t: torch.Tensor, bias1: torch.Tensor,
-                  **last: tuple[torch.Tensor, tuple[int, ...]]) -> None:
+def _check_shapes(
+    x: torch.Tensor, weight1_t: torch.Tensor, bias1: torch.Tensor, **last: tuple[torch.Tensor, tuple[int, ...]]
+) -> None:
     """The compiled loops index without bounds checks: mismatched operands would read past them."""
     if x.dim() != 3:
         raise ValueError(f"relu_kernels: x must be (models, rows, inputs); got shape {tuple(x.shape)}")
@@ -63,8 +66,10 @@ def _check_shapes(x: torch.Tensor, weight1_t: torch.Tensor, bias1: torch.Tensor,
     expected = {"weight1_t": (weight1_t, (models, inputs, width)), "bias1": (bias1, (models, width)), **last}
     for name, (tensor, shape) in expected.items():
         if tuple(tensor.shape) != shape:
-            raise ValueError(f"relu_kernels: {name} has shape {tuple(tensor.shape)}; expected {shape} "
-                             f"for x of shape {tuple(x.shape)}")
+            raise ValueError(
+                f"relu_kernels: {name} has shape {tuple(tensor.shape)}; expected {shape} "
+                f"for x of shape {tuple(x.shape)}"
+            )
         if tensor.dtype != x.dtype or tensor.device != x.device:
             raise ValueError(f"relu_kernels: {name} is {tensor.dtype} on {tensor.device}; x is {x.dtype} on {x.device}")
 

@@ -33,8 +33,13 @@ CPU_CAP = 64  # most models batched on a CPU: beyond this the stack gains nothin
 GPU_CAP = 512
 MEMORY_SHARE = 0.5  # of the device's free memory (GPU) or available memory (CPU)
 # (inputs, outputs) of each supervised task; teacher's inputs are task.input_dim.
-TASK_SIZES = {"harmonic": (2, 1), "digits": (64, 10), "mnist": (784, 10), "fashion_mnist": (784, 10),
-              "cifar10": (3072, 10)}
+TASK_SIZES = {
+    "harmonic": (2, 1),
+    "digits": (64, 10),
+    "mnist": (784, 10),
+    "fashion_mnist": (784, 10),
+    "cifar10": (3072, 10),
+}
 
 
 def batch_key(config: Config) -> str | None:
@@ -42,8 +47,13 @@ def batch_key(config: Config) -> str | None:
     if config.experiment not in MLP_EXPERIMENTS:
         return None
     train = dataclasses.replace(config.train, lr=1.0, steps=config.total_steps(), epochs=None)
-    key = {"experiment": config.experiment, "model": to_dict(config.model), "task": config.task.name,
-           "inputs": _sizes(config)[0], "train": to_dict(train)}
+    key = {
+        "experiment": config.experiment,
+        "model": to_dict(config.model),
+        "task": config.task.name,
+        "inputs": _sizes(config)[0],
+        "train": to_dict(train),
+    }
     if train.batch_size is None:
         key["n_train"] = config.task.n_train
     if config.experiment == "width":

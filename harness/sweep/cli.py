@@ -12,9 +12,9 @@ from collections import Counter
 from pathlib import Path
 
 from harness.errors import UsageError
+from harness.redact import redact
 from harness.sweep.options import add_arguments, from_args
 from harness.sweep.storage import STORAGE_ENV
-from harness.redact import redact
 
 SWEEP_EPILOG = """\
 A sweep file is a run configuration plus `grid:` (cartesian product over dotted keys), `zip:`
@@ -73,24 +73,34 @@ unfinished (failed, interrupted) one of the same id.
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     sweep = subparsers.add_parser(
-        "sweep", help="run every run of a sweep file (resumable, parallel)",
+        "sweep",
+        help="run every run of a sweep file (resumable, parallel)",
         description="Expand a sweep file and run everything the results folder does not hold yet.",
-        epilog=SWEEP_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=SWEEP_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sweep.add_argument("spec", type=Path, metavar="SPEC.yaml")
     sweep.add_argument("--out", type=Path, help="results folder (default: results/<sweep name>)")
-    sweep.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a base configuration key (repeatable)")
+    sweep.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a base configuration key (repeatable)",
+    )
     sweep.add_argument("--dry-run", action="store_true", help="print the runs and their count, run nothing")
     sweep.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
     add_arguments(sweep)
     sweep.set_defaults(handler=run_sweep)
 
     worker = subparsers.add_parser(
-        "worker", help="join a sweep's queue from any machine",
+        "worker",
+        help="join a sweep's queue from any machine",
         description="Claim and run a sweep's queued runs until the queue is drained. Results go to --out\n"
         "(a shared folder, or this machine's own, merged later with `polyscale collect`).",
-        epilog=WORKER_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=WORKER_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     worker.add_argument("--sweep", required=True, help="the sweep's name (its `name:`, or its file's stem)")
     worker.add_argument("--out", type=Path, help="results folder (default: results/<sweep name>)")
@@ -99,26 +109,43 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     worker.set_defaults(handler=run_worker)
 
     status = subparsers.add_parser(
-        "status", help="counts and failures of a results folder or a queue",
+        "status",
+        help="counts and failures of a results folder or a queue",
         description="Runs by status in RESULTS (and in the queue with --storage/--sweep), with failures.",
-        epilog=STATUS_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=STATUS_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    status.add_argument("results", type=Path, nargs="?", metavar="RESULTS",
-                        help="a results folder (one with runs/ inside, e.g. results/smoke)")
+    status.add_argument(
+        "results",
+        type=Path,
+        nargs="?",
+        metavar="RESULTS",
+        help="a results folder (one with runs/ inside, e.g. results/smoke)",
+    )
     status.add_argument("--storage", help=f"the queue's storage URL, as given to `polyscale sweep` (or ${STORAGE_ENV})")
     status.add_argument("--sweep", help="the sweep's name, to count its queued runs (with --storage)")
     status.set_defaults(handler=run_status)
 
     collect = subparsers.add_parser(
-        "collect", help="rebuild runs.parquet from the run folders (merging other folders)",
+        "collect",
+        help="rebuild runs.parquet from the run folders (merging other folders)",
         description="Rebuild RESULTS/runs.parquet from RESULTS/runs/*; with --from, first copy in the\n"
         "finished runs of other results folders (e.g. from workers on other machines).",
-        epilog=COLLECT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=COLLECT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    collect.add_argument("results", type=Path, metavar="RESULTS",
-                         help="the results folder to rebuild (created if missing)")
-    collect.add_argument("--from", dest="sources", type=Path, nargs="+", default=[], metavar="FOLDER",
-                         help="results folders whose finished runs are copied into RESULTS first")
+    collect.add_argument(
+        "results", type=Path, metavar="RESULTS", help="the results folder to rebuild (created if missing)"
+    )
+    collect.add_argument(
+        "--from",
+        dest="sources",
+        type=Path,
+        nargs="+",
+        default=[],
+        metavar="FOLDER",
+        help="results folders whose finished runs are copied into RESULTS first",
+    )
     collect.set_defaults(handler=run_collect)
 
 
@@ -160,15 +187,22 @@ def run_worker(args: argparse.Namespace) -> int:
     ensure_writable(options.out)
     storage = options.storage_url
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
-    queue = RunQueue(storage, args.sweep, grace_seconds=options.grace_seconds,
-                     results_at=f"{socket.gethostname()}:{options.out.resolve()}")
+    queue = RunQueue(
+        storage,
+        args.sweep,
+        grace_seconds=options.grace_seconds,
+        results_at=f"{socket.gethostname()}:{options.out.resolve()}",
+    )
     try:
         tally = work(queue, options)
     except KeyboardInterrupt:
         print(f"worker on {args.sweep}: interrupted; its job goes back to the queue", file=sys.stderr)
         return 130
     if not args.quiet:
-        print(f"worker done on {redact(storage)} / {args.sweep}: " + (", ".join(f"{n} {k}" for k, n in tally.items()) or "nothing to do"))
+        print(
+            f"worker done on {redact(storage)} / {args.sweep}: "
+            + (", ".join(f"{n} {k}" for k, n in tally.items()) or "nothing to do")
+        )
     return 0
 
 
@@ -196,7 +230,10 @@ def run_status(args: argparse.Namespace) -> int:
         if not (storage and args.sweep):
             raise UsageError("the queue needs both --storage URL and --sweep NAME")
         counts = RunQueue(storage, args.sweep).counts()
-        print(f"queue {redact(storage)} / {args.sweep}: " + (", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "empty"))
+        print(
+            f"queue {redact(storage)} / {args.sweep}: "
+            + (", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "empty")
+        )
     return 0
 
 

@@ -22,12 +22,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from harness.sweep.batching import per_worker_batch
 from harness.config.sweep_spec import Sweep
+from harness.redact import redact
+from harness.sweep.batching import per_worker_batch
 from harness.sweep.execute import job_id
 from harness.sweep.options import SweepOptions, worker_command
 from harness.sweep.queue import JobRecord, RunQueue
-from harness.redact import redact
 from harness.tracking import wandb_mirror
 from harness.tracking.store import error_line, finished_status, read_status, read_summary, rebuild_table, table_path
 
@@ -48,8 +48,11 @@ def launch(sweep: Sweep, options: SweepOptions, workers: int = 1) -> Counter:
     pending = [run for run in sweep.runs if before[run.run_id] is None]
     queue = RunQueue(storage, sweep.name, grace_seconds=options.grace_seconds)
     queue.enqueue(jobs(pending))
-    print(f"sweep {sweep.name}: {len(sweep.runs)} runs, {len(sweep.runs) - len(pending)} already finished, "
-          f"{len(pending)} to run with {workers} worker(s); queue {redact(storage)}", flush=True)
+    print(
+        f"sweep {sweep.name}: {len(sweep.runs)} runs, {len(sweep.runs) - len(pending)} already finished, "
+        f"{len(pending)} to run with {workers} worker(s); queue {redact(storage)}",
+        flush=True,
+    )
     if pending:
         batch = options.batch_models
         if batch is None:
@@ -62,15 +65,22 @@ def launch(sweep: Sweep, options: SweepOptions, workers: int = 1) -> Counter:
         except KeyboardInterrupt:
             stop(processes)
             done = sum(finished_status(out, r.run_id) is not None for r in sweep.runs)
-            print(f"\ninterrupted: {done} of {len(sweep.runs)} runs finished and kept; "
-                  "run the same command again to complete the rest", file=sys.stderr)
+            print(
+                f"\ninterrupted: {done} of {len(sweep.runs)} runs finished and kept; "
+                "run the same command again to complete the rest",
+                file=sys.stderr,
+            )
             raise
     table = rebuild_table(out)
     ends = run_ends(sweep, out, before, queue.latest())
     if all(where is None for _, where in ends.values()):  # else the table lacks runs held elsewhere
         wandb_mirror.mirror_table(
-            f"sweep-{sweep.name}", table, mode=options.wandb_mode, project=options.wandb_project,
-            group=sweep.name, wandb_dir=out,
+            f"sweep-{sweep.name}",
+            table,
+            mode=options.wandb_mode,
+            project=options.wandb_project,
+            group=sweep.name,
+            wandb_dir=out,
         )
     return report(sweep.name, out, ends, queue)
 
@@ -126,11 +136,16 @@ def watch(sweep: Sweep, out: Path, workers: list[subprocess.Popen], before: dict
             statuses = {rid: finished_status(out, rid) for rid in ids}
             done = sum(status is not None for status in statuses.values())
             bar.update(done - bar.n)
-            losses = [read_summary(out, rid).get("test_loss") for rid, s in statuses.items() if s == "done" and before[rid] is None]
+            losses = [
+                read_summary(out, rid).get("test_loss")
+                for rid, s in statuses.items()
+                if s == "done" and before[rid] is None
+            ]
             losses = [loss for loss in losses if isinstance(loss, (int, float)) and math.isfinite(loss)]
             failed = sum(read_status(out, rid) == "failed" for rid in ids)
             bar.set_postfix_str(
-                (f"best {min(losses):.4g} worst {max(losses):.4g}" if losses else "") + (f" failed {failed}" if failed else "")
+                (f"best {min(losses):.4g} worst {max(losses):.4g}" if losses else "")
+                + (f" failed {failed}" if failed else "")
             )
             if all(worker.poll() is not None for worker in workers):
                 return
@@ -187,8 +202,10 @@ def report(name: str, out: Path, ends: dict[str, tuple[str, str | None]], queue:
         print(f"  {sum(elsewhere.values())} runs are not in {out}: workers wrote them to other results folders:")
         for where, count in sorted(elsewhere.items()):
             print(f"    {where or '(a worker that did not say where)'}: {count} runs")
-        print(f"  copy each folder to this machine and merge it with `polyscale collect {out} --from FOLDER`, "
-              "then run this command again to log the W&B table")
+        print(
+            f"  copy each folder to this machine and merge it with `polyscale collect {out} --from FOLDER`, "
+            "then run this command again to log the W&B table"
+        )
     print(f"results: {table_path(out)}")
     return tally
 

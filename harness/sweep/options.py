@@ -55,39 +55,74 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda or cuda:N")
     parser.add_argument("--wandb", choices=MODES, default=None, help="W&B mode (default: $WANDB_MODE or offline)")
     parser.add_argument("--wandb-project", default="polyscale", help="W&B project (default polyscale)")
-    parser.add_argument("--storage", default=None,
-                        help=f"Optuna storage URL: a journal file path, sqlite:///F.db or postgresql://... "
-                             f"(default: RESULTS/queue.journal; also read from ${STORAGE_ENV})")
+    parser.add_argument(
+        "--storage",
+        default=None,
+        help=f"Optuna storage URL: a journal file path, sqlite:///F.db or postgresql://... "
+        f"(default: RESULTS/queue.journal; also read from ${STORAGE_ENV})",
+    )
     parser.add_argument("--retries", type=int, default=1, help="re-run a failed run up to this many times (default 1)")
-    parser.add_argument("--grace", type=float, default=20.0,
-                        help="seconds without a heartbeat before a run's worker is taken for dead (default 20)")
-    parser.add_argument("--threads", type=int, default=None, metavar="N",
-                        help="CPU threads of each worker's torch (default: $OMP_NUM_THREADS if set, else the "
-                             "cores divided among the workers); 1 is often fastest for small models on shared cores")
+    parser.add_argument(
+        "--grace",
+        type=float,
+        default=20.0,
+        help="seconds without a heartbeat before a run's worker is taken for dead (default 20)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="CPU threads of each worker's torch (default: $OMP_NUM_THREADS if set, else the "
+        "cores divided among the workers); 1 is often fastest for small models on shared cores",
+    )
     batching = parser.add_mutually_exclusive_group()
-    batching.add_argument("--batch-models", type=int, default=None, metavar="K",
-                          help="train up to K compatible configurations (same shapes; other seeds, learning rates, "
-                               "data) as one batched model (default: as many as fit in memory, at most 64 on a CPU)")
-    batching.add_argument("--no-batch", dest="batch_models", action="store_const", const=1,
-                          help="train one configuration at a time")
+    batching.add_argument(
+        "--batch-models",
+        type=int,
+        default=None,
+        metavar="K",
+        help="train up to K compatible configurations (same shapes; other seeds, learning rates, "
+        "data) as one batched model (default: as many as fit in memory, at most 64 on a CPU)",
+    )
+    batching.add_argument(
+        "--no-batch", dest="batch_models", action="store_const", const=1, help="train one configuration at a time"
+    )
 
 
 def from_args(args: argparse.Namespace, default_out: Path, environ: Mapping[str, str] = os.environ) -> SweepOptions:
     """The options of parsed ``add_arguments`` flags; the storage from ``--storage``, else from
     ``$POLYSCALE_STORAGE`` in ``environ``."""
     return SweepOptions(
-        out=args.out or default_out, storage=args.storage or environ.get(STORAGE_ENV), device=args.device,
-        wandb_mode=resolve_mode(args.wandb), wandb_project=args.wandb_project, retries=args.retries,
-        grace_seconds=args.grace, batch_models=args.batch_models, threads=args.threads,
+        out=args.out or default_out,
+        storage=args.storage or environ.get(STORAGE_ENV),
+        device=args.device,
+        wandb_mode=resolve_mode(args.wandb),
+        wandb_project=args.wandb_project,
+        retries=args.retries,
+        grace_seconds=args.grace,
+        batch_models=args.batch_models,
+        threads=args.threads,
     )
 
 
 def worker_command(options: SweepOptions) -> tuple[list[str], dict[str, str]]:
     """The ``polyscale worker`` flags that give a worker ``options`` (read back by ``from_args``),
     and the environment variables it needs besides (the storage URL)."""
-    argv = ["--out", str(options.out), "--device", options.device, "--wandb", options.wandb_mode,
-            "--wandb-project", options.wandb_project, "--retries", str(options.retries),
-            "--grace", str(options.grace_seconds)]
+    argv = [
+        "--out",
+        str(options.out),
+        "--device",
+        options.device,
+        "--wandb",
+        options.wandb_mode,
+        "--wandb-project",
+        options.wandb_project,
+        "--retries",
+        str(options.retries),
+        "--grace",
+        str(options.grace_seconds),
+    ]
     if options.batch_models is not None:
         argv += ["--batch-models", str(options.batch_models)]
     if options.threads is not None:

@@ -69,8 +69,9 @@ class RunQueue:
     a coordinator on another machine can say where the results are.
     """
 
-    def __init__(self, storage_url: str, sweep: str, *, grace_seconds: float = 120.0,
-                 results_at: str | None = None) -> None:
+    def __init__(
+        self, storage_url: str, sweep: str, *, grace_seconds: float = 120.0, results_at: str | None = None
+    ) -> None:
         self.storage = open_storage(storage_url)
         self.sweep = sweep
         self.grace_seconds = grace_seconds

@@ -1,9 +1,9 @@
 """Optuna storages from one URL.
 
-    results/NAME/queue.journal, journal:PATH   a journal file (default; many processes, one machine
-                                               or a shared file system)
-    sqlite:///PATH.db                           SQLite (one machine)
-    postgresql://USER:PASSWORD@HOST:PORT/DB     PostgreSQL (many machines)
+results/NAME/queue.journal, journal:PATH   a journal file (default; many processes, one machine
+                                           or a shared file system)
+sqlite:///PATH.db                           SQLite (one machine)
+postgresql://USER:PASSWORD@HOST:PORT/DB     PostgreSQL (many machines)
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
             return _immediate_transactions(RDBStorage(url))
         if scheme in _RDB_SCHEMES:
             return RDBStorage(_with_driver(_quote_raw_at(url), scheme), engine_kwargs={"pool_pre_ping": True})
-        path = Path(url[len("journal:"):] if scheme == "journal" else url)
+        path = Path(url[len("journal:") :] if scheme == "journal" else url)
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
     except UsageError:

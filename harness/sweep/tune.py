@@ -24,8 +24,8 @@ from tqdm import tqdm
 from harness.config import parse_config, run_id, with_values
 from harness.config.sweep_spec import PlannedRun, Sweep, TunedParam, TuneSpec
 from harness.errors import UsageError
-from harness.sweep.storage import open_storage
 from harness.experiments.runner import run_config
+from harness.sweep.storage import open_storage
 from harness.tracking.store import read_summary, rebuild_table, table_path
 
 TUNE_FOLDER = "tune"
@@ -88,14 +88,19 @@ def tune_sweep(sweep: Sweep, out: Path, storage_url: str, device: str = "auto") 
     folder = out / TUNE_FOLDER
     folder.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    print(f"tune {sweep.name}: {len(cells)} cell(s) x {spec.trials} trials of "
-          f"{', '.join(p.key for p in spec.params)} on a {spec.validation:g} validation split; trials in {folder}",
-          flush=True)
+    print(
+        f"tune {sweep.name}: {len(cells)} cell(s) x {spec.trials} trials of "
+        f"{', '.join(p.key for p in spec.params)} on a {spec.validation:g} validation split; trials in {folder}",
+        flush=True,
+    )
     results = []
     with tqdm(total=len(cells) * spec.trials, unit="trial", desc=f"tune {sweep.name}", dynamic_ncols=True) as bar:
         for number, cell in enumerate(cells):
             study = optuna.create_study(
-                study_name=cell.study_name(sweep.name), storage=storage, direction="minimize", load_if_exists=True,
+                study_name=cell.study_name(sweep.name),
+                storage=storage,
+                direction="minimize",
+                load_if_exists=True,
                 sampler=optuna.samplers.TPESampler(seed=spec.seed * 1000 + number),
             )
             results.append(_search(study, cell, spec, folder, device, bar))
@@ -124,10 +129,14 @@ def _search(study: optuna.Study, cell: Cell, spec: TuneSpec, folder: Path, devic
         bar.set_postfix_str(f"{cell.arm} {cell.label}: best {_best_text(study)}")
     complete = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
     if not complete:
-        raise UsageError(f"tune: every trial of {cell.arm} at {cell.label} failed or diverged; see {table_path(folder)}")
+        raise UsageError(
+            f"tune: every trial of {cell.arm} at {cell.label} failed or diverged; see {table_path(folder)}"
+        )
     best = min(complete, key=lambda t: t.value)
     failed = sum(t.state == optuna.trial.TrialState.FAIL for t in study.get_trials(deepcopy=False))
-    return Best(cell, dict(best.params), float(best.value), best.user_attrs.get("run_id", ""), len(complete) + failed, failed)
+    return Best(
+        cell, dict(best.params), float(best.value), best.user_attrs.get("run_id", ""), len(complete) + failed, failed
+    )
 
 
 def suggest(trial: optuna.Trial, param: TunedParam):
@@ -141,8 +150,9 @@ def suggest(trial: optuna.Trial, param: TunedParam):
 
 def trial_config(cell: Cell, values: dict, spec: TuneSpec):
     """The configuration a trial runs: the cell's, at these values, the tuning seed, on validation."""
-    raw = with_values(cell.raw, {**values, "seed": spec.seed, "task.validation": spec.validation, "arms": [cell.arm]},
-                      "tune")
+    raw = with_values(
+        cell.raw, {**values, "seed": spec.seed, "task.validation": spec.validation, "arms": [cell.arm]}, "tune"
+    )
     return parse_config(raw, f"tune [{cell.arm} {cell.label}]")
 
 
@@ -160,10 +170,22 @@ def apply_best(sweep: Sweep, results: list[Best]) -> Sweep:
 
 
 def write_best(path: Path, results: list[Best], spec: TuneSpec) -> None:
-    rows = [{"cell": dict(r.cell.values), "arm": r.cell.arm, "params": r.params, spec.metric: r.value,
-             "best_trial_run_id": r.run_id, "trials": r.trials, "failed": r.failed} for r in results]
+    rows = [
+        {
+            "cell": dict(r.cell.values),
+            "arm": r.cell.arm,
+            "params": r.params,
+            spec.metric: r.value,
+            "best_trial_run_id": r.run_id,
+            "trials": r.trials,
+            "failed": r.failed,
+        }
+        for r in results
+    ]
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"metric": spec.metric, "validation": spec.validation, "cells": rows}, indent=1, default=str))
+    tmp.write_text(
+        json.dumps({"metric": spec.metric, "validation": spec.validation, "cells": rows}, indent=1, default=str)
+    )
     tmp.replace(path)
 
 
@@ -172,16 +194,20 @@ def print_tuning(sweep: Sweep) -> None:
     spec = _spec(sweep)
     cells = tuning_cells(sweep)
     searched = "; ".join(_describe(p) for p in spec.params)
-    print(f"tune: {len(cells)} cell(s) ({', '.join(spec.per) or 'one cell'}) x {spec.trials} trials = "
-          f"{len(cells) * spec.trials} trial runs of {'arm ' + spec.arm if spec.arm else 'each arm'}, "
-          f"minimising {spec.metric} on a {spec.validation:g} validation split at seed {spec.seed}")
+    print(
+        f"tune: {len(cells)} cell(s) ({', '.join(spec.per) or 'one cell'}) x {spec.trials} trials = "
+        f"{len(cells) * spec.trials} trial runs of {'arm ' + spec.arm if spec.arm else 'each arm'}, "
+        f"minimising {spec.metric} on a {spec.validation:g} validation split at seed {spec.seed}"
+    )
     print(f"tune: searching {searched}; the final runs' ids are fixed by the best values")
 
 
 def _describe(param: TunedParam) -> str:
     if param.choices is not None:
         return f"{param.key} in {list(param.choices)}"
-    return f"{param.key} in [{param.low:g}, {param.high:g}]{' log' if param.log else ''}{' int' if param.integer else ''}"
+    return (
+        f"{param.key} in [{param.low:g}, {param.high:g}]{' log' if param.log else ''}{' int' if param.integer else ''}"
+    )
 
 
 def _best_text(study: optuna.Study) -> str:

@@ -113,8 +113,14 @@ def _close(queue: RunQueue, claim: Claim, statuses: dict[str, str], error: str |
         logger.error("job %s failed (attempt %d):\n%s", claim.run_id, claim.attempt, error)
     for run_id, status in statuses.items():
         if status in ("done", "diverged"):
-            wandb_mirror.mirror_run(options.out, run_id, mode=options.wandb_mode,
-                                    project=options.wandb_project, group=queue.sweep, wandb_dir=options.out)
+            wandb_mirror.mirror_run(
+                options.out,
+                run_id,
+                mode=options.wandb_mode,
+                project=options.wandb_project,
+                group=queue.sweep,
+                wandb_dir=options.out,
+            )
     failed = [rid for rid, status in statuses.items() if status == "failed"]
     if failed and error is None:
         error = "; ".join(f"{rid}: {run_error(options.out, rid) or 'no error message'}" for rid in failed)
@@ -123,4 +129,3 @@ def _close(queue: RunQueue, claim: Claim, statuses: dict[str, str], error: str |
     if outcome == "failed" and claim.attempt <= options.retries:
         queue.retry(claim)
     return outcome
-

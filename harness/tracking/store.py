@@ -217,8 +217,17 @@ def read_metrics(out: str | Path, run_id: str) -> tuple[list[dict], str | None]:
 def begin_run(out: str | Path, run_id: str, arm: str, config: dict) -> None:
     """Record a run as started: config.json, then status ``running``; stale results are removed."""
     write_json(config_path(out, run_id), {"run_id": run_id, "arm": arm, "config": config})
-    write_json(status_path(out, run_id), {"status": "running", "started": _now(), "finished": None, "error": None,
-                                          "host": socket.gethostname(), "pid": os.getpid()})
+    write_json(
+        status_path(out, run_id),
+        {
+            "status": "running",
+            "started": _now(),
+            "finished": None,
+            "error": None,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+        },
+    )
     for stale in (summary_path(out, run_id), metrics_path(out, run_id)):
         stale.unlink(missing_ok=True)
 
@@ -229,7 +238,9 @@ def write_metrics(out: str | Path, run_id: str, records: list[dict]) -> None:
     write_atomic(metrics_path(out, run_id), lines)
 
 
-def end_run(out: str | Path, run_id: str, status: str, metrics: list[dict], summary: dict, error: str | None = None) -> None:
+def end_run(
+    out: str | Path, run_id: str, status: str, metrics: list[dict], summary: dict, error: str | None = None
+) -> None:
     """Write the metrics and summary, then the final status (last, so a finished run is whole)."""
     if status not in STATUSES or status == "running":
         raise ValueError(f"a run ends done, diverged or failed; got {status!r}")
@@ -275,7 +286,7 @@ def rebuild_table(out: str | Path) -> pd.DataFrame:
             summary.pop("arms", None)
         rows.append({**summary, "status": status})
     table = pd.DataFrame(rows)
-    for column in table.columns[table.dtypes == object]:
+    for column in [c for c in table.columns if pd.api.types.is_object_dtype(table[c])]:
         kinds = {type(v) for v in table[column] if v is not None and not (isinstance(v, float) and pd.isna(v))}
         if len(kinds - {int, float}) and len(kinds) > 1:
             table[column] = table[column].map(lambda v: None if v is None else str(v))

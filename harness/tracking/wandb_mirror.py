@@ -33,11 +33,7 @@ def forget_inherited_service() -> None:
         del os.environ["WANDB_SERVICE"]
 
 
-
-
-def mirror_run(
-    out: Path, run_id: str, *, mode: str, project: str, group: str, wandb_dir: Path | None = None
-) -> bool:
+def mirror_run(out: Path, run_id: str, *, mode: str, project: str, group: str, wandb_dir: Path | None = None) -> bool:
     """Log one finished run of the results folder ``out`` as the W&B run whose id is the run id
     (resumable, so a re-mirror updates the same run). job_type is the run's arm; config is the
     flattened configuration; history is the run's metrics; summary is its summary (harness/tracking/store.py)."""
@@ -79,8 +75,15 @@ def mirror_run(
 
 
 def mirror_table(
-    name: str, table, *, mode: str, project: str, group: str, job_type: str = "sweep",
-    images: Mapping[str, Path] | None = None, wandb_dir: Path | None = None,
+    name: str,
+    table,
+    *,
+    mode: str,
+    project: str,
+    group: str,
+    job_type: str = "sweep",
+    images: Mapping[str, Path] | None = None,
+    wandb_dir: Path | None = None,
 ) -> bool:
     """Log a pandas DataFrame (the runs table, a fit table) and optional images as one W&B run."""
     if mode == "disabled":
@@ -89,8 +92,15 @@ def mirror_table(
         import wandb
 
         run = wandb.init(
-            project=project, id=name, name=name, group=group, job_type=job_type, mode=mode,
-            dir=str(wandb_dir) if wandb_dir else None, resume="allow", reinit="finish_previous",
+            project=project,
+            id=name,
+            name=name,
+            group=group,
+            job_type=job_type,
+            mode=mode,
+            dir=str(wandb_dir) if wandb_dir else None,
+            resume="allow",
+            reinit="finish_previous",
             settings=wandb.Settings(silent=True, init_timeout=60),
         )
         payload = {"table": wandb.Table(dataframe=table.astype(str) if len(table) else table)}
@@ -118,4 +128,6 @@ def resolve_mode(requested: str | None) -> str:
 
 
 def _warn(what: str, exc: Exception) -> None:
-    warnings.warn(f"W&B mirror of {what} failed ({type(exc).__name__}: {exc}); local results are unaffected", stacklevel=3)
+    warnings.warn(
+        f"W&B mirror of {what} failed ({type(exc).__name__}: {exc}); local results are unaffected", stacklevel=3
+    )

@@ -40,7 +40,6 @@ from harness.train.optim import schedule_factor
 from harness.train.stacked import StackedMLP, shape_of
 from harness.train.stacked_optim import StackedOptimizer
 
-
 # Activation bytes of one stack on a CPU (about one core's L2 cache). Beyond it a wide model's
 # forward and backward passes are bound by memory, and a larger stack costs more per model-step
 # (docs/performance.md). Stacks that train through the fused kernels (MLP.fits_relu_kernels) store no

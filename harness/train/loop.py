@@ -107,8 +107,17 @@ class Stepper(Protocol):
         """Forget the arms marked diverged at the evaluation just made."""
 
 
-def train_side_by_side(arms: list[Arm], train: TrainConfig, steps: int, loss_fn: LossFn, evaluate: Evaluate, *,
-                       epoch_size: int, on_record: OnRecord | None = None, description: str = "") -> None:
+def train_side_by_side(
+    arms: list[Arm],
+    train: TrainConfig,
+    steps: int,
+    loss_fn: LossFn,
+    evaluate: Evaluate,
+    *,
+    epoch_size: int,
+    on_record: OnRecord | None = None,
+    description: str = "",
+) -> None:
     """Run ``steps`` optimiser steps on every arm, evaluating at step 0, every ``eval_every`` and the end.
 
     ``epoch_size`` is the original training set's size: a record's ``epoch`` counts examples seen

@@ -45,7 +45,9 @@ def predict(model: torch.nn.Module, x: torch.Tensor, chunk_rows: int = 8192) -> 
     return torch.cat([model(x[start : start + chunk_rows]) for start in range(0, len(x), chunk_rows)])
 
 
-def mean_loss(loss_fn: LossFn, prediction: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None) -> float:
+def mean_loss(
+    loss_fn: LossFn, prediction: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None
+) -> float:
     """The (weighted) mean loss in float64: sum_i c_i l_i / sum_i c_i."""
     losses = loss_fn(prediction, target).detach().double()
     if weights is None:

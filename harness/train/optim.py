@@ -32,7 +32,9 @@ def make_optimizer(params: Iterable[torch.nn.Parameter], train: TrainConfig) -> 
     raise ValueError(f"train.optimizer: unknown optimizer {name!r}")
 
 
-def make_schedule(optimizer: torch.optim.Optimizer, train: TrainConfig, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+def make_schedule(
+    optimizer: torch.optim.Optimizer, train: TrainConfig, steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
     """Cosine from lr at step 0 to 0 at step ``steps`` (SPEC 6), or constant.
 
     Rprop reads its lr only to initialise its step sizes, so a schedule does not change it later.

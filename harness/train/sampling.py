@@ -23,7 +23,9 @@ import torch
 class BatchSampler:
     """An endless sequence of batches over n examples with weights c (any positive scale)."""
 
-    def __init__(self, weights, batch_size: int | None, mode: str, seed: int, device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self, weights, batch_size: int | None, mode: str, seed: int, device: torch.device | str = "cpu"
+    ) -> None:
         if mode not in ("proportional", "weighted_loss"):
             raise ValueError(f"sampling mode must be proportional or weighted_loss; got {mode!r}")
         self.weights = torch.as_tensor(np.asarray(weights, dtype=np.float64))
@@ -36,8 +38,11 @@ class BatchSampler:
         self._order = torch.empty(0, dtype=torch.long)
         self._full = (self.weights / self.weights.sum()).to(self.device)
         # Equal weights give every batch the loss weights 1/B: made once, not per step.
-        self._uniform = None if batch_size is None else torch.full((batch_size,), 1.0 / batch_size, dtype=torch.float64,
-                                                                   device=self.device)
+        self._uniform = (
+            None
+            if batch_size is None
+            else torch.full((batch_size,), 1.0 / batch_size, dtype=torch.float64, device=self.device)
+        )
 
     def next(self) -> tuple[torch.Tensor | None, torch.Tensor]:
         """(indices on the device or None for the full set, loss weights (float64) summing to 1)."""

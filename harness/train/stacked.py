@@ -31,8 +31,9 @@ def shape_of(model: MLP) -> tuple:
 class StackedMLP:
     """K MLPs of one shape, trained as one (see the module docstring)."""
 
-    def __init__(self, weights_t: Sequence[torch.Tensor], biases: Sequence[torch.Tensor],
-                 multiplicities: Sequence[torch.Tensor]) -> None:
+    def __init__(
+        self, weights_t: Sequence[torch.Tensor], biases: Sequence[torch.Tensor], multiplicities: Sequence[torch.Tensor]
+    ) -> None:
         tensors = [t.detach() for t in (*weights_t, *biases)]
         models = tensors[0].shape[0]
         # Row k of ``flat`` holds all of model k's parameters (each parameter is a view of it), so
@@ -55,9 +56,11 @@ class StackedMLP:
         if len({shape_of(m) for m in models}) != 1:
             raise ValueError("stacked MLPs must share layer shapes, dtype and device")
         depth = models[0].depth
-        return cls([torch.stack([m.weights[l].detach().T for m in models]) for l in range(depth + 1)],
-                   [torch.stack([m.biases[l].detach() for m in models]) for l in range(depth + 1)],
-                   [torch.stack([m.unit_multiplicities(l) for m in models]) for l in range(depth)])
+        return cls(
+            [torch.stack([m.weights[layer].detach().T for m in models]) for layer in range(depth + 1)],
+            [torch.stack([m.biases[layer].detach() for m in models]) for layer in range(depth + 1)],
+            [torch.stack([m.unit_multiplicities(layer) for m in models]) for layer in range(depth)],
+        )
 
     @property
     def parameters(self) -> list[torch.Tensor]:
@@ -74,8 +77,9 @@ class StackedMLP:
         """(K, B, n_0) -> (K, B, outputs)."""
         scaled = [c if self._scaled[layer] else None for layer, c in enumerate(self.multiplicities)]
         if len(scaled) == 1 and self.weights_t[1].shape[2] == 1 and not x.requires_grad:
-            return _OneHiddenLayer.apply(x, self.weights_t[0], self.biases[0], self.weights_t[1], self.biases[1],
-                                         scaled[0])
+            return _OneHiddenLayer.apply(
+                x, self.weights_t[0], self.biases[0], self.weights_t[1], self.biases[1], scaled[0]
+            )
         h = x
         for layer, c in enumerate(scaled):
             h = _Layer.apply(h, self.weights_t[layer], self.biases[layer], c)
@@ -102,8 +106,9 @@ class StackedMLP:
 
     def keep(self, rows: torch.Tensor) -> StackedMLP:
         """A new stack of models ``rows`` only (the others keep their last values in their views)."""
-        return StackedMLP([w[rows] for w in self.weights_t], [b[rows] for b in self.biases],
-                          [c[rows] for c in self.multiplicities])
+        return StackedMLP(
+            [w[rows] for w in self.weights_t], [b[rows] for b in self.biases], [c[rows] for c in self.multiplicities]
+        )
 
 
 def batched_matmul(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

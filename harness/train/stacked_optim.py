@@ -100,8 +100,14 @@ def _rprop(p, g, state, lrs, step, h) -> None:
 
 
 Rule = Callable[..., None]
-RULES: dict[str, Rule] = {"SGD": _sgd, "Adam": _adam, "AdamW": _adamw, "Adamax": _adamax, "RMSprop": _rmsprop,
-                          "Rprop": _rprop}
+RULES: dict[str, Rule] = {
+    "SGD": _sgd,
+    "Adam": _adam,
+    "AdamW": _adamw,
+    "Adamax": _adamax,
+    "RMSprop": _rmsprop,
+    "Rprop": _rprop,
+}
 
 
 class StackedOptimizer:

@@ -21,8 +21,17 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parent
 SETTINGS = ["train.optimizer", "train.lr", "train.sampling", "d", "width", "task.input_dim", "compression.k"]
-VALUES = ["test_loss", "ratio_to_original", "max_test_gap", "max_train_gap", "error", "relative_error", "compress_seconds",
-          "d_eff", "width_eff"]
+VALUES = [
+    "test_loss",
+    "ratio_to_original",
+    "max_test_gap",
+    "max_train_gap",
+    "error",
+    "relative_error",
+    "compress_seconds",
+    "d_eff",
+    "width_eff",
+]
 
 
 def summarise(table: pd.DataFrame) -> pd.DataFrame:
@@ -68,8 +77,19 @@ def runtime_slopes(table: pd.DataFrame, d_min: float = 4000, n_boot: int = 2000,
             boot.append(np.polyfit(x[pick], y[pick], 1)[0])
         lo, hi = np.percentile(boot, [2.5, 97.5])
         largest = part[part["d"] == part["d"].max()]["compress_seconds"]
-        rows.append({"arm": arm, "m": m, "d_min": d_min, "d_max": part["d"].max(), "n_runs": len(part), "slope": slope,
-                     "slope_lo": lo, "slope_hi": hi, "median_seconds_at_d_max": largest.median()})
+        rows.append(
+            {
+                "arm": arm,
+                "m": m,
+                "d_min": d_min,
+                "d_max": part["d"].max(),
+                "n_runs": len(part),
+                "slope": slope,
+                "slope_lo": lo,
+                "slope_hi": hi,
+                "median_seconds_at_d_max": largest.median(),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -85,8 +105,13 @@ def runtime_plot(table: pd.DataFrame, path: Path) -> None:
         med = part.groupby("d")["compress_seconds"].median()
         ax.plot(med.index, med.to_numpy(), "o-", label=f"{arm}, m = {m}")
         ax.scatter(part["d"], part["compress_seconds"], s=6, alpha=0.4)
-    ax.set(xscale="log", yscale="log", xlabel="d (points compressed to 0.1 d, k = 5)", ylabel="seconds (median of seeds)",
-           title="E5: moment compression time (2-core CPU, one thread)")
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="d (points compressed to 0.1 d, k = 5)",
+        ylabel="seconds (median of seeds)",
+        title="E5: moment compression time (2-core CPU, one thread)",
+    )
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.savefig(path, dpi=110)
@@ -106,8 +131,16 @@ def sampling_pairs(table: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> pd
         v = part.to_numpy()
         boot = [rng.choice(v, len(v)).mean() for _ in range(n_boot)]
         lo, hi = np.exp(np.percentile(boot, [2.5, 97.5]))
-        rows.append({"d": d, "n_pairs": len(v), "ratio_weighted_loss_over_proportional": np.exp(v.mean()),
-                     "ratio_lo": lo, "ratio_hi": hi, "fraction_weighted_loss_better": float((v < 0).mean())})
+        rows.append(
+            {
+                "d": d,
+                "n_pairs": len(v),
+                "ratio_weighted_loss_over_proportional": np.exp(v.mean()),
+                "ratio_lo": lo,
+                "ratio_hi": hi,
+                "fraction_weighted_loss_better": float((v < 0).mean()),
+            }
+        )
     return pd.DataFrame(rows)
 
 
