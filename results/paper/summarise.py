@@ -1,4 +1,4 @@
-"""Per-arm summaries of the committed paper results (the numbers README.md "Findings" quotes beside fits.json).
+"""Per-arm summaries of the committed paper results (the numbers results/paper/README.md quotes beside fits.json).
 
     .venv/bin/python results/paper/summarise.py        # writes results/paper/<exp>/summary.csv
 
