@@ -183,7 +183,12 @@ def test_a_sweep_killed_mid_way_then_rerun_has_every_finished_run_once_in_the_of
     sweep = load_sweep(spec)
     results = tmp_path / "results" / "wbcrash"
     first = polyscale("sweep", str(spec), "--grace", "2", "--no-batch", cwd=tmp_path, wandb="offline", background=True)
-    wait_for(lambda: sum(s == "done" for s in statuses(results).values()) >= 2)
+
+    def streaming() -> list[str]:
+        return [rid for rid in statuses(results) if store.read_wandb_state(results, rid).get("session")]
+
+    # killed while a run streams: its W&B session never finishes, and the rerun must not repeat it
+    wait_for(lambda: sum(s == "done" for s in statuses(results).values()) >= 2 and streaming())
     os.killpg(first.pid, signal.SIGKILL)  # the coordinator, its workers and their W&B services
     first.wait()
     assert len(statuses(results)) < len(sweep.runs) or "running" in statuses(results).values(), "killed too late"
