@@ -43,9 +43,15 @@ def mirror_run(out: Path, run_id: str, *, mode: str, project: str, group: str) -
     """Log one finished run of the results folder ``out`` as the W&B run whose id is the run id:
     job_type is the run's arm, config the flattened configuration, history the run's metrics that
     W&B does not hold yet (wandb.json), summary its summary (harness/tracking/store.py). A run
-    marked mirrored is left alone; the mark is written once ``finish()`` has returned."""
-    if mode == "disabled" or store.read_wandb_state(out, run_id).get("mirrored"):
+    marked mirrored is left alone; the mark is written once ``finish()`` has returned. A run whose
+    W&B session a live process on this host holds (this one's ``finish()`` past its time, another
+    worker's stream) is left to it: False."""
+    state = store.read_wandb_state(out, run_id)
+    if mode == "disabled" or state.get("mirrored"):
         return True
+    if _owner_alive(state):
+        return False
+    session = None
     try:
         identity = store.read_identity(out, run_id)
         if identity is None:
@@ -62,19 +68,20 @@ def mirror_run(out: Path, run_id: str, *, mode: str, project: str, group: str) -
         return session.close({**summary, "status": status or summary.get("status")}, mirrored=True)
     except Exception as exc:  # W&B must never cost a local result
         _warn(f"run {run_id}", exc)
+        if session is not None:
+            session.drop()
         return False
 
 
 def mirror_missing(out: Path, *, mode: str, project: str, group: str) -> int:
     """Mirror every finished run of ``out`` that is not marked mirrored (a crash came between its
-    end and its W&B ``finish()``), unless a live process on this host streams it; return how many
-    were mirrored."""
+    end and its W&B ``finish()``), unless a live process on this host holds its session; return how
+    many were mirrored."""
     if mode == "disabled":
         return 0
     mirrored = 0
     for run_id in store.run_ids(out):
-        state = store.read_wandb_state(out, run_id)
-        if state.get("mirrored") or not store.finished_status(out, run_id) or _owner_alive(state):
+        if store.read_wandb_state(out, run_id).get("mirrored") or not store.finished_status(out, run_id):
             continue
         mirrored += mirror_run(out, run_id, mode=mode, project=project, group=group)
     return mirrored
@@ -144,6 +151,7 @@ class LiveMirror:
                 session.drop()
             except Exception as exc:  # e.g. a finish() past its time: the next sweep, worker or collect mirrors it
                 _warn(f"run {run_id}", exc)
+                session.drop()
                 return
         if finished:
             mirror_run(self.out, run_id, mode=self.mode, project=self.project, group=self.group)
@@ -162,6 +170,7 @@ class _Session:
         self.after = after  # W&B holds every step up to this one
         self.logged: list[int] = []
         self.finish_timeout = finish_timeout
+        self.finishing = False
 
     @classmethod
     def open(
@@ -194,7 +203,10 @@ class _Session:
             dir=str(root) if root is not None else None,
             resume="allow",
             reinit="create_new",
-            settings=wandb.Settings(silent=True, init_timeout=INIT_TIMEOUT_SECONDS),
+            # finish_timeout also bounds the finish of runs left open at exit (W&B's atexit hook)
+            settings=wandb.Settings(
+                silent=True, init_timeout=INIT_TIMEOUT_SECONDS, finish_timeout=FINISH_TIMEOUT_SECONDS
+            ),
         )
         after = max(int(state.get("step", -1)), int(run.starting_step or 0) - 1)
         store.write_wandb_state(
@@ -219,6 +231,7 @@ class _Session:
         """Write the summary and finish (in bounded time); record the steps W&B now holds, and the
         mirrored mark, only once ``finish()`` returned. True when it did."""
         self.run.summary.update(summary)
+        self.finishing = True
         if not _finish(self.run, self.finish_timeout):
             raise TimeoutError(f"finish() did not return within {self.finish_timeout:g} s")
         step = self.logged[-1] if self.logged else self.after
@@ -226,10 +239,18 @@ class _Session:
         return True
 
     def drop(self) -> None:
-        """Finish without recording anything and remove what offline mode wrote of this session."""
-        _finish(self.run, self.finish_timeout)
-        _remove_offline(self.run.settings.sync_dir)
-        store.write_wandb_state(self.out, self.run_id, {"step": self.after, "session": None})
+        """After a failure: finish without recording anything and remove what offline mode wrote of
+        this session. A session whose ``finish()`` was already started is left to it (and to the
+        next reconcile); this never raises."""
+        if self.finishing:
+            return
+        self.finishing = True
+        try:
+            _finish(self.run, self.finish_timeout)
+            _remove_offline(self.run.settings.sync_dir)
+            store.write_wandb_state(self.out, self.run_id, {"step": self.after, "session": None})
+        except Exception as exc:
+            _warn(f"run {self.run_id}", exc)
 
 
 def wandb_root(out: Path) -> Path | None:
@@ -258,11 +279,9 @@ def _finish(run, timeout: float) -> bool:
 
 
 def _owner_alive(state: dict) -> bool:
-    """Whether a process on this host other than this one still has the recorded session open."""
+    """Whether a live process on this host (this one included) has the recorded session open."""
     pid = state.get("pid")
     if not state.get("session") or state.get("host") != socket.gethostname() or not isinstance(pid, int):
-        return False
-    if pid == os.getpid():
         return False
     try:
         os.kill(pid, 0)
@@ -276,7 +295,7 @@ def _owner_alive(state: dict) -> bool:
 def _remove_stale(state: dict) -> None:
     """Remove the offline folder of a session that never finished (its process is gone), whose
     records cannot be trusted to be whole; online sessions are the server's to keep."""
-    if state.get("session") and not _owner_alive(state) and state.get("pid") != os.getpid():
+    if state.get("session") and not _owner_alive(state):
         _remove_offline(state["session"])
 
 
