@@ -255,3 +255,21 @@ def test_status_lists_running_runs_with_step_and_loss_and_tells_dead_ones(tmp_pa
     assert "2 runs: 1 dead, 1 running" in shown.stdout
     assert f"running {live}: step 10/40, test loss {2.0 / 11:.4g}" in shown.stdout
     assert f"dead {dead}:" in shown.stdout
+
+
+def test_collect_mirrors_the_finished_runs_wandb_lacks_into_wandb_dir_once(tmp_path, monkeypatch):
+    wandb_dir = tmp_path / "elsewhere"
+    monkeypatch.setenv("WANDB_DIR", str(wandb_dir))
+    results = tmp_path / "results"
+    finished, failed = "a" * 12, "b" * 12
+    for run_id in (finished, failed):
+        begin(results, run_id)
+    store.end_run(results, finished, "done", [record(s) for s in STEPS], {"test_loss": 0.5})
+    store.end_run(results, failed, "failed", [record(0)], {}, error="boom")
+    for attempt in range(2):
+        collected = polyscale("collect", str(results), cwd=tmp_path, wandb="offline")
+        assert collected.returncode == 0, collected.stderr
+        assert ("W&B: mirrored 1 finished run(s) it lacked" in collected.stdout) == (attempt == 0)
+    assert logged_steps(wandb_dir, finished) == Counter(dict.fromkeys(STEPS, 1))
+    assert not sessions(wandb_dir, failed) and not (results / "wandb").exists()
+    assert store.read_wandb_state(results, finished)["mirrored"] is True

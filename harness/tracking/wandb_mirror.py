@@ -212,7 +212,12 @@ class _Session:
         store.write_wandb_state(
             out,
             run_id,
-            {"step": after, "session": run.settings.sync_dir, "host": socket.gethostname(), "pid": os.getpid()},
+            {
+                "step": after,
+                "session": str(Path(run.settings.sync_dir).resolve()),
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+            },
         )
         return cls(out, run_id, run, after, finish_timeout)
 
