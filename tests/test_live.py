@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import pytest
 from harness.config.sweep_spec import load_sweep
 from harness.sweep import launch
 from harness.sweep.options import SweepOptions
+from harness.sweep.queue import RunQueue
 from harness.tracking import store
 from harness.tracking.wandb_mirror import LiveMirror, mirror_missing
 from tests.test_sweep_run import polyscale, statuses, wait_for, write_spec
@@ -250,11 +252,17 @@ def test_status_lists_running_runs_with_step_and_loss_and_tells_dead_ones(tmp_pa
     gone.wait()  # its pid names no process now
     status = json.loads(store.status_path(results, dead).read_text())
     store.write_json(store.status_path(results, dead), {**status, "pid": gone.pid})
-    shown = polyscale("status", str(results), cwd=tmp_path)
+    storage = str(tmp_path / "queue.journal")
+    queue = RunQueue(storage, "st")
+    queue.enqueue([("width-000000000000", {"config": config, "runs": {"moment": live}})])
+    assert queue.claim() is not None  # claimed and beaten: its heartbeat is recent
+    shown = polyscale("status", str(results), "--storage", storage, "--sweep", "st", cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr
     assert "2 runs: 1 dead, 1 running" in shown.stdout
-    assert f"running {live}: step 10/40, test loss {2.0 / 11:.4g}" in shown.stdout
+    line = next(line for line in shown.stdout.splitlines() if line.startswith(f"  running {live}: "))
+    assert re.fullmatch(rf"  running {live}: step 10/40, test loss {2.0 / 11:.4g}, heartbeat \d+s ago", line)
     assert f"dead {dead}:" in shown.stdout
+    assert "queue " in shown.stdout and "1 running" in shown.stdout.split("queue ")[1]
 
 
 def test_collect_mirrors_the_finished_runs_wandb_lacks_into_wandb_dir_once(tmp_path, monkeypatch):
