@@ -232,7 +232,10 @@ def run_status(args: argparse.Namespace) -> int:
     elif args.results is not None and (recorded := _recorded_queue(args.results)):
         from harness.sweep.queue import RunQueue
 
-        queue = RunQueue(*recorded)  # for the heartbeats only: its counts print with --storage
+        try:  # for the heartbeats only (its counts print with --storage): without them if it fails
+            queue = RunQueue(*recorded)
+        except Exception as exc:
+            print(f"(no heartbeats: the queue {recorded[0]} does not open: {exc})", file=sys.stderr)
     if args.results is not None:
         if not is_results_folder(args.results):
             raise UsageError(f"{args.results}: not a results folder (no runs/ inside)")

@@ -243,8 +243,13 @@ def owner_alive(out: str | Path, run_id: str) -> bool | None:
     """Whether the process that status.json names (host, pid) is alive: True or False on its own
     host, None on another host or without a recorded process."""
     record = _read_object(status_path(out, run_id)) or {}
-    pid = record.get("pid")
-    if record.get("host") != socket.gethostname() or not isinstance(pid, int):
+    return process_alive(record.get("host"), record.get("pid"))
+
+
+def process_alive(host: object, pid: object) -> bool | None:
+    """Whether process ``pid`` of ``host`` is alive: True or False on this host, None on another
+    host or for a pid that is not a number."""
+    if host != socket.gethostname() or not isinstance(pid, int):
         return None
     try:
         os.kill(pid, 0)

@@ -285,16 +285,7 @@ def _finish(run, timeout: float) -> bool:
 
 def _owner_alive(state: dict) -> bool:
     """Whether a live process on this host (this one included) has the recorded session open."""
-    pid = state.get("pid")
-    if not state.get("session") or state.get("host") != socket.gethostname() or not isinstance(pid, int):
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
+    return bool(state.get("session")) and store.process_alive(state.get("host"), state.get("pid")) is True
 
 
 def _remove_stale(state: dict) -> None:
