@@ -29,7 +29,7 @@ def make_run(folder, run_id="abc123def456"):
 def test_offline_mirror_writes_the_run_with_its_id_group_config_history_and_summary(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     run = make_run(tmp_path)
-    assert mirror_run(tmp_path, run.name, mode="offline", project="polyscale-test", group="smoke", wandb_dir=tmp_path)
+    assert mirror_run(tmp_path, run.name, mode="offline", project="polyscale-test", group="smoke")
     logged = offline_run(tmp_path, run.name)
     assert logged["run_id"] == run.name
     assert logged["group"] == "smoke" and logged["job_type"] == "moment"
@@ -57,7 +57,7 @@ def test_a_failing_wandb_warns_and_returns_false(tmp_path, monkeypatch):
 
 def test_disabled_mode_touches_nothing(tmp_path):
     run = make_run(tmp_path)
-    assert mirror_run(tmp_path, run.name, mode="disabled", project="p", group="g", wandb_dir=tmp_path)
+    assert mirror_run(tmp_path, run.name, mode="disabled", project="p", group="g")
     assert not (tmp_path / "wandb").exists()
 
 

@@ -32,6 +32,7 @@ from harness.tracking import (
     end_run,
     error_line,
     finished_status,
+    installed,
     rebuild_table,
     record_problem,
     write_metrics,
@@ -122,6 +123,7 @@ def run_config(
     each rebuild reads every run folder).
     """
     out = Path(out if out is not None else config.out)
+    observers = (*observers, *installed())
     device = pick_device(config.device)
     ids = {arm: run_id(config, arm) for arm in (tuple(arms) if arms else config.arm_names)}
     records = {

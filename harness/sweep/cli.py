@@ -55,8 +55,11 @@ then, on machine A, merge B's results (unless --out is a shared folder):
 """
 
 STATUS_EPILOG = """\
+A running run is listed with its step, its last test loss and, given the queue, its heartbeat's
+age; a run marked running whose process on this host is gone is counted dead (run it again).
+
 examples:
-  polyscale status results/smoke        # runs by status; each failed run with its error's last line
+  polyscale status results/smoke        # runs by status; running and failed runs one a line
   polyscale status --storage results/smoke/queue.journal --sweep smoke      # the queue alone
   polyscale status results/e4 --storage postgresql://user@db-host/polyscale --sweep e4
 """
@@ -67,7 +70,8 @@ examples:
   rsync -a machine-b:polyscale/results/e4/ results/e4-from-b/
   polyscale collect results/e4 --from results/e4-from-b results/e4-from-c
 A run already finished in RESULTS is kept; a finished run of a --from folder replaces an
-unfinished (failed, interrupted) one of the same id.
+unfinished (failed, interrupted) one of the same id. Finished runs that W&B lacks (a crash came
+before their mirror) are mirrored ($WANDB_MODE, offline by default).
 """
 
 
@@ -193,6 +197,12 @@ def run_worker(args: argparse.Namespace) -> int:
         grace_seconds=options.grace_seconds,
         results_at=f"{socket.gethostname()}:{options.out.resolve()}",
     )
+    from harness.tracking import install
+    from harness.tracking.wandb_mirror import LiveMirror, mirror_missing
+
+    wandb = {"mode": options.wandb_mode, "project": options.wandb_project, "group": args.sweep}
+    mirror_missing(options.out, **wandb)
+    install(LiveMirror(options.out, **wandb))  # each run streams to W&B as it trains
     try:
         tally = work(queue, options)
     except KeyboardInterrupt:
@@ -207,10 +217,25 @@ def run_worker(args: argparse.Namespace) -> int:
 
 
 def run_status(args: argparse.Namespace) -> int:
-    from harness.tracking.store import is_results_folder, read_status, run_error, run_ids
+    from harness.tracking.store import is_results_folder, owner_alive, read_status, run_error, run_ids
 
-    if args.results is None and not ((args.storage or os.environ.get(STORAGE_ENV)) and args.sweep):
+    storage = args.storage or os.environ.get(STORAGE_ENV)
+    if args.results is None and not (storage and args.sweep):
         raise UsageError("give a RESULTS folder, or --storage URL and --sweep NAME")
+    if (args.storage or args.sweep) and not (storage and args.sweep):
+        raise UsageError("the queue needs both --storage URL and --sweep NAME")
+    queue = None
+    if storage and args.sweep:
+        from harness.sweep.queue import RunQueue
+
+        queue = RunQueue(storage, args.sweep)
+    elif args.results is not None and (recorded := _recorded_queue(args.results)):
+        from harness.sweep.queue import RunQueue
+
+        try:  # for the heartbeats only (its counts print with --storage): without them if it fails
+            queue = RunQueue(*recorded)
+        except Exception as exc:
+            print(f"(no heartbeats: the queue {recorded[0]} does not open: {exc})", file=sys.stderr)
     if args.results is not None:
         if not is_results_folder(args.results):
             raise UsageError(f"{args.results}: not a results folder (no runs/ inside)")
@@ -218,18 +243,21 @@ def run_status(args: argparse.Namespace) -> int:
         expected = [r["run_id"] for r in json.loads(manifest.read_text())["runs"]] if manifest.exists() else None
         ids = expected or run_ids(args.results)
         statuses = {rid: read_status(args.results, rid) or "not started" for rid in ids}
+        for rid, status in statuses.items():
+            if status == "running" and owner_alive(args.results, rid) is False:
+                statuses[rid] = "dead"
         counts = Counter(statuses.values())
         print(f"{args.results}: {len(ids)} runs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+        beats = queue.heartbeats() if queue is not None else {}
         for rid, status in sorted(statuses.items()):
-            if status == "failed":
+            if status == "running":
+                print(f"  running {rid}: {_running_line(args.results, rid, beats.get(rid))}")
+            elif status == "dead":
+                print(f"  dead {rid}: its process is gone; the next sweep or worker runs it again")
+            elif status == "failed":
                 print(f"  failed {rid}: {run_error(args.results, rid)}")
-    if args.storage or args.sweep:
-        from harness.sweep.queue import RunQueue
-
-        storage = args.storage or os.environ.get(STORAGE_ENV)
-        if not (storage and args.sweep):
-            raise UsageError("the queue needs both --storage URL and --sweep NAME")
-        counts = RunQueue(storage, args.sweep).counts()
+    if queue is not None and storage and args.sweep:
+        counts = queue.counts()
         print(
             f"queue {redact(storage)} / {args.sweep}: "
             + (", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "empty")
@@ -237,8 +265,30 @@ def run_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _running_line(out: Path, run_id: str, heartbeat_age: float | None) -> str:
+    """Step/total, last test loss and heartbeat age (when the queue says) of a running run."""
+    from harness.config import TRAINING_EXPERIMENTS, parse_config
+    from harness.tracking.store import progress, read_identity
+
+    step, loss = progress(out, run_id)
+    identity = read_identity(out, run_id)
+    total = None
+    if identity is not None:
+        try:
+            config = parse_config(identity["config"], f"{out}/runs/{run_id}/config.json")
+            total = config.total_steps() if config.experiment in TRAINING_EXPERIMENTS else None
+        except (UsageError, KeyError, TypeError):
+            pass
+    parts = [f"step {'?' if step is None else step}/{'?' if total is None else total}"]
+    parts.append(f"test loss {loss:.4g}" if loss is not None else "no test loss yet")
+    if heartbeat_age is not None:
+        parts.append(f"heartbeat {heartbeat_age:.0f}s ago")
+    return ", ".join(parts)
+
+
 def run_collect(args: argparse.Namespace) -> int:
     from harness.tracking.store import copy_finished, ensure_writable, is_results_folder, rebuild_table, table_path
+    from harness.tracking.wandb_mirror import mirror_missing, resolve_mode
 
     for source in args.sources:
         if not is_results_folder(source):
@@ -247,7 +297,37 @@ def run_collect(args: argparse.Namespace) -> int:
     copied = sum(copy_finished(source, args.results) for source in args.sources)
     table = rebuild_table(args.results)
     print(f"{table_path(args.results)}: {len(table)} runs" + (f" ({copied} copied in)" if args.sources else ""))
+    manifest = _read_manifest(args.results)
+    mirrored = mirror_missing(
+        args.results,
+        mode=resolve_mode(None),
+        project=manifest.get("wandb_project", "polyscale"),
+        group=manifest.get("name", args.results.name),
+    )
+    if mirrored:
+        print(f"W&B: mirrored {mirrored} finished run(s) it lacked")
     return 0
+
+
+def _recorded_queue(out: Path) -> tuple[str, str] | None:
+    """The storage and sweep name that RESULTS/sweep.json records, when they can be opened as they
+    are: not a redacted password, and a journal file that exists."""
+    manifest = _read_manifest(out)
+    storage, name = manifest.get("storage"), manifest.get("name")
+    if not (isinstance(storage, str) and isinstance(name, str)) or "***" in storage:
+        return None
+    if "://" not in storage and not Path(storage).is_file():
+        return None
+    return storage, name
+
+
+def _read_manifest(out: Path) -> dict:
+    """RESULTS/sweep.json (written by ``polyscale sweep``), or {} without a readable one."""
+    try:
+        manifest = json.loads((out / "sweep.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return manifest if isinstance(manifest, dict) else {}
 
 
 def print_plan(sweep) -> None:

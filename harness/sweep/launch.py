@@ -2,9 +2,11 @@
 
 The coordinator never runs a model itself. It enqueues every run of the sweep that the store does
 not hold as finished, starts N worker processes (``polyscale worker``; one GPU each when there are
-several), shows a progress bar until the queue is drained, then rebuilds the results table and
-prints a summary. Ctrl-C stops the workers; what finished is kept, and running the same command
-again completes the rest.
+several), shows a progress bar over the runs' training steps until the queue is drained, then
+rebuilds the results table and prints a summary. Each worker streams its runs to W&B as they
+train; the coordinator mirrors the finished runs that W&B lacks (after a crash) before and after.
+Ctrl-C stops the workers; what finished is kept, and running the same command again completes
+the rest.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from harness.config import TRAINING_EXPERIMENTS
 from harness.config.sweep_spec import Sweep
 from harness.redact import redact
 from harness.sweep.batching import per_worker_batch
@@ -29,7 +32,16 @@ from harness.sweep.execute import job_id
 from harness.sweep.options import SweepOptions, worker_command
 from harness.sweep.queue import JobRecord, RunQueue
 from harness.tracking import wandb_mirror
-from harness.tracking.store import error_line, finished_status, read_status, read_summary, rebuild_table, table_path
+from harness.tracking.store import (
+    FINISHED,
+    error_line,
+    finished_status,
+    progress,
+    read_status,
+    read_summary,
+    rebuild_table,
+    table_path,
+)
 
 # How a run of the sweep ended, as the report counts it. A run the queue says was finished (or
 # failed) by a worker whose results folder is not this one is counted "... elsewhere".
@@ -43,10 +55,11 @@ def launch(sweep: Sweep, options: SweepOptions, workers: int = 1) -> Counter:
     out = options.out
     out.mkdir(parents=True, exist_ok=True)
     storage = options.storage_url
-    write_manifest(sweep, out, storage)
+    write_manifest(sweep, out, storage, options.wandb_project)
     before = {run.run_id: finished_status(out, run.run_id) for run in sweep.runs}
     pending = [run for run in sweep.runs if before[run.run_id] is None]
     queue = RunQueue(storage, sweep.name, grace_seconds=options.grace_seconds)
+    mirror_missing(out, options, sweep.name)
     queue.enqueue(jobs(pending))
     print(
         f"sweep {sweep.name}: {len(sweep.runs)} runs, {len(sweep.runs) - len(pending)} already finished, "
@@ -72,6 +85,7 @@ def launch(sweep: Sweep, options: SweepOptions, workers: int = 1) -> Counter:
             )
             raise
     table = rebuild_table(out)
+    mirror_missing(out, options, sweep.name)
     ends = run_ends(sweep, out, before, queue.latest())
     if all(where is None for _, where in ends.values()):  # else the table lacks runs held elsewhere
         wandb_mirror.mirror_table(
@@ -80,9 +94,16 @@ def launch(sweep: Sweep, options: SweepOptions, workers: int = 1) -> Counter:
             mode=options.wandb_mode,
             project=options.wandb_project,
             group=sweep.name,
-            wandb_dir=out,
+            wandb_dir=wandb_mirror.wandb_root(out),
         )
     return report(sweep.name, out, ends, queue)
+
+
+def mirror_missing(out: Path, options: SweepOptions, group: str) -> None:
+    """Mirror the finished runs of ``out`` that W&B lacks (a crash came before their mirror)."""
+    count = wandb_mirror.mirror_missing(out, mode=options.wandb_mode, project=options.wandb_project, group=group)
+    if count:
+        print(f"W&B: mirrored {count} finished run(s) it lacked", flush=True)
 
 
 def complete(tally: Counter) -> bool:
@@ -110,7 +131,8 @@ def start_workers(sweep_name: str, options: SweepOptions, workers: int) -> list[
     processes = []
     for device in assign_devices(options.device, workers):
         argv, env = worker_command(dataclasses.replace(options, device=device, threads=threads))
-        env = {**os.environ, **env, "OMP_NUM_THREADS": str(threads), "WANDB_SILENT": "true"}
+        # TQDM_DISABLE: the workers' step bars would overwrite the coordinator's
+        env = {**os.environ, **env, "OMP_NUM_THREADS": str(threads), "WANDB_SILENT": "true", "TQDM_DISABLE": "1"}
         command = [sys.executable, "-m", "harness.cli", "worker", "--sweep", sweep_name, "--quiet", *argv]
         processes.append(subprocess.Popen(command, env=env))
     return processes
@@ -128,28 +150,45 @@ def assign_devices(requested: str, workers: int) -> list[str]:
 
 
 def watch(sweep: Sweep, out: Path, workers: list[subprocess.Popen], before: dict) -> None:
-    """A progress bar over the sweep's runs until every worker has exited."""
-    ids = [run.run_id for run in sweep.runs]
-    finished_before = sum(status is not None for status in before.values())
-    with tqdm(total=len(ids), initial=finished_before, unit="run", desc=sweep.name, dynamic_ncols=True) as bar:
+    """A progress bar over the training steps of the sweep's runs (finished runs count all their
+    steps, running ones the step of their last record), with an ETA and the runs' counts beside
+    it, until every worker has exited."""
+    totals = {run.run_id: run_steps(run.config) for run in sweep.runs}
+    steps, _ = tally_steps(out, totals, before)  # steps done before: no part of the ETA's rate
+    with tqdm(
+        total=sum(totals.values()), initial=steps, unit="step", unit_scale=True, desc=sweep.name, dynamic_ncols=True
+    ) as bar:
         while True:
-            statuses = {rid: finished_status(out, rid) for rid in ids}
-            done = sum(status is not None for status in statuses.values())
-            bar.update(done - bar.n)
-            losses = [
-                read_summary(out, rid).get("test_loss")
-                for rid, s in statuses.items()
-                if s == "done" and before[rid] is None
-            ]
-            losses = [loss for loss in losses if isinstance(loss, (int, float)) and math.isfinite(loss)]
-            failed = sum(read_status(out, rid) == "failed" for rid in ids)
-            bar.set_postfix_str(
-                (f"best {min(losses):.4g} worst {max(losses):.4g}" if losses else "")
-                + (f" failed {failed}" if failed else "")
-            )
+            steps, postfix = tally_steps(out, totals, before)
+            bar.update(steps - bar.n)
+            bar.set_postfix_str(postfix)
             if all(worker.poll() is not None for worker in workers):
                 return
             time.sleep(1.0)
+
+
+def tally_steps(out: Path, totals: dict[str, int], before: dict) -> tuple[int, str]:
+    """The training steps done of runs with ``totals`` steps each, and a line with the runs' counts
+    and the test losses of the runs finished during this sweep."""
+    steps, counts, losses = 0, Counter(), []
+    for rid, total in totals.items():
+        status = read_status(out, rid)
+        counts[status] += 1
+        if status in FINISHED:
+            steps += total
+            loss = read_summary(out, rid).get("test_loss") if before[rid] is None else None
+            if isinstance(loss, (int, float)) and math.isfinite(loss):
+                losses.append(loss)
+        elif status == "running":
+            steps += min(progress(out, rid)[0] or 0, total)
+    done = counts["done"] + counts["diverged"]
+    postfix = f"runs {done} done, {counts['running']} running, {counts['failed']} failed"
+    return steps, postfix + (f"; test loss best {min(losses):.4g} worst {max(losses):.4g}" if losses else "")
+
+
+def run_steps(config) -> int:
+    """A run's share of the progress bar: its optimiser steps (1 for a run that does not train)."""
+    return config.total_steps() if config.experiment in TRAINING_EXPERIMENTS else 1
 
 
 def stop(workers: list[subprocess.Popen]) -> None:
@@ -210,12 +249,14 @@ def report(name: str, out: Path, ends: dict[str, tuple[str, str | None]], queue:
     return tally
 
 
-def write_manifest(sweep: Sweep, out: Path, storage: str) -> None:
-    """out/sweep.json: the sweep's name, source, storage (redacted) and run ids, for status/collect."""
+def write_manifest(sweep: Sweep, out: Path, storage: str, wandb_project: str) -> None:
+    """out/sweep.json: the sweep's name, source, storage (redacted), W&B project and run ids, for
+    status/collect."""
     manifest = {
         "name": sweep.name,
         "source": str(sweep.source),
         "storage": redact(storage),
+        "wandb_project": wandb_project,
         "varied": list(sweep.varied_keys),
         "runs": [{"run_id": r.run_id, "arm": r.arm, **r.varied} for r in sweep.runs],
     }

@@ -210,6 +210,15 @@ class RunQueue:
             records[attrs[RUN_ID]] = JobRecord(state, attrs.get(RESULTS_AT))
         return records
 
+    def heartbeats(self) -> dict[str, float]:
+        """Seconds since the last heartbeat of each run id (of the payload's runs) held by a running trial."""
+        now, ages = time.time(), {}
+        for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            beat = float(trial.user_attrs.get(HEARTBEAT, now))
+            for run_id in trial.user_attrs.get(PAYLOAD, {}).get("runs", {}).values():
+                ages[run_id] = now - beat
+        return ages
+
     def _trial_id(self, trial: optuna.trial.FrozenTrial) -> int:
         """The storage's id of a trial listed by the study (through the storage's public lookup)."""
         return self.storage.get_trial_id_from_study_id_trial_number(self._study_id, trial.number)

@@ -119,7 +119,6 @@ def _close(queue: RunQueue, claim: Claim, statuses: dict[str, str], error: str |
                 mode=options.wandb_mode,
                 project=options.wandb_project,
                 group=queue.sweep,
-                wandb_dir=options.out,
             )
     failed = [rid for rid, status in statuses.items() if status == "failed"]
     if failed and error is None:

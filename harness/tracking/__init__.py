@@ -19,11 +19,16 @@ _MODULE_OF = {
     "error_line": "store",
     "finished_status": "store",
     "is_finished": "store",
+    "install": "observers",
+    "installed": "observers",
     "is_results_folder": "store",
+    "owner_alive": "store",
+    "progress": "store",
     "read_identity": "store",
     "read_metrics": "store",
     "read_status": "store",
     "read_summary": "store",
+    "read_wandb_state": "store",
     "rebuild_table": "store",
     "record_problem": "store",
     "run_dir": "store",
@@ -31,6 +36,7 @@ _MODULE_OF = {
     "run_ids": "store",
     "table_path": "store",
     "write_metrics": "store",
+    "write_wandb_state": "store",
 }
 
 __all__ = sorted(_MODULE_OF)

@@ -15,3 +15,16 @@ class RunObserver(Protocol):
 
     def run_finished(self, run_id: str, status: str, summary: dict) -> None:
         """The run ended (done, diverged or failed); ``summary`` is its results-table row."""
+
+
+_INSTALLED: list[RunObserver] = []
+
+
+def install(observer: RunObserver) -> None:
+    """Make ``observer`` see every run this process records (``run_config`` adds it to the ones it
+    is given): how a worker streams each run it trains without every caller passing it along."""
+    _INSTALLED.append(observer)
+
+
+def installed() -> tuple[RunObserver, ...]:
+    return tuple(_INSTALLED)

@@ -4,6 +4,7 @@
                       status.json    {"status", "started", "finished", "error", "host", "pid"}
                       metrics.jsonl  one JSON record per evaluation (step, epoch, train_loss, ...)
                       summary.json   the run's row: identity, measured columns, flattened config
+                      wandb.json     what W&B holds of the run (harness/tracking/wandb_mirror.py)
     DIR/runs.parquet                 one row per run folder (any status)
 
 This module is the only one that knows this layout: every other module reads and writes a run
@@ -69,6 +70,10 @@ def summary_path(out: str | Path, run_id: str) -> Path:
 
 def metrics_path(out: str | Path, run_id: str) -> Path:
     return run_dir(out, run_id) / "metrics.jsonl"
+
+
+def wandb_state_path(out: str | Path, run_id: str) -> Path:
+    return run_dir(out, run_id) / "wandb.json"
 
 
 def is_results_folder(out: str | Path) -> bool:
@@ -212,6 +217,56 @@ def read_metrics(out: str | Path, run_id: str) -> tuple[list[dict], str | None]:
     if blanked:
         problems.append(f"not a number, read as missing: {', '.join(blanked[:3])}{' ...' if len(blanked) > 3 else ''}")
     return records, f"{path}: {'; '.join(problems)}" if problems else None
+
+
+def progress(out: str | Path, run_id: str) -> tuple[int | None, float | None]:
+    """The step and test loss of the last record in metrics.jsonl ((None, None) without one), read
+    from the file's tail only: a watcher calls this for every running run, every second."""
+    try:
+        with metrics_path(out, run_id).open("rb") as file:
+            file.seek(max(0, file.seek(0, os.SEEK_END) - 4096))
+            lines = file.read().decode(errors="replace").splitlines()
+    except OSError:
+        return None, None
+    for line in reversed(lines):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a line cut by the 4 KiB window or by a kill mid-write
+        if isinstance(record, dict) and _is_number(record.get("step")):
+            loss = record.get("test_loss")
+            return int(record["step"]), float(loss) if _is_number(loss) else None
+    return None, None
+
+
+def owner_alive(out: str | Path, run_id: str) -> bool | None:
+    """Whether the process that status.json names (host, pid) is alive: True or False on its own
+    host, None on another host or without a recorded process."""
+    record = _read_object(status_path(out, run_id)) or {}
+    return process_alive(record.get("host"), record.get("pid"))
+
+
+def process_alive(host: object, pid: object) -> bool | None:
+    """Whether process ``pid`` of ``host`` is alive: True or False on this host, None on another
+    host or for a pid that is not a number."""
+    if host != socket.gethostname() or not isinstance(pid, int):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, owned by another user
+    return True
+
+
+def read_wandb_state(out: str | Path, run_id: str) -> dict:
+    """wandb.json ({} when missing or unreadable): what W&B holds of the run."""
+    return _read_object(wandb_state_path(out, run_id)) or {}
+
+
+def write_wandb_state(out: str | Path, run_id: str, state: dict) -> None:
+    write_json(wandb_state_path(out, run_id), state)
 
 
 def begin_run(out: str | Path, run_id: str, arm: str, config: dict) -> None:
