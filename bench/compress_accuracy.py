@@ -14,7 +14,8 @@ method). Their runs take minutes at d = 32000: ``--reference-cache FILE`` keeps 
 (keyed by function, m, k, d, d', seed) so that a rerun times ours against the cached ones.
 
 ``--curve`` adds the clustered method's accuracy-speed trade-off: error and seconds for each
-group size of ``clustered_weights`` (``spare``: points each group holds beyond N(m, k)).
+``final_phase`` of ``clustered_weights`` (the nearest-neighbour phase starts at final_phase x d'
+live points; 1 is plain kd halving all the way, the schedule before the final phase existed).
 
 Run: .venv/bin/python bench/compress_accuracy.py [--quick] [--function inverse --size "20*ln(d)^2"]
      [--reference /tmp/authors/compressor.py]
@@ -25,7 +26,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -83,8 +83,8 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--reference", type=Path, help="path of the authors' compressor.py")
     parser.add_argument("--reference-cache", type=Path, help="JSON file keeping the authors' results between runs")
-    parser.add_argument("--curve", type=int, nargs="*", metavar="SPARE",
-                        help="clustered group sizes N + SPARE to time and score (default list if none given)")
+    parser.add_argument("--curve", type=float, nargs="*", metavar="PHASE",
+                        help="clustered final_phase values to time and score (default 1 2 3 4 if none given)")
     args = parser.parse_args()
     settings = args.settings or (QUICK_SETTINGS if args.quick else SETTINGS)
     draws = 3 if args.quick and args.draws == 6 else args.draws
@@ -153,32 +153,32 @@ def main() -> None:
         _print_curve(curve_rows)
 
 
-DEFAULT_SPARES = (2, 4, 8, 16, 32)
+DEFAULT_PHASES = (1.0, 2.0, 3.0, 4.0)
 
 
 def _curve(objects, probes, exact, k, target, args, m, d, seed):
-    """(m, k, d, spare, error, seconds) of the clustered method for each group size, on one draw."""
+    """(m, k, d, final_phase, error, seconds) of the clustered method for each final_phase, on one draw."""
     rows = []
     x, w = torch.as_tensor(objects), torch.ones(len(objects), dtype=torch.float64)
-    for spare in args.curve or DEFAULT_SPARES:
+    for phase in args.curve or DEFAULT_PHASES:
         start = time.perf_counter()
-        c = clustered_weights(x, w, k, target, spare=spare).numpy()
+        c = clustered_weights(x, w, k, target, final_phase=phase).numpy()
         elapsed = time.perf_counter() - start
         keep = c > 0
         error = abs(symmetric_value(args.function, objects[keep], c[keep], probes, d) - exact)
-        rows.append((m, k, d, spare, error, elapsed))
+        rows.append((m, k, d, phase, error, elapsed))
     return rows
 
 
 def _print_curve(rows) -> None:
-    print("\nclustered accuracy against speed by group size N + spare (geometric-mean error, mean seconds)")
-    print("| m, k, d | spare | error | seconds |")
+    print("\nclustered error against seconds by final_phase (geometric-mean error, mean seconds)")
+    print("| m, k, d | final_phase | error | seconds |")
     print("|---|---|---|---|")
-    keys = sorted({(m, k, d, spare) for m, k, d, spare, _, _ in rows})
+    keys = sorted({(m, k, d, phase) for m, k, d, phase, _, _ in rows})
     for key in keys:
         picked = [(e, s) for *rest, e, s in rows if tuple(rest) == key]
-        m, k, d, spare = key
-        print(f"| {m}, {k}, {d} | {spare} | {geometric_mean([e for e, _ in picked]):.2e} | "
+        m, k, d, phase = key
+        print(f"| {m}, {k}, {d} | {phase:g} | {geometric_mean([e for e, _ in picked]):.2e} | "
               f"{np.mean([s for _, s in picked]):.3f} |")
 
 
