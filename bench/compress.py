@@ -28,13 +28,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
+# bench/ is the script's directory, so first on sys.path.
+from compress_accuracy import load_reference
+
 from harness.allocator import retain_freed_memory
 from harness.compression import compress, n_moments, raw_moments, relative_moment_error
 from harness.compression.basis import product_features, to_box
-from harness.compression.clustered import FINAL_PHASE, _pick_cells, _pick_groups, _round_cells, default_spare
+from harness.compression.clustered import (
+    FINAL_PHASE,
+    _pick_cells,
+    _pick_groups,
+    _round_cells,
+    default_spare,
+)
 from harness.compression.partition import merge_siblings
-
-from compress_accuracy import load_reference  # bench/ is the script's directory, first on sys.path
 
 
 def plain_peel(features: np.ndarray, weights: np.ndarray, n_remove: int) -> np.ndarray:

@@ -34,7 +34,13 @@ import numpy as np
 import torch
 
 from harness.allocator import retain_freed_memory
-from harness.compression import compress, n_moments, parse_size, raw_moments, relative_moment_error
+from harness.compression import (
+    compress,
+    n_moments,
+    parse_size,
+    raw_moments,
+    relative_moment_error,
+)
 from harness.compression.clustered import clustered_weights
 from harness.data.symmetric import symmetric_problem, symmetric_value
 

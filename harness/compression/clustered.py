@@ -31,7 +31,12 @@ import torch
 
 from harness.compression.basis import n_moments, product_features, to_box
 from harness.compression.caratheodory import eliminate
-from harness.compression.partition import Cells, kd_cells, merge_siblings, nearest_groups
+from harness.compression.partition import (
+    Cells,
+    kd_cells,
+    merge_siblings,
+    nearest_groups,
+)
 
 # Bytes of null vectors one batched elimination may hold. Each step updates all of them, so on a
 # CPU they should stay in cache (many small batches); a GPU wants wide batches instead.
