@@ -77,7 +77,8 @@ def plain_peel_clustered(points: np.ndarray, k: int, target: int) -> np.ndarray:
             cells = _round_cells(cells, unit[live], n_features)
             members, remove = _pick_cells(cells, unit[live], len(live) - boundary, n_features)
         else:
-            members, remove = _pick_groups(unit[live], len(live) - target, n_features, default_spare(n_features))
+            spare = default_spare(n_features) * len(live) // target
+            members, remove = _pick_groups(unit[live], len(live) - target, n_features, spare)
         for cell, count in zip(members, remove):
             rows = live[cell]
             features = product_features(to_box(torch.as_tensor(unit[rows])), k).numpy()

