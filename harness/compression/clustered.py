@@ -18,8 +18,9 @@ in two phases:
    spare x live / target points (``spare`` at the end): the greedy smallest-diameter choice of
    the proof, and the authors' final phase, a batch of groups per round instead of one group.
    Measured on SPEC E1's sigmoid-sum, (m, k) = (2, 3), (3, 4), d = 2000 and 8000 -> 0.1 d (8
-   draws, each scored on 100 probe sets): 2.2-4.3x smaller errors than halving all the way (``final_phase=1``, the fast end of the
-   trade-off), for 2-4x the time; ``bench/compress_accuracy.py --curve`` shows both.
+   draws, each scored on 100 probe sets): 2.2-4.3x smaller errors than halving all the way
+   (``final_phase=1``, the fast end of the trade-off), for 2-4x the time;
+   ``bench/compress_accuracy.py --curve`` shows both.
 
 Every picked group is reduced at once with the batched Caratheodory elimination, each in its own
 [-1, 1]^m box and Legendre basis (so the moments of each group are preserved exactly).
