@@ -3,29 +3,45 @@
 The plain peeling is the textbook reduction as the authors' code does it: repeatedly take N+1
 live points of a group, compute one null vector of their N x (N+1) feature matrix, step until one
 weight hits zero, and drop that point. To isolate the reduction, it runs inside the same
-clustered schedule as ours (same kd cells, same smallest-diameter picking, same Legendre
-features computed once per cell), so the ratio measures batched elimination vs peeling alone.
+clustered schedule as ours (same kd cells and nearest-neighbour groups, same smallest-diameter
+picking, same Legendre features computed once per group), so the ratio measures batched
+elimination vs peeling alone.
+
+``--reference PATH`` also times the authors' own ``compressor.py`` (WHY-David/moment_compression,
+MIT; loaded from PATH at run time, never part of this repository; it needs ``faiss`` importable)
+on the same three clustered inputs, once each: the speed-up over their whole method.
 
 Both sides are timed on the reduction alone: ours by ``Compression.seconds`` (input checks and
 the moment-error measurement excluded), best of 5; the peeling once (it takes seconds). Freed
 memory stays in the process for both (``retain_freed_memory``, as the ``polyscale`` command does):
 otherwise the first round's buffers of a few MB are page-faulted in afresh on every call.
 
-Run: make bench   (or .venv/bin/python bench/compress.py [--quick])
+Run: make bench   (or .venv/bin/python bench/compress.py [--quick] [--reference /tmp/authors/compressor.py])
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
+# bench/ is the script's directory, so first on sys.path.
+from compress_accuracy import load_reference
+
 from harness.allocator import retain_freed_memory
 from harness.compression import compress, n_moments, raw_moments, relative_moment_error
 from harness.compression.basis import product_features, to_box
-from harness.compression.clustered import _pick_cells, _round_cells
+from harness.compression.clustered import (
+    FINAL_PHASE,
+    _pick_cells,
+    _pick_groups,
+    _round_cells,
+    clustered_weights,
+    default_spare,
+)
 from harness.compression.partition import merge_siblings
 
 
@@ -54,16 +70,22 @@ def plain_peel_clustered(points: np.ndarray, k: int, target: int) -> np.ndarray:
     unit = to_box(torch.as_tensor(points)).numpy()
     c = np.ones(len(points))
     live = np.arange(len(points))
+    boundary = max(target, int(FINAL_PHASE * target))
     cells = None
     while len(live) > target:
-        cells = _round_cells(cells, unit[live], n_features)
-        members, remove = _pick_cells(cells, unit[live], len(live) - target, n_features)
+        if len(live) > boundary:
+            cells = _round_cells(cells, unit[live], n_features)
+            members, remove = _pick_cells(cells, unit[live], len(live) - boundary, n_features)
+        else:
+            spare = default_spare(n_features) * len(live) // target
+            members, remove = _pick_groups(unit[live], len(live) - target, n_features, spare)
         for cell, count in zip(members, remove):
             rows = live[cell]
             features = product_features(to_box(torch.as_tensor(unit[rows])), k).numpy()
             c[rows] = plain_peel(features, c[rows], int(count))
         survivors = c[live] > 0
-        cells = merge_siblings(cells, survivors)
+        if len(live) > boundary:
+            cells = merge_siblings(cells, survivors)
         live = live[survivors]
     return c
 
@@ -87,13 +109,17 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads for the peeling (default 1, as ours always runs on a CPU: small "
                              "SVDs gain nothing from more, and lose much when the cores are shared)")
+    parser.add_argument("--reference", type=Path, help="path of the authors' compressor.py, timed on the same inputs")
     args = parser.parse_args()
+    reference = load_reference(args.reference) if args.reference else None
     retain_freed_memory()
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
     print(f"torch {torch.__version__}, peeling on {torch.get_num_threads()} thread(s), ours on 1, float64, CPU")
-    print("| case | ours (s) | plain peeling (s) | speed-up | moment error ours | moment error peeling |")
-    print("|---|---|---|---|---|---|")
+    authors = (" authors (s) | speed-up over the authors | kd halving only (s) | its speed-up |"
+               " moment error authors |") if reference else ""
+    print("| case | ours (s) | plain peeling (s) | speed-up | moment error ours | moment error peeling |" + authors)
+    print("|---|---|---|---|---|---|" + "---|---|---|---|---|" * bool(reference))
     for m, k, d, target in [(3, 5, 10_000, 1_000), (2, 6, 10_000, 1_000), (3, 5, 1_000, 100)]:
         points = rng.uniform(-1, 1, (d, m))
         compress(points[:500], k=k, size=100)  # warm-up
@@ -101,10 +127,22 @@ def main() -> None:
         ours_time, ours = min(result.seconds for result in ours), ours[0]
         peel_time, peel = best_time(lambda: plain_peel_clustered(points, k, target), 1)
         peel_error = error_of(points, peel, k)
-        print(
+        row = (
             f"| clustered m={m} k={k} d={d:.0e} -> {target} | {ours_time:.3f} | {peel_time:.2f} | "
             f"{peel_time / ours_time:.0f}x | {ours.moment_error:.1e} | {peel_error:.1e} |"
         )
+        if reference is not None:
+            start = time.perf_counter()
+            weights, kept = reference(points).compress(k, dstop=target)
+            theirs_time = time.perf_counter() - start
+            theirs_error = relative_moment_error(raw_moments(points, np.ones(d), k), raw_moments(kept, weights, k))
+            # The schedule without the nearest-neighbour phase (final_phase=1), the fast end of the
+            # accuracy-speed trade-off, timed the same way as ours.
+            x, w = torch.as_tensor(points), torch.ones(d, dtype=torch.float64)
+            halving_time, _ = best_time(lambda: clustered_weights(x, w, k, target, final_phase=1.0), 5)
+            row += (f" {theirs_time:.1f} | {theirs_time / ours_time:.0f}x | {halving_time:.3f} | "
+                    f"{theirs_time / halving_time:.0f}x | {theirs_error:.1e} |")
+        print(row, flush=True)
     d = 100_000 if args.quick else 1_000_000
     points = rng.uniform(-1, 1, (d, 3))
     results = [compress(points, k=5, method="global") for _ in range(3)]

@@ -3,8 +3,10 @@
 ``kd_cells`` splits every cell at the median of its widest coordinate, level by level (one
 row-wise partition per level), so the cells of one level have sizes within one of each other and
 small diameters: the groups of the paper's Algorithm 1; ``merge_siblings`` goes one level back up.
-``morton_order`` sorts points along a Z-order curve in one argsort: a cheaper spatially coherent
-order for the global recombination, whose groups only need distinct barycentres.
+``nearest_groups`` picks disjoint nearest-neighbour groups of small diameter (the clustered
+method's final rounds). ``morton_order`` sorts points along a Z-order curve in one argsort: a
+cheaper spatially coherent order for the global recombination, whose groups only need distinct
+barycentres.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.spatial import cKDTree
 
 
 @dataclass(frozen=True)
@@ -106,3 +109,41 @@ def morton_order(points: np.ndarray) -> np.ndarray:
         for j in range(len(dims)):
             code = (code << 1) | ((grid[:, j] >> bit) & 1)
     return np.argsort(code, kind="stable")
+
+
+def nearest_groups(points: np.ndarray, size: int, *, centre_stride: int = 4, sweeps: int = 10) -> np.ndarray:
+    """Disjoint groups of ``size`` nearest neighbours, smallest diameter first: (G, size) row positions.
+
+    Every ``centre_stride``-th point proposes itself and its size - 1 nearest neighbours; the
+    proposals are ranked by the diagonal of their bounding box. A proposal is taken when it ranks
+    first among all the proposals that share a point with it, so that the taken ones are
+    disjoint; up to ``sweeps`` times, over the proposals that touch no taken point. This is the
+    greedy smallest-diameter choice of the paper's Algorithm 1 (and of the authors' final
+    nearest-neighbour phase), a batch of disjoint groups at a time instead of one group. Every
+    fourth point as a centre finds as many groups as every point (the groups of neighbouring
+    centres overlap anyway) for a quarter of the neighbour queries.
+    """
+    n = len(points)
+    size = min(size, n)
+    centres = points[::centre_stride]
+    n_proposals = len(centres)
+    groups = cKDTree(points).query(centres, size)[1].reshape(n_proposals, size)
+    coordinates = np.take(np.ascontiguousarray(points.T), groups, axis=1)  # (m, G, size): contiguous rows
+    span = coordinates.max(axis=2) - coordinates.min(axis=2)
+    rank = np.empty(n_proposals, dtype=np.int64)
+    rank[np.argsort((span**2).sum(axis=0), kind="stable")] = np.arange(n_proposals)  # distinct: ties by position
+    eligible = np.ones(n_proposals, dtype=bool)
+    taken = np.zeros(n, dtype=bool)
+    picked = []
+    for _ in range(sweeps):
+        proposals = np.flatnonzero(eligible)
+        if len(proposals) == 0:
+            break
+        best = np.full(n, n_proposals, dtype=np.int64)  # per point: the best rank of the proposals holding it
+        np.minimum.at(best, groups[proposals].ravel(), np.repeat(rank[proposals], size))
+        won = proposals[(best[groups[proposals]] == rank[proposals, None]).all(axis=1)]
+        picked.append(won)
+        taken[groups[won]] = True
+        eligible &= ~taken[groups].any(axis=1)
+    picked = np.concatenate(picked)
+    return groups[picked[np.argsort(rank[picked])]]

@@ -1,0 +1,197 @@
+"""Function error of every compression method against d (SPEC E1, E7), optionally beside the authors'.
+
+Each draw is one E1/E7 problem exactly as ``harness.experiments.symmetric`` builds it (objects and
+probes uniform in [-1, 1]^m from ``symmetric_problem(d, m, probes, seed)``); every method
+compresses the same objects to d' = max(size(d), N(m,k)) points and is scored by |f' - f|. The
+table gives, per setting, the geometric mean of the error over the draws (errors below 1e-15,
+float64 round-off of f, count as 1e-15) and the mean seconds of the compression.
+
+``--reference PATH`` loads the authors' ``compressor.py`` (WHY-David/moment_compression, MIT) from
+PATH at run time (it is never part of this repository; it needs ``faiss`` and ``scikit-learn``
+importable, e.g. ``PYTHONPATH=/tmp/authors/lib``), runs ``Compressor(objects).compress(k,
+dstop=d')`` on the same draws, and prints the ratio table ours / theirs (ours = the clustered
+method). Their runs take minutes at d = 32000: ``--reference-cache FILE`` keeps their results
+(keyed by function, m, k, d, d', seed) so that a rerun times ours against the cached ones.
+
+``--curve`` adds the clustered method's accuracy-speed trade-off: error and seconds for each
+``final_phase`` of ``clustered_weights`` (the nearest-neighbour phase starts at final_phase x d'
+live points; 1 is plain kd halving all the way, the schedule before the final phase existed).
+
+Run: .venv/bin/python bench/compress_accuracy.py [--quick] [--function inverse --size "20*ln(d)^2"]
+     [--reference /tmp/authors/compressor.py]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from harness.allocator import retain_freed_memory
+from harness.compression import (
+    compress,
+    n_moments,
+    parse_size,
+    raw_moments,
+    relative_moment_error,
+)
+from harness.compression.clustered import clustered_weights
+from harness.data.symmetric import symmetric_problem, symmetric_value
+
+# The issue's table: (m, k, d) at d' = 0.1 d.
+SETTINGS = [(2, 3, 2000), (2, 3, 8000), (2, 3, 32000), (3, 4, 2000), (3, 4, 8000), (3, 4, 32000)]
+QUICK_SETTINGS = [(2, 3, 2000), (3, 4, 2000)]
+METHODS = ("clustered", "global", "random", "kmeans")
+
+
+def load_reference(path: Path):
+    """The ``Compressor`` class of the authors' compressor.py at ``path``."""
+    if not path.is_file():
+        raise SystemExit(f"--reference {path}: no such file (the authors' compressor.py)")
+    spec = importlib.util.spec_from_file_location("authors_compressor", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(path.parent))
+    try:
+        spec.loader.exec_module(module)
+    except ImportError as error:
+        raise SystemExit(f"--reference {path}: {error} (install faiss-cpu outside the repository and put it on "
+                         "PYTHONPATH)") from error
+    return module.Compressor
+
+
+def parse_setting(text: str) -> tuple[int, int, int]:
+    try:
+        m, k, d = (int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"setting {text!r}: expected m,k,d (three integers)") from None
+    return m, k, d
+
+
+# Errors below this are float64 round-off of f (of order 1, a mean of d terms): they count as it,
+# so that an exact zero (it happens at m = 1) does not sink a geometric mean.
+ROUND_OFF = 1e-15
+
+
+def geometric_mean(values) -> float:
+    values = np.maximum(np.asarray(values, dtype=float), ROUND_OFF)
+    return float(np.exp(np.log(values).mean()))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--settings", type=parse_setting, nargs="+", help="m,k,d triples (default: the issue's six)")
+    parser.add_argument("--quick", action="store_true", help="d = 2000 only, 3 draws")
+    parser.add_argument("--draws", type=int, default=6, help="independent draws per setting (seeds 0..draws-1)")
+    parser.add_argument("--function", choices=("sigmoid", "inverse"), default="sigmoid", help="E1 or E7's function")
+    parser.add_argument("--size", default="0.1d", help="size rule for d' (clamped up to N(m,k)); E7: '20*ln(d)^2'")
+    parser.add_argument("--probes", type=int, default=10, help="probe inputs x_a (SPEC: 10)")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--reference", type=Path, help="path of the authors' compressor.py")
+    parser.add_argument("--reference-cache", type=Path, help="JSON file keeping the authors' results between runs")
+    parser.add_argument("--curve", type=float, nargs="*", metavar="PHASE",
+                        help="clustered final_phase values to time and score (default 1 2 3 4 if none given)")
+    args = parser.parse_args()
+    settings = args.settings or (QUICK_SETTINGS if args.quick else SETTINGS)
+    draws = 3 if args.quick and args.draws == 6 else args.draws
+    rule = parse_size(args.size)
+    reference = load_reference(args.reference) if args.reference else None
+    cache = json.loads(args.reference_cache.read_text()) if args.reference_cache and args.reference_cache.exists() else {}
+    retain_freed_memory()
+    torch.set_num_threads(1)
+    compress(np.random.default_rng(0).uniform(-1, 1, (500, 2)), k=2, size=100)  # warm-up
+
+    print(f"{args.function} (SPEC {'E1' if args.function == 'sigmoid' else 'E7'}), d' = max({rule}, N), "
+          f"{draws} draws; |f' - f| geometric mean over draws, seconds mean; torch {torch.__version__}, 1 thread")
+    print("| m, k, d | d' | " + " | ".join(f"{name} error | {name} s" for name in args.methods) + " |")
+    print("|---|---|" + "---|---|" * len(args.methods))
+    ratio_rows, curve_rows = [], []
+    for m, k, d in settings:
+        target = max(rule.resolve(d), n_moments(m, k))
+        errors = {name: [] for name in args.methods}
+        seconds = {name: [] for name in args.methods}
+        theirs, theirs_seconds, ours_moment, theirs_moment = [], [], [], []
+        for seed in range(draws):
+            objects, probes = symmetric_problem(d, m, args.probes, seed)
+            exact = symmetric_value(args.function, objects, np.ones(d), probes, d)
+            for name in args.methods:
+                result = compress(objects, k=k, size=target, method=name, seed=seed)
+                errors[name].append(abs(symmetric_value(args.function, result.points, result.weights, probes, d) - exact))
+                seconds[name].append(result.seconds)
+                if name == "clustered":
+                    ours_moment.append(result.moment_error)
+            if reference is not None:
+                key = f"{args.function},{m},{k},{d},{target},{seed},{args.probes}"
+                if key not in cache:
+                    start = time.perf_counter()
+                    weights, points = reference(objects).compress(k, dstop=target)
+                    elapsed = time.perf_counter() - start
+                    value = symmetric_value(args.function, points, weights, probes, d)
+                    moment = relative_moment_error(raw_moments(objects, np.ones(d), k), raw_moments(points, weights, k))
+                    cache[key] = {"error": abs(value - exact), "seconds": elapsed, "moment_error": moment,
+                                  "size": len(weights)}
+                    if args.reference_cache:
+                        args.reference_cache.write_text(json.dumps(cache, indent=1))
+                theirs.append(cache[key]["error"])
+                theirs_seconds.append(cache[key]["seconds"])
+                theirs_moment.append(cache[key]["moment_error"])
+            if args.curve is not None:
+                curve_rows.extend(_curve(objects, probes, exact, k, target, args, m, d, seed))
+        print(f"| {m}, {k}, {d} | {target} | "
+              + " | ".join(f"{geometric_mean(errors[n]):.2e} | {np.mean(seconds[n]):.3f}" for n in args.methods) + " |")
+        if reference is not None and "clustered" in errors:
+            ours = np.array(errors["clustered"])
+            ratio_rows.append(
+                f"| {m}, {k}, {d} | {target} | {geometric_mean(theirs):.2e} | {geometric_mean(ours):.2e} | "
+                f"{geometric_mean(ours) / geometric_mean(theirs):.2f} | {int((ours < np.array(theirs)).sum())} of {draws} | "
+                f"{np.mean(theirs_seconds):.2f} | {np.mean(seconds['clustered']):.4f} | "
+                f"{np.mean(theirs_seconds) / np.mean(seconds['clustered']):.0f}x | "
+                f"{max(ours_moment):.1e} | {max(theirs_moment):.1e} |"
+            )
+        sys.stdout.flush()
+    if ratio_rows:
+        print("\nours = clustered; theirs = the authors' Compressor at the same d' on the same draws")
+        print("| m, k, d | d' | theirs | ours | ours / theirs | ours lower in | theirs s | ours s | speed-up | "
+              "moment error ours (max) | theirs (max) |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
+        print("\n".join(ratio_rows))
+    if curve_rows:
+        _print_curve(curve_rows)
+
+
+DEFAULT_PHASES = (1.0, 2.0, 3.0, 4.0)
+
+
+def _curve(objects, probes, exact, k, target, args, m, d, seed):
+    """(m, k, d, final_phase, error, seconds) of the clustered method for each final_phase, on one draw."""
+    rows = []
+    x, w = torch.as_tensor(objects), torch.ones(len(objects), dtype=torch.float64)
+    for phase in args.curve or DEFAULT_PHASES:
+        start = time.perf_counter()
+        c = clustered_weights(x, w, k, target, final_phase=phase).numpy()
+        elapsed = time.perf_counter() - start
+        keep = c > 0
+        error = abs(symmetric_value(args.function, objects[keep], c[keep], probes, d) - exact)
+        rows.append((m, k, d, phase, error, elapsed))
+    return rows
+
+
+def _print_curve(rows) -> None:
+    print("\nclustered error against seconds by final_phase (geometric-mean error, mean seconds)")
+    print("| m, k, d | final_phase | error | seconds |")
+    print("|---|---|---|---|")
+    keys = sorted({(m, k, d, phase) for m, k, d, phase, _, _ in rows})
+    for key in keys:
+        picked = [(e, s) for *rest, e, s in rows if tuple(rest) == key]
+        m, k, d, phase = key
+        print(f"| {m}, {k}, {d} | {phase:g} | {geometric_mean([e for e, _ in picked]):.2e} | "
+              f"{np.mean([s for _, s in picked]):.3f} |")
+
+
+if __name__ == "__main__":
+    main()

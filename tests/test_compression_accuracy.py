@@ -1,0 +1,98 @@
+"""The clustered method's nearest-neighbour final phase: exact moments, exact size, and accuracy.
+
+Moments are checked against monomial sums computed here with numpy alone; the accuracy test
+compares the default schedule with plain kd halving (``final_phase=1``, the schedule without the
+nearest-neighbour phase) on the same E1 draws.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from harness.compression import compress, n_moments
+from harness.compression.clustered import clustered_weights
+from harness.compression.partition import nearest_groups
+from harness.data.symmetric import symmetric_problem, symmetric_value
+
+
+def monomial_moments(points: np.ndarray, weights: np.ndarray, k: int) -> np.ndarray:
+    """sum_i w_i prod_j x_ij^a_j for every multi-index a with |a| <= k, by brute force."""
+    m = points.shape[1]
+    indices = [a for a in itertools.product(range(k + 1), repeat=m) if sum(a) <= k]
+    return np.array([weights @ np.prod(points ** np.array(a), axis=1) for a in indices])
+
+
+@pytest.mark.parametrize(
+    ("m", "k", "d", "target", "final_phase"),
+    [
+        (2, 3, 2000, 200, 3.0),  # halving, then nearest-neighbour groups
+        (3, 4, 1500, 300, 3.0),  # d <= 3 d': nearest-neighbour groups only
+        (1, 5, 3000, 100, 2.0),
+        (3, 2, 4000, 37, 3.0),  # d' not a multiple of anything
+    ],
+)
+def test_clustered_keeps_exactly_target_points_with_exact_moments(m, k, d, target, final_phase):
+    rng = np.random.default_rng(m * 100 + k)
+    points = rng.uniform(-1.0, 1.0, (d, m)) * np.array([1.0, 3.0, 0.5][:m]) + 2.0  # off-centre, unequal scales
+    weights = rng.uniform(0.5, 2.0, d)
+    c = clustered_weights(torch.as_tensor(points), torch.as_tensor(weights), k, target, final_phase=final_phase).numpy()
+    kept = c > 0
+    assert kept.sum() == target
+    assert (c >= 0).all()
+    reference = monomial_moments(points, weights, k)
+    compressed = monomial_moments(points[kept], c[kept], k)
+    assert np.max(np.abs(compressed - reference)) / np.max(np.abs(reference)) < 1e-12
+
+
+def test_compress_default_is_the_nearest_neighbour_schedule():
+    points = np.random.default_rng(3).uniform(-1.0, 1.0, (3000, 2))
+    result = compress(points, k=3, size=300)
+    c = clustered_weights(torch.as_tensor(points), torch.ones(3000, dtype=torch.float64), 3, 300).numpy()
+    np.testing.assert_array_equal(result.indices, np.flatnonzero(c > 0))
+    assert result.size == 300 and result.moment_error < 1e-13
+
+
+def test_nearest_groups_are_disjoint_nearest_neighbour_sets_smallest_diameter_first():
+    points = np.random.default_rng(4).uniform(-1.0, 1.0, (600, 2))
+    size = 12
+    groups = nearest_groups(points, size)
+    assert groups.shape[1] == size and len(groups) > 10
+    assert len(np.unique(groups)) == groups.size  # disjoint
+    distances = np.linalg.norm(points[:, None] - points[None], axis=2)
+    for group in groups:
+        # Some member's size nearest points (itself included) are exactly the group.
+        assert any(set(np.argsort(distances[i], kind="stable")[:size]) == set(group) for i in group)
+    box = points[groups].max(axis=1) - points[groups].min(axis=1)
+    diagonal = np.linalg.norm(box, axis=1)
+    assert np.all(np.diff(diagonal) >= 0)
+    # The first group is the tightest of all the proposals (every fourth point's neighbourhood).
+    proposals = np.argsort(distances[::4], axis=1, kind="stable")[:, :size]
+    spans = points[proposals].max(axis=1) - points[proposals].min(axis=1)
+    assert diagonal[0] == pytest.approx(np.linalg.norm(spans, axis=1).min())
+
+
+@pytest.mark.parametrize(("m", "k"), [(2, 3), (3, 4)])
+def test_nearest_neighbour_phase_lowers_the_e1_error_of_kd_halving(m, k):
+    d, target = 2000, 200
+    ours, halving = [], []
+    for seed in range(4):
+        objects, probes = symmetric_problem(d, m, 10, seed)
+        exact = symmetric_value("sigmoid", objects, np.ones(d), probes, d)
+        x, w = torch.as_tensor(objects), torch.ones(d, dtype=torch.float64)
+        for final_phase, errors in ((3.0, ours), (1.0, halving)):
+            c = clustered_weights(x, w, k, target, final_phase=final_phase).numpy()
+            kept = c > 0
+            errors.append(abs(symmetric_value("sigmoid", objects[kept], c[kept], probes, d) - exact))
+    assert np.exp(np.log(ours).mean()) < np.exp(np.log(halving).mean())
+
+
+@pytest.mark.parametrize(("spare", "final_phase"), [(0, 3.0), (2, 0.5)])
+def test_clustered_rejects_bad_schedule_options(spare, final_phase):
+    x = torch.as_tensor(np.random.default_rng(0).uniform(-1.0, 1.0, (300, 2)))
+    with pytest.raises(ValueError, match="spare must be >= 1 and final_phase >= 1"):
+        clustered_weights(x, torch.ones(300, dtype=torch.float64), 2, n_moments(2, 2) * 3, spare=spare,
+                          final_phase=final_phase)
