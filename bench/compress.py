@@ -22,6 +22,7 @@ Run: make bench   (or .venv/bin/python bench/compress.py [--quick] [--reference 
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 from pathlib import Path
 
@@ -106,9 +107,13 @@ def best_time(function, repeats: int):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="d = 1e5 instead of 1e6 for the global case")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads for the peeling (default 1, as ours always runs on a CPU: small "
-                             "SVDs gain nothing from more, and lose much when the cores are shared)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads for the peeling (default 1, as ours always runs on a CPU: small "
+        "SVDs gain nothing from more, and lose much when the cores are shared)",
+    )
     parser.add_argument("--reference", type=Path, help="path of the authors' compressor.py, timed on the same inputs")
     args = parser.parse_args()
     reference = load_reference(args.reference) if args.reference else None
@@ -116,8 +121,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
     print(f"torch {torch.__version__}, peeling on {torch.get_num_threads()} thread(s), ours on 1, float64, CPU")
-    authors = (" authors (s) | speed-up over the authors | kd halving only (s) | its speed-up |"
-               " moment error authors |") if reference else ""
+    authors = (
+        (" authors (s) | speed-up over the authors | kd halving only (s) | its speed-up | moment error authors |")
+        if reference
+        else ""
+    )
     print("| case | ours (s) | plain peeling (s) | speed-up | moment error ours | moment error peeling |" + authors)
     print("|---|---|---|---|---|---|" + "---|---|---|---|---|" * bool(reference))
     for m, k, d, target in [(3, 5, 10_000, 1_000), (2, 6, 10_000, 1_000), (3, 5, 1_000, 100)]:
@@ -125,7 +133,7 @@ def main() -> None:
         compress(points[:500], k=k, size=100)  # warm-up
         ours = [compress(points, k=k, size=target) for _ in range(5)]
         ours_time, ours = min(result.seconds for result in ours), ours[0]
-        peel_time, peel = best_time(lambda: plain_peel_clustered(points, k, target), 1)
+        peel_time, peel = best_time(functools.partial(plain_peel_clustered, points, k, target), 1)
         peel_error = error_of(points, peel, k)
         row = (
             f"| clustered m={m} k={k} d={d:.0e} -> {target} | {ours_time:.3f} | {peel_time:.2f} | "
@@ -139,9 +147,11 @@ def main() -> None:
             # The schedule without the nearest-neighbour phase (final_phase=1), the fast end of the
             # accuracy-speed trade-off, timed the same way as ours.
             x, w = torch.as_tensor(points), torch.ones(d, dtype=torch.float64)
-            halving_time, _ = best_time(lambda: clustered_weights(x, w, k, target, final_phase=1.0), 5)
-            row += (f" {theirs_time:.1f} | {theirs_time / ours_time:.0f}x | {halving_time:.3f} | "
-                    f"{theirs_time / halving_time:.0f}x | {theirs_error:.1e} |")
+            halving_time, _ = best_time(functools.partial(clustered_weights, x, w, k, target, final_phase=1.0), 5)
+            row += (
+                f" {theirs_time:.1f} | {theirs_time / ours_time:.0f}x | {halving_time:.3f} | "
+                f"{theirs_time / halving_time:.0f}x | {theirs_error:.1e} |"
+            )
         print(row, flush=True)
     d = 100_000 if args.quick else 1_000_000
     points = rng.uniform(-1, 1, (d, 3))

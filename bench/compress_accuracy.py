@@ -60,8 +60,9 @@ def load_reference(path: Path):
     try:
         spec.loader.exec_module(module)
     except ImportError as error:
-        raise SystemExit(f"--reference {path}: {error} (install faiss-cpu outside the repository and put it on "
-                         "PYTHONPATH)") from error
+        raise SystemExit(
+            f"--reference {path}: {error} (install faiss-cpu outside the repository and put it on PYTHONPATH)"
+        ) from error
     return module.Compressor
 
 
@@ -94,20 +95,29 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--reference", type=Path, help="path of the authors' compressor.py")
     parser.add_argument("--reference-cache", type=Path, help="JSON file keeping the authors' results between runs")
-    parser.add_argument("--curve", type=float, nargs="*", metavar="PHASE",
-                        help="clustered final_phase values to time and score (default 1 2 3 4 if none given)")
+    parser.add_argument(
+        "--curve",
+        type=float,
+        nargs="*",
+        metavar="PHASE",
+        help="clustered final_phase values to time and score (default 1 2 3 4 if none given)",
+    )
     args = parser.parse_args()
     settings = args.settings or (QUICK_SETTINGS if args.quick else SETTINGS)
     draws = 3 if args.quick and args.draws == 6 else args.draws
     rule = parse_size(args.size)
     reference = load_reference(args.reference) if args.reference else None
-    cache = json.loads(args.reference_cache.read_text()) if args.reference_cache and args.reference_cache.exists() else {}
+    cache = (
+        json.loads(args.reference_cache.read_text()) if args.reference_cache and args.reference_cache.exists() else {}
+    )
     retain_freed_memory()
     torch.set_num_threads(1)
     compress(np.random.default_rng(0).uniform(-1, 1, (500, 2)), k=2, size=100)  # warm-up
 
-    print(f"{args.function} (SPEC {'E1' if args.function == 'sigmoid' else 'E7'}), d' = max({rule}, N), "
-          f"{draws} draws; |f' - f| geometric mean over draws, seconds mean; torch {torch.__version__}, 1 thread")
+    print(
+        f"{args.function} (SPEC {'E1' if args.function == 'sigmoid' else 'E7'}), d' = max({rule}, N), "
+        f"{draws} draws; |f' - f| geometric mean over draws, seconds mean; torch {torch.__version__}, 1 thread"
+    )
     print("| m, k, d | d' | " + " | ".join(f"{name} error | {name} s" for name in args.methods) + " |")
     print("|---|---|" + "---|---|" * len(args.methods))
     ratio_rows, curve_rows = [], []
@@ -121,7 +131,9 @@ def main() -> None:
             exact = symmetric_value(args.function, objects, np.ones(d), probes, d)
             for name in args.methods:
                 result = compress(objects, k=k, size=target, method=name, seed=seed)
-                errors[name].append(abs(symmetric_value(args.function, result.points, result.weights, probes, d) - exact))
+                errors[name].append(
+                    abs(symmetric_value(args.function, result.points, result.weights, probes, d) - exact)
+                )
                 seconds[name].append(result.seconds)
                 if name == "clustered":
                     ours_moment.append(result.moment_error)
@@ -133,8 +145,12 @@ def main() -> None:
                     elapsed = time.perf_counter() - start
                     value = symmetric_value(args.function, points, weights, probes, d)
                     moment = relative_moment_error(raw_moments(objects, np.ones(d), k), raw_moments(points, weights, k))
-                    cache[key] = {"error": abs(value - exact), "seconds": elapsed, "moment_error": moment,
-                                  "size": len(weights)}
+                    cache[key] = {
+                        "error": abs(value - exact),
+                        "seconds": elapsed,
+                        "moment_error": moment,
+                        "size": len(weights),
+                    }
                     if args.reference_cache:
                         args.reference_cache.write_text(json.dumps(cache, indent=1))
                 theirs.append(cache[key]["error"])
@@ -142,13 +158,17 @@ def main() -> None:
                 theirs_moment.append(cache[key]["moment_error"])
             if args.curve is not None:
                 curve_rows.extend(_curve(objects, probes, exact, k, target, args, m, d, seed))
-        print(f"| {m}, {k}, {d} | {target} | "
-              + " | ".join(f"{geometric_mean(errors[n]):.2e} | {np.mean(seconds[n]):.3f}" for n in args.methods) + " |")
+        print(
+            f"| {m}, {k}, {d} | {target} | "
+            + " | ".join(f"{geometric_mean(errors[n]):.2e} | {np.mean(seconds[n]):.3f}" for n in args.methods)
+            + " |"
+        )
         if reference is not None and "clustered" in errors:
             ours = np.array(errors["clustered"])
             ratio_rows.append(
                 f"| {m}, {k}, {d} | {target} | {geometric_mean(theirs):.2e} | {geometric_mean(ours):.2e} | "
-                f"{geometric_mean(ours) / geometric_mean(theirs):.2f} | {int((ours < np.array(theirs)).sum())} of {draws} | "
+                f"{geometric_mean(ours) / geometric_mean(theirs):.2f} | "
+                f"{int((ours < np.array(theirs)).sum())} of {draws} | "
                 f"{np.mean(theirs_seconds):.2f} | {np.mean(seconds['clustered']):.4f} | "
                 f"{np.mean(theirs_seconds) / np.mean(seconds['clustered']):.0f}x | "
                 f"{max(ours_moment):.1e} | {max(theirs_moment):.1e} |"
@@ -156,8 +176,10 @@ def main() -> None:
         sys.stdout.flush()
     if ratio_rows:
         print("\nours = clustered; theirs = the authors' Compressor at the same d' on the same draws")
-        print("| m, k, d | d' | theirs | ours | ours / theirs | ours lower in | theirs s | ours s | speed-up | "
-              "moment error ours (max) | theirs (max) |")
+        print(
+            "| m, k, d | d' | theirs | ours | ours / theirs | ours lower in | theirs s | ours s | speed-up | "
+            "moment error ours (max) | theirs (max) |"
+        )
         print("|---|---|---|---|---|---|---|---|---|---|---|")
         print("\n".join(ratio_rows))
     if curve_rows:
@@ -189,8 +211,10 @@ def _print_curve(rows) -> None:
     for key in keys:
         picked = [(e, s) for *rest, e, s in rows if tuple(rest) == key]
         m, k, d, phase = key
-        print(f"| {m}, {k}, {d} | {phase:g} | {geometric_mean([e for e, _ in picked]):.2e} | "
-              f"{np.mean([s for _, s in picked]):.3f} |")
+        print(
+            f"| {m}, {k}, {d} | {phase:g} | {geometric_mean([e for e, _ in picked]):.2e} | "
+            f"{np.mean([s for _, s in picked]):.3f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -228,7 +228,9 @@ def test_eliminate_keeps_moments_when_two_weights_reach_zero_in_one_step(rank_re
     The tied point must still be pivoted (a step of length 0) so later vectors vanish on it; found
     by the hypothesis test above, where it cost the clustered method a unit of mass."""
     a = np.sqrt(3.0)
-    features = torch.tensor([[[1, -a, 0], [1, -a, a], [1, 0, a], [1, 0, -a], [1, a, 0], [1, a, 0]]], dtype=torch.float64)
+    features = torch.tensor(
+        [[[1, -a, 0], [1, -a, a], [1, 0, a], [1, 0, -a], [1, a, 0], [1, a, 0]]], dtype=torch.float64
+    )
     weights = torch.ones(1, 6, dtype=torch.float64)
     for n_remove in (1, 2, 3):
         new = eliminate(features, weights, torch.tensor([n_remove]), rank_revealing=rank_revealing)
@@ -238,7 +240,9 @@ def test_eliminate_keeps_moments_when_two_weights_reach_zero_in_one_step(rank_re
 
 
 def test_clustered_keeps_mass_and_moments_on_integer_points_with_a_duplicate():
-    points = np.array([[2, 1], [0, -1], [-1, -2], [-2, -2], [-2, 2], [1, 2], [0, 1], [2, 1], [1, 0], [0, 2], [-1, 2]], float)
+    points = np.array(
+        [[2, 1], [0, -1], [-1, -2], [-2, -2], [-2, 2], [1, 2], [0, 1], [2, 1], [1, 0], [0, 2], [-1, 2]], float
+    )
     result = compress(points, np.ones(11), k=1, method="clustered")
     assert result.weights.sum() == pytest.approx(11.0, rel=1e-12)
     assert relative_error(points, np.ones(11), result.points, result.weights, 1) <= TOLERANCE
@@ -333,9 +337,16 @@ def test_kd_cells_of_points_on_a_line_are_runs_of_the_sorted_order(n):
 
 @pytest.mark.parametrize(
     "spec, d, expected",
-    [("1000", 10**4, 1000), ("0.1d", 10**4, 1000), ("16*d^0.5", 10**4, 1600), ("16*sqrt(d)", 2**10, 512),
-     ("20*ln(d)^2", 10**4, round(20 * math.log(1e4) ** 2)), ("120*ln(d)", 500, round(120 * math.log(500))),
-     (0.25, 100, 25), (77, 100, 77)],
+    [
+        ("1000", 10**4, 1000),
+        ("0.1d", 10**4, 1000),
+        ("16*d^0.5", 10**4, 1600),
+        ("16*sqrt(d)", 2**10, 512),
+        ("20*ln(d)^2", 10**4, round(20 * math.log(1e4) ** 2)),
+        ("120*ln(d)", 500, round(120 * math.log(500))),
+        (0.25, 100, 25),
+        (77, 100, 77),
+    ],
 )
 def test_size_rules_resolve_to_their_closed_form(spec, d, expected):
     assert parse_size(spec).resolve(d) == expected

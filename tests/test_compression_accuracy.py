@@ -94,5 +94,6 @@ def test_nearest_neighbour_phase_lowers_the_e1_error_of_kd_halving(m, k):
 def test_clustered_rejects_bad_schedule_options(spare, final_phase):
     x = torch.as_tensor(np.random.default_rng(0).uniform(-1.0, 1.0, (300, 2)))
     with pytest.raises(ValueError, match="spare must be >= 1 and final_phase >= 1"):
-        clustered_weights(x, torch.ones(300, dtype=torch.float64), 2, n_moments(2, 2) * 3, spare=spare,
-                          final_phase=final_phase)
+        clustered_weights(
+            x, torch.ones(300, dtype=torch.float64), 2, n_moments(2, 2) * 3, spare=spare, final_phase=final_phase
+        )

@@ -85,10 +85,8 @@ def _eliminate_full_rank(features: torch.Tensor, weights: torch.Tensor, n_remove
     # Solve for the ratios u = new / old weight: sum_j u_j (c_j F_j) keeps its value at u = 1. On
     # the weighted features c_j F_j the LU's pivoting favours heavy points for the first basis,
     # so the light ones, which reach zero first on the way, are mostly the J points dropped
-    # anyway. In the clustered schedule (1e4 -> 1e3 points) that took 21 instead of 32 lock-step
-    # steps in all at m = 2, k = 6, and 41 instead of 71 at m = 3, k = 5. SPEC E1's sigmoid-sum
-    # error did not get worse: 0.66-0.83x that with unweighted features (geometric means of 40
-    # paired samples at (m, k) = (1, 2), (2, 2), (2, 4), (3, 3), each within 1.6 standard errors).
+    # anyway: fewer lock-step steps per reduction, and no worse an E1 function error than with
+    # unweighted features (bench/compress_accuracy.py measures both).
     first_basis, free, tableau = lu_tableau(features * weights.unsqueeze(2), width, overwrite=True)
     # Columns past a problem's n_remove are not in its J: they keep their weights.
     in_j = torch.arange(width, device=weights.device) < n_remove.unsqueeze(1)
@@ -179,9 +177,17 @@ def walk_to_vertex(
     def views():
         """Views of the batch's state: every update below is in place, so they last until it shrinks."""
         walking = len(indices)
-        return (augmented[:, width], weights[:, :n_basic], augmented.view(-1, n_basic),
-                indices[:, : n_basic + 1], indices[:, n_basic + 1 : -1], indices[:, -1],
-                first_row[:walking], row_start[:walking], ones[:walking])
+        return (
+            augmented[:, width],
+            weights[:, :n_basic],
+            augmented.view(-1, n_basic),
+            indices[:, : n_basic + 1],
+            indices[:, n_basic + 1 : -1],
+            indices[:, -1],
+            first_row[:walking],
+            row_start[:walking],
+            ones[:walking],
+        )
 
     target, c_now, rows, basis, free, position, first_rows, row_starts, units = views()
     for _ in range(width + 1):  # every swap uses up a J column of each problem still walking

@@ -17,7 +17,6 @@ from harness.compression.caratheodory import eliminate
 from harness.compression.partition import morton_order
 from harness.compression.validate import check_inputs, check_memory
 
-
 # Points whose features are built at a time: small enough to stay in cache, large enough to
 # amortise the Python overhead. The n x N feature matrix is never held whole.
 CHUNK = 1 << 13
