@@ -139,7 +139,7 @@ def test_a_batched_checkpoint_resumed_alone_falls_back_to_step_0_with_a_warning(
     run_config(c, tmp_path / "reference")
     with caplog.at_level(logging.WARNING):
         run_config(c, tmp_path / "cut")
-    assert "was trained stacked, this time it is trained loop: starting from step 0" in caplog.text
+    assert "optimizer states of the stacked path, this run takes the loop path" in caplog.text
     assert_same_results(tmp_path / "reference", tmp_path / "cut", ids_of(c))
 
 

@@ -142,11 +142,8 @@ def run_config(
         if problem := record_problem(out, ids[arm]):
             logger.warning("%s: not finished (%s); running it again", ids[arm], problem)
     if pending:
-        resume = checkpoint.Target(
-            out, {arm: ids[arm] for arm in pending}, config.train.checkpoint_every, resume=not force
-        )
         records.update(
-            _run_pending(config, out, pending, ids, device, observers, refresh_table, resume, keep_checkpoints)
+            _run_pending(config, out, pending, ids, device, observers, refresh_table, force, keep_checkpoints)
         )
     if refresh_table:
         rebuild_table(out)
@@ -197,7 +194,7 @@ def _run_pending(
     device: torch.device,
     observers: Sequence[RunObserver],
     refresh_table: bool,
-    resume: checkpoint.Target,
+    force: bool,
     keep_checkpoints: bool,
 ) -> dict[str, RunRecord]:
     flat = {key: value for key, value in flatten(config).items() if key != "arms"}
@@ -219,7 +216,8 @@ def _run_pending(
     def on_restore(arm: str, records: list[dict]) -> None:
         history[arm][:] = records
 
-    resume.on_restore = on_restore
+    runs = {arm: ids[arm] for arm in pending}
+    resume = checkpoint.Target(out, runs, config.train.checkpoint_every, resume=not force, on_restore=on_restore)
     try:
         with checkpoint.writing_to(resume):
             results = run_arms(config, pending, device=device, on_record=on_record)

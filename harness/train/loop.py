@@ -170,7 +170,8 @@ def restore(call: SideBySide, kind: str) -> None:
         return
     if state["stepper"] != kind:
         logger.warning(
-            "%s: its checkpoint at step %d was trained %s, this time it is trained %s: starting from step 0",
+            "%s: the checkpoint at step %d holds optimizer states of the %s path, this run takes the %s path "
+            "(harness/train/batched.py): starting from step 0",
             "/".join(arm.name for arm in call.arms),
             state["step"],
             state["stepper"],
@@ -192,8 +193,8 @@ def run_steps(calls: Sequence[SideBySide], steppers: Sequence[Stepper], descript
     ``steppers``: each sampler drawn once per step (arms sharing one see one batch), each stepper's
     time shared equally among its arms, evaluations at step 0, every ``eval_every`` and the last.
     Calls restored from a checkpoint (all at one step) go on from there."""
-    steps, eval_every, start = calls[0].steps, calls[0].train.eval_every, calls[0].start
-    if any((call.steps, call.train.eval_every, call.start) != (steps, eval_every, start) for call in calls):
+    steps, eval_every, resumed_at = calls[0].steps, calls[0].train.eval_every, calls[0].start
+    if any((call.steps, call.train.eval_every, call.start) != (steps, eval_every, resumed_at) for call in calls):
         raise ValueError("run_steps: the calls must share steps, train.eval_every and their start")
 
     def record(step: int) -> None:
@@ -202,12 +203,12 @@ def run_steps(calls: Sequence[SideBySide], steppers: Sequence[Stepper], descript
         for stepper in steppers:
             stepper.drop_diverged()
 
-    if start == 0:
+    if resumed_at == 0:
         record(0)
     else:
         _load_optimizers(calls, steppers)
-    steps_left = range(start + 1, steps + 1)
-    for step in tqdm(steps_left, desc=description, disable=None, leave=False, mininterval=1.0, initial=start):
+    steps_left = range(resumed_at + 1, steps + 1)
+    for step in tqdm(steps_left, desc=description, disable=None, leave=False, mininterval=1.0, initial=resumed_at):
         live = [stepper for stepper in steppers if stepper.arms]
         if not live:
             break
