@@ -5,6 +5,7 @@ another results folder: in float64 on a CPU its metrics.jsonl must be the same t
 summary.json the same values (times excepted).
 """
 
+import functools
 import json
 import logging
 import os
@@ -55,7 +56,7 @@ class StopAt:
     """An observer that asks for a stop when a run records ``step``, and notes every step logged."""
 
     def __init__(self, step: int | None = None) -> None:
-        self.step, self.logged = step, []
+        self.step, self.logged, self.first = step, [], {}
 
     def run_started(self, *args) -> None:
         pass
@@ -65,6 +66,7 @@ class StopAt:
 
     def run_logged(self, rid: str, record: dict) -> None:
         self.logged.append(record["step"])
+        self.first.setdefault(rid, record["step"])
         if record["step"] == self.step:
             preempt.request_stop("test")
 
@@ -221,7 +223,7 @@ task: {name: teacher, n_train: 200, n_test: 100}
 model: {width: 8}
 compression: {k: 2, size: 30}
 arms: [original, moment]
-train: {optimizer: adamw, lr: 0.01, steps: 1500, batch_size: 32, eval_every: 10, dtype: float64, checkpoint_every: 20}
+train: {optimizer: adamw, lr: 0.01, steps: 600, batch_size: 32, eval_every: 10, dtype: float64, checkpoint_every: 20}
 """
 
 
@@ -233,7 +235,12 @@ def test_kill_9_mid_run_then_the_same_command_gives_the_same_result(tmp_path):
     command = [sys.executable, "-m", "harness.cli", "run", str(spec), "--out", str(cut)]
     kill_after_first_checkpoint(command, checkpoint_dir(cut, ids_of(c)[0]))
     assert all(read_status(cut, rid) == "running" for rid in ids_of(c))
-    assert main(["run", str(spec), "--out", str(cut)]) == 0
+    resumed_at = max(step for rid in ids_of(c) for step in checkpoint_steps(cut, rid))
+    with pytest.MonkeyPatch.context() as patch:
+        rerun = StopAt()
+        patch.setattr("harness.experiments.runner.run_config", functools.partial(run_config, observers=[rerun]))
+        assert main(["run", str(spec), "--out", str(cut)]) == 0
+    assert min(rerun.logged) == resumed_at + 10
     assert main(["run", str(spec), "--out", str(reference)]) == 0
     assert_same_results(reference, cut, ids_of(c))
 
@@ -255,8 +262,11 @@ def test_kill_9_mid_batched_run_then_the_same_call_gives_the_same_result(tmp_pat
     kill_after_first_checkpoint(command, checkpoint_dir(cut, ids_of(configs[1])[0]))
     ids = [rid for c in configs for rid in ids_of(c)]
     assert all(read_status(cut, rid) == "running" for rid in ids)
+    # Each configuration goes on from its newest checkpoint (a kill between two configurations'
+    # writes leaves them at different steps), its first record the next evaluation after it.
+    resumed_at = {c: max(step for rid in ids_of(c) for step in checkpoint_steps(cut, rid)) for c in configs}
     rerun = StopAt()
     run_configs([(c, None) for c in configs], cut, observers=[rerun])
-    assert min(rerun.logged) > 10  # went on from a checkpoint
+    assert all(rerun.first[rid] == resumed_at[c] + 10 for c in configs for rid in ids_of(c))
     run_configs([(c, None) for c in configs], reference)
     assert_same_results(reference, cut, ids)
