@@ -122,6 +122,26 @@ def test_a_stop_request_checkpoints_and_the_rerun_resumes_to_the_same_result(tmp
     assert not any(checkpoint_dir(tmp_path / "cut", rid).exists() for rid in ids_of(c))
 
 
+def test_width_arms_sharing_a_sampler_with_an_unrecorded_reference_resume_to_the_same_result(tmp_path):
+    """The original is trained as the compressed arms' reference without being a run of its own:
+    its state travels in their checkpoints."""
+    raw = to_dict(config("adamw"))
+    raw.update(
+        experiment="width",
+        arms=["moment", "random"],
+        task={"name": "harmonic", "n_train": 200, "n_test": 100, "order": 2, "frequency": 3.0},
+        model={"width": 40},
+        compression={"k": 2, "size": 15},
+    )
+    c = parse_config(raw)
+    run_config(c, tmp_path / "reference")
+    stop_at(50, lambda observers: run_config(c, tmp_path / "cut", observers=observers))
+    rerun = StopAt()
+    run_config(c, tmp_path / "cut", observers=[rerun])
+    assert min(rerun.logged) == 60 and len(ids_of(c)) == 2
+    assert_same_results(tmp_path / "reference", tmp_path / "cut", ids_of(c))
+
+
 def test_a_batched_stack_with_a_diverged_model_resumes_to_the_same_result(tmp_path):
     configs = [config("sgd", 0.05, 0, momentum=0.9), config("sgd", 1e6, 2, momentum=0.9)]  # the second diverges
     jobs = [(c, None) for c in configs]

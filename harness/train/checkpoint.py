@@ -91,11 +91,19 @@ class Checkpoints:
         return bool(every and step % every == 0) or time.monotonic() - self.written >= self.target.seconds
 
     def write(self, state: dict) -> None:
-        """``state`` (with its ``step``) into each run's folder; older ones beyond KEPT removed."""
+        """``state`` (with its ``step``) into each run's folder; older ones beyond KEPT removed.
+
+        A file that cannot be written (a full disk) is reported and training goes on: the run
+        then resumes from an older checkpoint, or from step 0.
+        """
         for run_id in self.target.runs.values():
             path = checkpoint_path(self.target.out, run_id, state["step"])
             data = _encode({"run_id": run_id, **state})
-            write_atomic_with(path, lambda tmp, data=data: tmp.write_bytes(data))
+            try:
+                write_atomic_with(path, lambda tmp, data=data: tmp.write_bytes(data))
+            except OSError as exc:
+                logger.warning("%s: checkpoint not written (%s); training goes on", path, exc.strerror or exc)
+                continue
             for old in _files(self.target.out, run_id)[KEPT:]:
                 old.unlink(missing_ok=True)
         self.written = time.monotonic()
