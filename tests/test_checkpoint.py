@@ -290,3 +290,15 @@ def test_kill_9_mid_batched_run_then_the_same_call_gives_the_same_result(tmp_pat
     assert all(rerun.first[rid] == resumed_at[c] + 10 for c in configs for rid in ids_of(c))
     run_configs([(c, None) for c in configs], reference)
     assert_same_results(reference, cut, ids)
+
+
+def test_a_checkpoint_that_cannot_be_written_is_reported_and_training_goes_on(tmp_path, caplog):
+    c = config("adamw", steps=60)
+    run_config(c, tmp_path / "reference")
+    for rid in ids_of(c):  # a file where the checkpoint folder would go
+        checkpoint_dir(tmp_path / "blocked", rid).parent.mkdir(parents=True)
+        checkpoint_dir(tmp_path / "blocked", rid).write_text("")
+    with caplog.at_level(logging.WARNING):
+        run_config(c, tmp_path / "blocked")
+    assert caplog.text.count("checkpoint not written") == 2 * len(ids_of(c))  # steps 20 and 40
+    assert_same_results(tmp_path / "reference", tmp_path / "blocked", ids_of(c))
