@@ -155,14 +155,31 @@ def test_a_batched_stack_with_a_diverged_model_resumes_to_the_same_result(tmp_pa
     assert_same_results(tmp_path / "reference", tmp_path / "cut", ids)
 
 
-def test_a_batched_checkpoint_resumed_alone_falls_back_to_step_0_with_a_warning(tmp_path, caplog):
-    c = config("adamw")
-    stop_at(50, lambda observers: run_configs([(c, None)], tmp_path / "cut", observers=observers))
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw", "rprop"])
+def test_a_checkpoint_goes_on_through_the_other_path(tmp_path, optimizer):
+    """Checkpointed batched, resumed alone (one at a time), and the other way round: the paths
+    agree as closely as they do from step 0 (tests/test_train_batched.py)."""
+    c = config(optimizer, momentum=0.9) if optimizer == "sgd" else config(optimizer)
     run_config(c, tmp_path / "reference")
-    with caplog.at_level(logging.WARNING):
-        run_config(c, tmp_path / "cut")
-    assert "optimizer states of the stacked path, this run takes the loop path" in caplog.text
-    assert_same_results(tmp_path / "reference", tmp_path / "cut", ids_of(c))
+    stop_at(50, lambda observers: run_configs([(c, None)], tmp_path / "batched", observers=observers))
+    stop_at(50, lambda observers: run_config(c, tmp_path / "alone", observers=observers))
+    for out, resume in ((tmp_path / "batched", run_config), (tmp_path / "alone", run_configs)):
+        rerun = StopAt()
+        if resume is run_config:
+            run_config(c, out, observers=[rerun])
+        else:
+            run_configs([(c, None)], out, observers=[rerun])
+        assert min(rerun.logged) == 60
+        for rid in ids_of(c):
+            records = [read_records(where, rid) for where in (tmp_path / "reference", out)]
+            assert [r["step"] for r in records[0]] == [r["step"] for r in records[1]]
+            for a, b in zip(*records):
+                for key in ("train_loss", "test_loss", "full_train_loss"):
+                    assert b[key] == pytest.approx(a[key], rel=1e-10, abs=0), (rid, a["step"], key)
+
+
+def read_records(out: Path, rid: str) -> list[dict]:
+    return [json.loads(line) for line in (run_dir(out, rid) / "metrics.jsonl").read_text().splitlines()]
 
 
 def truncate(path: Path) -> None:

@@ -66,7 +66,7 @@ def train_together(calls: Sequence[SideBySide]) -> None:
     lockstep: dict[tuple[int, int, int], list[SideBySide]] = {}
     for call in calls:
         if all(type(arm.model) is MLP for arm in call.arms):
-            restore(call, _Stack.kind)
+            restore(call)
             lockstep.setdefault((call.steps, call.train.eval_every, call.start), []).append(call)
         else:
             train_one_by_one(call)
@@ -77,8 +77,6 @@ def train_together(calls: Sequence[SideBySide]) -> None:
 class _Stack:
     """Arms of one stacking key: their models, data and samplers stacked, one optimizer (a
     ``harness.train.loop.Stepper``)."""
-
-    kind = "stacked"
 
     def __init__(self, members: list[tuple[SideBySide, Arm]]) -> None:
         self.members = members
@@ -144,14 +142,35 @@ class _Stack:
         self.lrs, self.source = self.lrs[rows], self.source[rows]
 
     def optimizer_state(self, arm: Arm) -> dict:
+        """Row ``arm`` of the flat state, cut into one tensor per parameter of ``arm.model``."""
         row = next(i for i, (_, member) in enumerate(self.members) if member is arm)
-        state = {key: value[row].clone() for key, value in self.optimizer.state[0].items()}
+        state = {name: _per_parameter(value[row], arm.model) for name, value in self.optimizer.state[0].items()}
         return {"steps": self.optimizer.steps, "state": state}
 
     def load_optimizer_states(self, states: list[dict]) -> None:
         self.optimizer.steps = states[0]["steps"]
-        keys = states[0]["state"]
-        self.optimizer.state = [{key: torch.stack([s["state"][key] for s in states]).to(self.device) for key in keys}]
+        self.optimizer.state = [
+            {
+                name: torch.stack([_flat(s["state"][name]) for s in states]).to(self.model.flat)
+                for name in states[0]["state"]
+            }
+        ]
+
+
+def _per_parameter(row: torch.Tensor, model: MLP) -> list[torch.Tensor]:
+    """A row of a stack's flat state as one tensor per parameter of ``model``, in its shape (the
+    row holds every weight matrix transposed, then every bias, as StackedMLP lays out ``flat``)."""
+    tensors, start = [], 0
+    for parameter in model.parameters():  # weights, then biases
+        chunk = row[start : start + parameter.numel()]
+        start += parameter.numel()
+        tensors.append(chunk.view(parameter.shape[::-1]).T.clone() if parameter.dim() == 2 else chunk.clone())
+    return tensors
+
+
+def _flat(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """``_per_parameter`` undone."""
+    return torch.cat([(t.T if t.dim() == 2 else t).reshape(-1) for t in tensors])
 
 
 def _stack_padded(tensors: list[torch.Tensor]) -> torch.Tensor:

@@ -12,10 +12,10 @@ another format (never unpickled), of another run or that does not fit is reporte
 warning line and deleted, and the next older one is tried: a run resumes from a sound checkpoint
 or from step 0.
 
-A checkpoint's optimizer states have the layout of the path that trained it: torch.optim's, per
-parameter (one at a time), or rows of a stack's flat state (batched, harness/train/batched.py).
-A run resumes on the same path only. On the other (a batched run resumed by ``polyscale run``, a
-one-at-a-time run resumed by a batching worker) it warns and starts from step 0 (loop.restore).
+Optimizer states are kept per arm and per parameter, under harness/train/stacked_optim.py's
+names, so either path reads them: a run checkpointed in a batched stack can go on alone (one at a
+time through torch.optim) and the other way round, its numbers then within the two paths'
+agreement (harness/train/batched.py) rather than bit for bit.
 
 The runner says where a call's checkpoints go by running it inside ``writing_to(Target(...))``;
 a call made outside one (``run_arms`` in memory) writes none.

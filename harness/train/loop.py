@@ -105,8 +105,6 @@ class SideBySide:
 class Stepper(Protocol):
     """Takes one optimiser step for some arms: one arm through torch.optim, or a stack of MLPs."""
 
-    kind: str  # what its checkpoints' optimizer states fit: "loop" or "stacked"
-
     @property
     def arms(self) -> list[Arm]:
         """The running arms it steps (empty once all have diverged)."""
@@ -122,7 +120,10 @@ class Stepper(Protocol):
         """Forget the arms marked diverged at the evaluation just made."""
 
     def optimizer_state(self, arm: Arm) -> dict:
-        """The optimizer (and schedule) state of one of its running arms, on its own."""
+        """One of its running arms' optimizer state, as either kind of stepper reads it:
+        {"steps": updates taken, "state": {name: one tensor per parameter of ``arm.model``}}, the
+        names those of harness/train/stacked_optim.py (so a run checkpointed in a stack can go
+        on alone, and the other way round)."""
 
     def load_optimizer_states(self, states: list[dict]) -> None:
         """Go on from ``optimizer_state`` of each of its arms, in the order of ``arms``."""
@@ -157,27 +158,15 @@ def train_side_by_side(
 
 def train_one_by_one(call: SideBySide) -> None:
     """The call's arms, each stepped through its own torch.optim optimizer and schedule."""
-    restore(call, _OneArm.kind)
+    restore(call)
     run_steps([call], [_OneArm(arm, call) for arm in call.arms], call.description)
 
 
-def restore(call: SideBySide, kind: str) -> None:
+def restore(call: SideBySide) -> None:
     """Put the call's arms (models, samplers, records, statuses, seconds) and the global RNGs back
-    as its checkpoint has them, before its steppers are made; a checkpoint whose optimizer states
-    were written by the other kind of stepper (``Stepper.kind``) is set aside: step 0."""
+    as its checkpoint has them, before its steppers are made."""
     state = call.resume
     if state is None:
-        return
-    if state["stepper"] != kind:
-        logger.warning(
-            "%s: the checkpoint at step %d holds optimizer states of the %s path, this run takes the %s path "
-            "(harness/train/batched.py): starting from step 0",
-            "/".join(arm.name for arm in call.arms),
-            state["step"],
-            state["stepper"],
-            kind,
-        )
-        call.resume = None
         return
     for arm in call.arms:
         saved = state["arms"][arm.name]
@@ -242,12 +231,12 @@ def _checkpoint(calls: Sequence[SideBySide], steppers: Sequence[Stepper], step: 
     due = [call for call in calls if call.checkpoints is not None and (stop or call.checkpoints.due(step))]
     holders = {id(arm): stepper for stepper in steppers for arm in stepper.arms} if due else {}
     for call in due:
-        call.checkpoints.write(_state(call, step, holders, steppers[0].kind))
+        call.checkpoints.write(_state(call, step, holders))
     if stop:
         raise preempt.Preempted(f"stopped after step {step} of {calls[0].steps}: {preempt.stop_reason()}")
 
 
-def _state(call: SideBySide, step: int, holders: dict[int, Stepper], kind: str) -> dict:
+def _state(call: SideBySide, step: int, holders: dict[int, Stepper]) -> dict:
     """What ``restore`` and ``_load_optimizers`` need to go on after ``step`` (tensors copied out of
     any stack, so that each holds its own values only)."""
     arms = {
@@ -261,7 +250,7 @@ def _state(call: SideBySide, step: int, holders: dict[int, Stepper], kind: str) 
         }
         for arm in call.arms
     }
-    return {"step": step, "steps": call.steps, "stepper": kind, "arms": arms, "rng": checkpoint.rng_state()}
+    return {"step": step, "steps": call.steps, "arms": arms, "rng": checkpoint.rng_state()}
 
 
 def _load_optimizers(calls: Sequence[SideBySide], steppers: Sequence[Stepper]) -> None:
@@ -287,8 +276,6 @@ def _misfit(call: SideBySide, state: dict) -> str | None:
 
 class _OneArm:
     """One arm stepped through torch.optim (the reference the stacked path is tested against)."""
-
-    kind = "loop"
 
     def __init__(self, arm: Arm, call: SideBySide) -> None:
         self.arm, self.loss_fn, self.divide = arm, call.loss_fn, call.train.divide_gradients
@@ -319,12 +306,27 @@ class _OneArm:
         """Nothing to drop: ``arms`` is empty once the arm has diverged."""
 
     def optimizer_state(self, arm: Arm) -> dict:
-        return {"optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict()}
+        per_parameter = [self.optimizer.state[p] for p in self.optimizer.param_groups[0]["params"]]
+        names = [name for name in per_parameter[0] if name != "step"]
+        state = {_STACKED_NAME.get(name, name): [s[name].clone() for s in per_parameter] for name in names}
+        return {"steps": self.schedule.last_epoch, "state": state}
 
     def load_optimizer_states(self, states: list[dict]) -> None:
-        (state,) = states
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.schedule.load_state_dict(state["schedule"])
+        """torch.optim's state after ``steps`` updates, and the schedule's learning rate then."""
+        ((steps, state),) = [(s["steps"], s["state"]) for s in states]
+        torch_name = {stacked: name for name, stacked in _STACKED_NAME.items()}
+        counted = type(self.optimizer).__name__ != "SGD"  # the others count their updates in state["step"]
+        for i, p in enumerate(self.optimizer.param_groups[0]["params"]):
+            self.optimizer.state[p] = {torch_name.get(name, name): tensors[i].to(p) for name, tensors in state.items()}
+            if counted:
+                self.optimizer.state[p]["step"] = torch.tensor(float(steps))
+        self.schedule.last_epoch = steps
+        for group, base, factor in zip(self.optimizer.param_groups, self.schedule.base_lrs, self.schedule.lr_lambdas):
+            group["lr"] = base * factor(steps)  # as LambdaLR computes it
+
+
+# torch.optim's names of optimizer state that harness/train/stacked_optim.py names otherwise.
+_STACKED_NAME = {"momentum_buffer": "momentum"}
 
 
 def _finite_or_none(value):
