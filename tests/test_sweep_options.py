@@ -26,6 +26,7 @@ def test_every_option_survives_the_worker_command_line(tmp_path):
         grace_seconds=7.25,
         batch_models=5,
         threads=2,
+        keep_checkpoints=True,
     )
     for field in dataclasses.fields(SweepOptions):  # the test covers every field, none at its default
         assert getattr(options, field.name) != field.default, field.name

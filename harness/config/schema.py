@@ -139,6 +139,9 @@ class TrainConfig:
     dtype: str = option("float32", choices=("float32", "float64"))
     # SPEC 4: the gradients of a kept unit are divided by its multiplicity. false: the ablation.
     divide_gradients: bool = option(True)
+    # Steps between checkpoints inside a run (harness/train/checkpoint.py), besides one every 10
+    # minutes of wall clock; null: by the clock alone. Cosmetic: a resumed run's numbers are the same.
+    checkpoint_every: int | None = option(None, check=POSITIVE, cosmetic=True)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,9 @@ SWEEP_ONLY_KEYS = ("grid", "zip", "seeds", "tune")
 
 EPILOG = """\
 Each arm of the configuration is one run, named by a hash of the configuration (cosmetic keys such
-as out, device, name and tags excluded) and the arm. Finished runs (done or diverged) are skipped.
+as out, device, name and tags excluded) and the arm. Finished runs (done or diverged) are skipped;
+an unfinished one (killed, stopped, failed) goes on from its last checkpoint, written every
+train.checkpoint_every steps and every 10 minutes into OUT/runs/<run_id>/checkpoints/.
 
 results:
   OUT/runs/<run_id>/{config.json, status.json, metrics.jsonl, summary.json}
@@ -54,6 +56,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, help="results folder (default: the config's `out`)")
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: the config's `device`; auto = cuda if present)")
     parser.add_argument("--force", action="store_true", help="run again arms whose runs are finished")
+    parser.add_argument(
+        "--keep-checkpoints", action="store_true", help="keep a finished run's last checkpoint (default: removed)"
+    )
     parser.set_defaults(handler=run)
 
 
@@ -74,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
             changes["device"] = args.device
         config = dataclasses.replace(config, **changes)
         ensure_writable(config.out)
-        for record in run_config(config, force=args.force):
+        for record in run_config(config, force=args.force, keep_checkpoints=args.keep_checkpoints):
             failed += record.status == "failed"
             print(_line(record))
         table = table_path(config.out)

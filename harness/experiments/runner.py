@@ -7,6 +7,12 @@ whose runs are already finished (done or diverged), records the rest in the stor
 result (status ``diverged``); an exception inside an experiment marks its runs ``failed`` with the
 traceback and does not escape, except a UsageError (a missing dataset, a task too small), which
 is recorded and re-raised because every other run of the configuration would meet it too.
+
+Training checkpoints into each unfinished run's folder (harness/train/checkpoint.py) and an
+unfinished run resumes from its newest sound checkpoint (``force``: from step 0). A run stopped on
+request (``preempt.Preempted``) stays ``running``, its metrics so far written: it is not finished,
+so the next run_config resumes it. A finished run's checkpoints are removed (``keep_checkpoints``:
+all but the newest).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from harness import preempt
 from harness.config import TRAINING_EXPERIMENTS, Config, flatten, run_id, to_dict
 from harness.device import pick_device
 from harness.errors import UsageError
@@ -37,7 +44,7 @@ from harness.tracking import (
     record_problem,
     write_metrics,
 )
-from harness.train import run_together
+from harness.train import checkpoint, run_together
 
 RUNNERS = {
     "width": width.run,
@@ -115,6 +122,7 @@ def run_config(
     force: bool = False,
     observers: Sequence[RunObserver] = (),
     refresh_table: bool = True,
+    keep_checkpoints: bool = False,
 ) -> list[RunRecord]:
     """Run and record the unfinished arms of ``config`` into the store at ``out`` (default config.out).
 
@@ -136,7 +144,9 @@ def run_config(
         if problem := record_problem(out, ids[arm]):
             logger.warning("%s: not finished (%s); running it again", ids[arm], problem)
     if pending:
-        records.update(_run_pending(config, out, pending, ids, device, observers, refresh_table))
+        records.update(
+            _run_pending(config, out, pending, ids, device, observers, refresh_table, force, keep_checkpoints)
+        )
     if refresh_table:
         rebuild_table(out)
     return [records[arm] for arm in ids]
@@ -148,16 +158,25 @@ def run_configs(
     *,
     observers: Sequence[RunObserver] = (),
     refresh_table: bool = True,
+    keep_checkpoints: bool = False,
 ) -> list[list[RunRecord] | Exception]:
     """``run_config`` of several (configuration, arms) at once, their compatible models trained as
     one batched model (harness/train/batched.py); each is recorded exactly as ``run_config`` records it.
 
     Returns each job's records, or the exception ``run_config`` raised for it (a UsageError, after
-    recording its runs failed); an interrupt is raised.
+    recording its runs failed); an interrupt or ``preempt.Preempted`` is raised.
     """
     results = run_together(
         [
-            functools.partial(run_config, config, out, arms=arms, observers=observers, refresh_table=False)
+            functools.partial(
+                run_config,
+                config,
+                out,
+                arms=arms,
+                observers=observers,
+                refresh_table=False,
+                keep_checkpoints=keep_checkpoints,
+            )
             for config, arms in jobs
         ]
     )
@@ -177,6 +196,8 @@ def _run_pending(
     device: torch.device,
     observers: Sequence[RunObserver],
     refresh_table: bool,
+    force: bool,
+    keep_checkpoints: bool,
 ) -> dict[str, RunRecord]:
     flat = {key: value for key, value in flatten(config).items() if key != "arms"}
     history = {arm: [] for arm in pending}
@@ -194,8 +215,18 @@ def _run_pending(
         for observer in observers:
             observer.run_logged(ids[arm], record)
 
+    def on_restore(arm: str, records: list[dict]) -> None:
+        history[arm][:] = records
+
+    runs = {arm: ids[arm] for arm in pending}
+    resume = checkpoint.Target(out, runs, config.train.checkpoint_every, resume=not force, on_restore=on_restore)
     try:
-        results = run_arms(config, pending, device=device, on_record=on_record)
+        with checkpoint.writing_to(resume):
+            results = run_arms(config, pending, device=device, on_record=on_record)
+    except preempt.Preempted:
+        for arm in pending:
+            write_metrics(out, ids[arm], history[arm])
+        raise
     except BaseException as exc:
         message = str(exc) if isinstance(exc, UsageError) else traceback.format_exc()
         records = {}
@@ -215,6 +246,7 @@ def _run_pending(
         result = results[arm]
         row = _row(config, arm, ids[arm], result.status, result.summary, device, flat)
         end_run(out, ids[arm], result.status, result.metrics, row)
+        checkpoint.discard(out, ids[arm], keep_last=keep_checkpoints)
         for observer in observers:
             observer.run_finished(ids[arm], result.status, row)
         records[arm] = RunRecord(ids[arm], arm, result.status, row)

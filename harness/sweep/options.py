@@ -23,7 +23,8 @@ class SweepOptions:
     """Where results go, the queue's storage (None: a journal in the results folder), device, W&B
     mode and project, retries of a failed run, seconds without a heartbeat before a worker is taken
     for dead, compatible jobs trained at once (None: by memory, 1: one at a time) and CPU threads
-    per worker (None: $OMP_NUM_THREADS, else the cores divided among the workers)."""
+    per worker (None: $OMP_NUM_THREADS, else the cores divided among the workers), and whether a
+    finished run keeps its last checkpoint."""
 
     out: Path
     storage: str | None = None
@@ -34,6 +35,7 @@ class SweepOptions:
     grace_seconds: float = 20.0
     batch_models: int | None = None
     threads: int | None = None
+    keep_checkpoints: bool = False
 
     @property
     def storage_url(self) -> str:
@@ -76,6 +78,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="CPU threads of each worker's torch (default: $OMP_NUM_THREADS if set, else the "
         "cores divided among the workers); 1 is often fastest for small models on shared cores",
     )
+    parser.add_argument(
+        "--keep-checkpoints", action="store_true", help="keep a finished run's last checkpoint (default: removed)"
+    )
     batching = parser.add_mutually_exclusive_group()
     batching.add_argument(
         "--batch-models",
@@ -103,6 +108,7 @@ def from_args(args: argparse.Namespace, default_out: Path, environ: Mapping[str,
         grace_seconds=args.grace,
         batch_models=args.batch_models,
         threads=args.threads,
+        keep_checkpoints=args.keep_checkpoints,
     )
 
 
@@ -127,4 +133,6 @@ def worker_command(options: SweepOptions) -> tuple[list[str], dict[str, str]]:
         argv += ["--batch-models", str(options.batch_models)]
     if options.threads is not None:
         argv += ["--threads", str(options.threads)]
+    if options.keep_checkpoints:
+        argv.append("--keep-checkpoints")
     return argv, {STORAGE_ENV: options.storage_url}

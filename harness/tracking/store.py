@@ -5,6 +5,8 @@
                       metrics.jsonl  one JSON record per evaluation (step, epoch, train_loss, ...)
                       summary.json   the run's row: identity, measured columns, flattened config
                       wandb.json     what W&B holds of the run (harness/tracking/wandb_mirror.py)
+                      checkpoints/   step-<step>.pt: at most two, while the run is unfinished
+                                     (harness/train/checkpoint.py)
     DIR/runs.parquet                 one row per run folder (any status)
 
 This module is the only one that knows this layout: every other module reads and writes a run
@@ -29,6 +31,7 @@ import shutil
 import socket
 import tempfile
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -76,6 +79,14 @@ def wandb_state_path(out: str | Path, run_id: str) -> Path:
     return run_dir(out, run_id) / "wandb.json"
 
 
+def checkpoint_dir(out: str | Path, run_id: str) -> Path:
+    return run_dir(out, run_id) / "checkpoints"
+
+
+def checkpoint_path(out: str | Path, run_id: str, step: int) -> Path:
+    return checkpoint_dir(out, run_id) / f"step-{step:09d}.pt"
+
+
 def is_results_folder(out: str | Path) -> bool:
     return runs_dir(out).is_dir()
 
@@ -87,10 +98,15 @@ def run_ids(out: str | Path) -> list[str]:
 
 def write_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a uniquely named temporary file and os.replace."""
+    write_atomic_with(path, lambda tmp: tmp.write_text(text))
+
+
+def write_atomic_with(path: Path, write: Callable[[Path], object]) -> None:
+    """``write(tmp)`` to a uniquely named temporary file beside ``path``, then os.replace it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        tmp.write_text(text)
+        write(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -3,7 +3,7 @@
 ``train_together(calls)`` does what ``train_side_by_side`` (harness/train/loop.py) does for each
 call, for all of them in lockstep (the loop's ``run_steps``, with stacks as its steppers): the arms
 whose MLPs share layer shapes, dtype, device, the training settings other than the learning rate
-and the batch size are stacked
+(and the checkpoint interval) and the batch size are stacked
 (harness/train/stacked.py; on a CPU in stacks of at most CPU_STACK_BYTES of activations, unless
 the fused kernels keep none) and take each step together through one batched forward and backward
 pass and one vectorised optimizer update (harness/train/stacked_optim.py) with each model's own
@@ -35,7 +35,7 @@ import torch
 from harness.device import one_cpu_thread
 from harness.models import MLP
 from harness.train import handoff
-from harness.train.loop import Arm, SideBySide, run_steps, train_one_by_one
+from harness.train.loop import Arm, SideBySide, restore, run_steps, train_one_by_one
 from harness.train.optim import schedule_factor
 from harness.train.stacked import StackedMLP, shape_of
 from harness.train.stacked_optim import StackedOptimizer
@@ -61,12 +61,13 @@ def train_together(calls: Sequence[SideBySide]) -> None:
     """Every call's arms trained as ``train_side_by_side`` would, the compatible ones stacked.
 
     Calls with a model other than an MLP run one after another through the loop; the others are
-    trained in lockstep, one lockstep per (steps, eval_every).
+    trained in lockstep, one lockstep per (steps, eval_every, step resumed from).
     """
-    lockstep: dict[tuple[int, int], list[SideBySide]] = {}
+    lockstep: dict[tuple[int, int, int], list[SideBySide]] = {}
     for call in calls:
         if all(type(arm.model) is MLP for arm in call.arms):
-            lockstep.setdefault((call.steps, call.train.eval_every), []).append(call)
+            restore(call)
+            lockstep.setdefault((call.steps, call.train.eval_every, call.start), []).append(call)
         else:
             train_one_by_one(call)
     for group in lockstep.values():
@@ -140,6 +141,37 @@ class _Stack:
         self.optimizer.keep(rows, [self.model.flat])
         self.lrs, self.source = self.lrs[rows], self.source[rows]
 
+    def optimizer_state(self, arm: Arm) -> dict:
+        """Row ``arm`` of the flat state, cut into one tensor per parameter of ``arm.model``."""
+        row = next(i for i, (_, member) in enumerate(self.members) if member is arm)
+        state = {name: _per_parameter(value[row], arm.model) for name, value in self.optimizer.state[0].items()}
+        return {"steps": self.optimizer.steps, "state": state}
+
+    def load_optimizer_states(self, states: list[dict]) -> None:
+        self.optimizer.steps = states[0]["steps"]
+        self.optimizer.state = [
+            {
+                name: torch.stack([_flat(s["state"][name]) for s in states]).to(self.model.flat)
+                for name in states[0]["state"]
+            }
+        ]
+
+
+def _per_parameter(row: torch.Tensor, model: MLP) -> list[torch.Tensor]:
+    """A row of a stack's flat state as one tensor per parameter of ``model``, in its shape (the
+    row holds every weight matrix transposed, then every bias, as StackedMLP lays out ``flat``)."""
+    tensors, start = [], 0
+    for parameter in model.parameters():  # weights, then biases
+        chunk = row[start : start + parameter.numel()]
+        start += parameter.numel()
+        tensors.append(chunk.view(parameter.shape[::-1]).T.clone() if parameter.dim() == 2 else chunk.clone())
+    return tensors
+
+
+def _flat(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """``_per_parameter`` undone."""
+    return torch.cat([(t.T if t.dim() == 2 else t).reshape(-1) for t in tensors])
+
 
 def _stack_padded(tensors: list[torch.Tensor]) -> torch.Tensor:
     """(U, n_max, ...) with zero rows after each tensor's own (never drawn: rows < its n)."""
@@ -174,7 +206,12 @@ def _batch_rows(call: SideBySide, arm: Arm) -> int:
 
 
 def _stacking_key(call: SideBySide, arm: Arm) -> tuple:
-    return shape_of(arm.model), dataclasses.replace(call.train, lr=1.0), _batch_rows(call, arm), call.loss_fn
+    return (
+        shape_of(arm.model),
+        dataclasses.replace(call.train, lr=1.0, checkpoint_every=None),
+        _batch_rows(call, arm),
+        call.loss_fn,
+    )
 
 
 def _train_stacked(calls: list[SideBySide]) -> None:
@@ -183,7 +220,8 @@ def _train_stacked(calls: list[SideBySide]) -> None:
     keyed: dict[tuple, list[tuple[SideBySide, Arm]]] = {}
     for call in calls:
         for arm in call.arms:
-            keyed.setdefault(_stacking_key(call, arm), []).append((call, arm))
+            if arm.status == "running":  # a resumed call's diverged arms stay out
+                keyed.setdefault(_stacking_key(call, arm), []).append((call, arm))
     stacks = [_Stack(part) for members in keyed.values() for part in _stack_parts(members)]
     # Stacks that train through the fused kernels (single-threaded) are left with small
     # elementwise ops, which a second torch thread slows down (harness/device.py, one_cpu_thread).

@@ -8,11 +8,15 @@ training sets). An arm whose training loss turns NaN/inf at an evaluation stops 
 its own torch.optim optimizer (``train_one_by_one``); inside, the call is handed over
 (harness/train/handoff.py) and trained with the other tasks' calls, same-shape MLPs stacked
 (harness/train/batched.py). Both paths run ``run_steps``: the step loop, evaluation cadence,
-learning rate recorded, divergence, time accounting and final statuses are this module's.
+learning rate recorded, divergence, time accounting and final statuses are this module's, and so
+are checkpoints (harness/train/checkpoint.py): a call made inside ``checkpoint.writing_to``
+resumes from its newest sound checkpoint and writes new ones when due; on ``preempt.stop_requested``
+every call writes one after the step and ``preempt.Preempted`` is raised.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -23,8 +27,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from harness import preempt
 from harness.config import TrainConfig
-from harness.train import handoff
+from harness.train import checkpoint, handoff
 from harness.train.losses import LossFn
 from harness.train.optim import make_optimizer, make_schedule, schedule_factor
 from harness.train.sampling import BatchSampler
@@ -52,6 +57,7 @@ class Arm:
 # Given the arms still running, one record per arm name with at least train_loss and test_loss.
 Evaluate = Callable[[list[Arm]], dict[str, dict]]
 OnRecord = Callable[[str, dict], None]
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -66,6 +72,13 @@ class SideBySide:
     epoch_size: int
     on_record: OnRecord | None = None
     description: str = ""
+    checkpoints: checkpoint.Checkpoints | None = None
+    resume: dict | None = None  # the checkpoint it goes on from (``restore`` applies it)
+
+    @property
+    def start(self) -> int:
+        """The step it goes on from: 0, or its checkpoint's."""
+        return self.resume["step"] if self.resume is not None else 0
 
     def record(self, step: int) -> None:
         """Evaluate the running arms after ``step`` steps and append one record each (step, epoch,
@@ -106,6 +119,15 @@ class Stepper(Protocol):
     def drop_diverged(self) -> None:
         """Forget the arms marked diverged at the evaluation just made."""
 
+    def optimizer_state(self, arm: Arm) -> dict:
+        """One of its running arms' optimizer state, as either kind of stepper reads it:
+        {"steps": updates taken, "state": {name: one tensor per parameter of ``arm.model``}}, the
+        names those of harness/train/stacked_optim.py (so a run checkpointed in a stack can go
+        on alone, and the other way round)."""
+
+    def load_optimizer_states(self, states: list[dict]) -> None:
+        """Go on from ``optimizer_state`` of each of its arms, in the order of ``arms``."""
+
 
 def train_side_by_side(
     arms: list[Arm],
@@ -125,6 +147,9 @@ def train_side_by_side(
     the other tasks' calls (harness/train/batched.py says how closely those records match these).
     """
     call = SideBySide(arms, train, steps, loss_fn, evaluate, epoch_size, on_record, description)
+    if (target := checkpoint.current()) is not None:
+        call.checkpoints = checkpoint.Checkpoints(target)
+        call.resume = call.checkpoints.latest(lambda state: _misfit(call, state))
     if handoff.current() is None:
         train_one_by_one(call)
     else:
@@ -133,16 +158,33 @@ def train_side_by_side(
 
 def train_one_by_one(call: SideBySide) -> None:
     """The call's arms, each stepped through its own torch.optim optimizer and schedule."""
+    restore(call)
     run_steps([call], [_OneArm(arm, call) for arm in call.arms], call.description)
+
+
+def restore(call: SideBySide) -> None:
+    """Put the call's arms (models, samplers, records, statuses, seconds) and the global RNGs back
+    as its checkpoint has them, before its steppers are made."""
+    state = call.resume
+    if state is None:
+        return
+    for arm in call.arms:
+        saved = state["arms"][arm.name]
+        arm.model.load_state_dict(saved["model"])
+        arm.sampler.load_state(saved["sampler"])
+        arm.status, arm.history, arm.seconds = saved["status"], saved["history"], saved["seconds"]
+        call.checkpoints.restored(arm.name, arm.history)
+    checkpoint.set_rng_state(state["rng"])
 
 
 def run_steps(calls: Sequence[SideBySide], steppers: Sequence[Stepper], description: str) -> None:
     """The step loop of calls with one number of steps and evaluation interval, their arms stepped by
     ``steppers``: each sampler drawn once per step (arms sharing one see one batch), each stepper's
-    time shared equally among its arms, evaluations at step 0, every ``eval_every`` and the last."""
-    steps, eval_every = calls[0].steps, calls[0].train.eval_every
-    if any((call.steps, call.train.eval_every) != (steps, eval_every) for call in calls):
-        raise ValueError("run_steps: the calls must share steps and train.eval_every")
+    time shared equally among its arms, evaluations at step 0, every ``eval_every`` and the last.
+    Calls restored from a checkpoint (all at one step) go on from there."""
+    steps, eval_every, resumed_at = calls[0].steps, calls[0].train.eval_every, calls[0].start
+    if any((call.steps, call.train.eval_every, call.start) != (steps, eval_every, resumed_at) for call in calls):
+        raise ValueError("run_steps: the calls must share steps, train.eval_every and their start")
 
     def record(step: int) -> None:
         for call in calls:
@@ -150,8 +192,12 @@ def run_steps(calls: Sequence[SideBySide], steppers: Sequence[Stepper], descript
         for stepper in steppers:
             stepper.drop_diverged()
 
-    record(0)
-    for step in tqdm(range(1, steps + 1), desc=description, disable=None, leave=False, mininterval=1.0):
+    if resumed_at == 0:
+        record(0)
+    else:
+        _load_optimizers(calls, steppers)
+    steps_left = range(resumed_at + 1, steps + 1)
+    for step in tqdm(steps_left, desc=description, disable=None, leave=False, mininterval=1.0, initial=resumed_at):
         live = [stepper for stepper in steppers if stepper.arms]
         if not live:
             break
@@ -171,10 +217,61 @@ def run_steps(calls: Sequence[SideBySide], steppers: Sequence[Stepper], descript
                 arm.seconds += share
         if step % eval_every == 0 or step == steps:
             record(step)
+        if step < steps:
+            _checkpoint(calls, steppers, step)
     for call in calls:
         for arm in call.arms:
             if arm.status == "running":
                 arm.status = "done"
+
+
+def _checkpoint(calls: Sequence[SideBySide], steppers: Sequence[Stepper], step: int) -> None:
+    """Write the checkpoints due after ``step``; on a stop request, every call's, then stop."""
+    stop = preempt.stop_requested()
+    due = [call for call in calls if call.checkpoints is not None and (stop or call.checkpoints.due(step))]
+    holders = {id(arm): stepper for stepper in steppers for arm in stepper.arms} if due else {}
+    for call in due:
+        call.checkpoints.write(_state(call, step, holders))
+    if stop:
+        raise preempt.Preempted(f"stopped after step {step} of {calls[0].steps}: {preempt.stop_reason()}")
+
+
+def _state(call: SideBySide, step: int, holders: dict[int, Stepper]) -> dict:
+    """What ``restore`` and ``_load_optimizers`` need to go on after ``step`` (tensors copied out of
+    any stack, so that each holds its own values only)."""
+    arms = {
+        arm.name: {
+            "model": {key: value.detach().clone() for key, value in arm.model.state_dict().items()},
+            "sampler": arm.sampler.state(),
+            "status": arm.status,
+            "history": list(arm.history),
+            "seconds": arm.seconds,
+            "optimizer": holders[id(arm)].optimizer_state(arm) if id(arm) in holders else None,
+        }
+        for arm in call.arms
+    }
+    return {"step": step, "steps": call.steps, "arms": arms, "rng": checkpoint.rng_state()}
+
+
+def _load_optimizers(calls: Sequence[SideBySide], steppers: Sequence[Stepper]) -> None:
+    saved = {id(arm): call.resume["arms"][arm.name]["optimizer"] for call in calls for arm in call.arms}
+    for stepper in steppers:
+        if stepper.arms:
+            stepper.load_optimizer_states([saved[id(arm)] for arm in stepper.arms])
+
+
+def _misfit(call: SideBySide, state: dict) -> str | None:
+    """Why a checkpoint cannot resume ``call`` (another length, arms or model shapes), or None."""
+    if state.get("steps") != call.steps or not 0 < state.get("step", 0) < call.steps:
+        return f"step {state.get('step')} of {state.get('steps')}, not of {call.steps}"
+    saved = state.get("arms", {})
+    for arm in call.arms:
+        if arm.name not in saved:
+            return f"has no arm {arm.name}"
+        shapes = {key: tuple(value.shape) for key, value in saved[arm.name]["model"].items()}
+        if shapes != {key: tuple(value.shape) for key, value in arm.model.state_dict().items()}:
+            return f"arm {arm.name}'s model has other shapes"
+    return None
 
 
 class _OneArm:
@@ -207,6 +304,29 @@ class _OneArm:
 
     def drop_diverged(self) -> None:
         """Nothing to drop: ``arms`` is empty once the arm has diverged."""
+
+    def optimizer_state(self, arm: Arm) -> dict:
+        per_parameter = [self.optimizer.state[p] for p in self.optimizer.param_groups[0]["params"]]
+        names = [name for name in per_parameter[0] if name != "step"]
+        state = {_STACKED_NAME.get(name, name): [s[name].clone() for s in per_parameter] for name in names}
+        return {"steps": self.schedule.last_epoch, "state": state}
+
+    def load_optimizer_states(self, states: list[dict]) -> None:
+        """torch.optim's state after ``steps`` updates, and the schedule's learning rate then."""
+        ((steps, state),) = [(s["steps"], s["state"]) for s in states]
+        torch_name = {stacked: name for name, stacked in _STACKED_NAME.items()}
+        counted = type(self.optimizer).__name__ != "SGD"  # the others count their updates in state["step"]
+        for i, p in enumerate(self.optimizer.param_groups[0]["params"]):
+            self.optimizer.state[p] = {torch_name.get(name, name): tensors[i].to(p) for name, tensors in state.items()}
+            if counted:
+                self.optimizer.state[p]["step"] = torch.tensor(float(steps))
+        self.schedule.last_epoch = steps
+        for group, base, factor in zip(self.optimizer.param_groups, self.schedule.base_lrs, self.schedule.lr_lambdas):
+            group["lr"] = base * factor(steps)  # as LambdaLR computes it
+
+
+# torch.optim's names of optimizer state that harness/train/stacked_optim.py names otherwise.
+_STACKED_NAME = {"momentum_buffer": "momentum"}
 
 
 def _finite_or_none(value):

@@ -44,6 +44,15 @@ class BatchSampler:
             else torch.full((batch_size,), 1.0 / batch_size, dtype=torch.float64, device=self.device)
         )
 
+    def state(self) -> dict:
+        """Where it is: its generator's state and what is left of the current epoch."""
+        return {"generator": self.generator.get_state(), "order": self._order.clone()}
+
+    def load_state(self, state: dict) -> None:
+        """Go on from ``state()``."""
+        self.generator.set_state(state["generator"])
+        self._order = state["order"].clone()
+
     def next(self) -> tuple[torch.Tensor | None, torch.Tensor]:
         """(indices on the device or None for the full set, loss weights (float64) summing to 1)."""
         if self.batch_size is None:

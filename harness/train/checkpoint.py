@@ -1,0 +1,197 @@
+"""Checkpoints inside a run: where they go, when they are due, and which one a run resumes from.
+
+The training loop (harness/train/loop.py) builds a checkpoint's content: the state of every arm
+of one ``train_side_by_side`` call (parameters and multiplicities, optimizer and schedule state,
+sampler, records so far, status, seconds), the step and the global RNG states. This module writes
+it into the checkpoint folder of each run of the call (the store's ``checkpoint_dir``), whole or
+not at all (a temporary name, then os.replace); keeps the newest ``KEPT``; and reads back the
+newest one that loads and fits the call. A file is one header line (``HEADER``, the format
+version, the SHA-256 of the rest) and torch.save's bytes of the content, which names its run: a
+file cut short, with a changed byte (which torch.load alone may not notice in tensor data), of
+another format (never unpickled), of another run or that does not fit is reported in one
+warning line and deleted, and the next older one is tried: a run resumes from a sound checkpoint
+or from step 0.
+
+Optimizer states are kept per arm and per parameter, under harness/train/stacked_optim.py's
+names, so either path reads them: a run checkpointed in a batched stack can go on alone (one at a
+time through torch.optim) and the other way round, its numbers then within the two paths'
+agreement (harness/train/batched.py) rather than bit for bit.
+
+The runner says where a call's checkpoints go by running it inside ``writing_to(Target(...))``;
+a call made outside one (``run_arms`` in memory) writes none.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import hashlib
+import io
+import logging
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from harness.tracking.store import checkpoint_dir, checkpoint_path, write_atomic_with
+
+HEADER = b"polyscale-checkpoint"
+FORMAT = 1  # raise it when the content changes: older files are then skipped, never misread
+KEPT = 2  # checkpoints kept per run: the newest may be cut short by a kill, the one before is whole
+DEFAULT_SECONDS = 600.0  # wall-clock interval: short runs write none
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Target:
+    """Where one call's checkpoints go: the results folder and the run id of each recorded arm
+    (an arm trained only as another's reference has none: its state travels in theirs)."""
+
+    out: Path
+    runs: dict[str, str]
+    every: int | None = None  # steps between checkpoints (train.checkpoint_every); None: by the clock alone
+    seconds: float = DEFAULT_SECONDS
+    resume: bool = True  # False: start from step 0 and forget the run's old checkpoints
+    on_restore: Callable[[str, list[dict]], None] | None = None  # (arm, its records so far) on a resume
+
+
+_target: contextvars.ContextVar[Target | None] = contextvars.ContextVar("checkpoint_target", default=None)
+
+
+@contextlib.contextmanager
+def writing_to(target: Target) -> Iterator[None]:
+    """Training calls made inside (in this thread) checkpoint into ``target``."""
+    token = _target.set(target)
+    try:
+        yield
+    finally:
+        _target.reset(token)
+
+
+def current() -> Target | None:
+    return _target.get()
+
+
+class Checkpoints:
+    """One call's checkpoints: due by steps or by the clock, written to every run, read back."""
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self.written = time.monotonic()
+        if not target.resume:
+            for run_id in target.runs.values():
+                discard(target.out, run_id)
+
+    def due(self, step: int) -> bool:
+        every = self.target.every
+        return bool(every and step % every == 0) or time.monotonic() - self.written >= self.target.seconds
+
+    def write(self, state: dict) -> None:
+        """``state`` (with its ``step``) into each run's folder; older ones beyond KEPT removed.
+
+        A file that cannot be written (a full disk) is reported and training goes on: the run
+        then resumes from an older checkpoint, or from step 0.
+        """
+        for run_id in self.target.runs.values():
+            path = checkpoint_path(self.target.out, run_id, state["step"])
+            data = _encode({"run_id": run_id, **state})
+            try:
+                write_atomic_with(path, lambda tmp, data=data: tmp.write_bytes(data))
+            except OSError as exc:
+                logger.warning("%s: checkpoint not written (%s); training goes on", path, exc.strerror or exc)
+                continue
+            for old in _files(self.target.out, run_id)[KEPT:]:
+                old.unlink(missing_ok=True)
+        self.written = time.monotonic()
+
+    def latest(self, problem: Callable[[dict], str | None]) -> dict | None:
+        """The newest checkpoint of any of the runs for which ``problem`` finds nothing wrong, or None."""
+        if not self.target.resume:
+            return None
+        candidates = [path for run_id in self.target.runs.values() for path in _files(self.target.out, run_id)]
+        for path in sorted(candidates, key=_step_of, reverse=True):
+            state, why = _load(path, path.parent.parent.name)
+            why = why or problem(state)
+            if why is None:
+                return state
+            logger.warning("%s: %s; trying an older checkpoint or step 0", path, why)
+            path.unlink(missing_ok=True)
+        return None
+
+    def restored(self, arm: str, history: list[dict]) -> None:
+        """Tell the runner what a recorded arm's records were at the checkpoint resumed from."""
+        if self.target.on_restore is not None and arm in self.target.runs:
+            self.target.on_restore(arm, history)
+
+
+def discard(out: Path, run_id: str, keep_last: bool = False) -> None:
+    """Remove a run's checkpoints (``keep_last``: all but the newest)."""
+    if keep_last:
+        for old in _files(out, run_id)[1:]:
+            old.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(checkpoint_dir(out, run_id), ignore_errors=True)
+
+
+def rng_state() -> dict:
+    """torch's and numpy's global generators (numpy's as plain data, so the file loads weights-only)."""
+    numpy = np.random.get_state(legacy=False)
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": {**numpy, "state": {**numpy["state"], "key": numpy["state"]["key"].tolist()}},
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    numpy = state["numpy"]
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(
+        {**numpy, "state": {**numpy["state"], "key": np.asarray(numpy["state"]["key"], dtype=np.uint32)}}
+    )
+
+
+def _files(out: Path, run_id: str) -> list[Path]:
+    """The run's checkpoint files, newest step first."""
+    return sorted(checkpoint_dir(out, run_id).glob("step-*.pt"), key=_step_of, reverse=True)
+
+
+def _step_of(path: Path) -> int:
+    try:
+        return int(path.stem.removeprefix("step-"))
+    except ValueError:
+        return -1
+
+
+def _encode(content: dict) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(content, buffer)
+    payload = buffer.getvalue()
+    return b"%s %d %s\n" % (HEADER, FORMAT, hashlib.sha256(payload).hexdigest().encode()) + payload
+
+
+def _load(path: Path, run_id: str) -> tuple[dict, str | None]:
+    """(the checkpoint, None) or ({}, what is wrong with it: unreadable, another format or run)."""
+    try:
+        header, _, payload = path.read_bytes().partition(b"\n")
+    except OSError as exc:
+        return {}, f"cannot be read ({exc.strerror or exc})"
+    fields = header.split(b" ")
+    if len(fields) != 3 or fields[0] != HEADER:
+        return {}, "is not a polyscale checkpoint"
+    if fields[1] != str(FORMAT).encode():
+        return {}, f"has format {fields[1].decode(errors='replace')}, not {FORMAT}"
+    if hashlib.sha256(payload).hexdigest().encode() != fields[2]:
+        return {}, "is damaged (cut short or changed: its checksum does not match)"
+    try:
+        state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    except Exception as exc:  # a file that passed its checksum yet fails in pickle, zip or torch code
+        return {}, f"does not load ({type(exc).__name__}: {exc})".splitlines()[0]
+    if not isinstance(state, dict):
+        return {}, "holds no checkpoint"
+    if state.get("run_id") != run_id:
+        return {}, f"written for run {state.get('run_id')!r}"
+    return state, None
