@@ -177,8 +177,9 @@ def run_sweep(args: argparse.Namespace) -> int:
 
 
 def run_worker(args: argparse.Namespace) -> int:
+    from harness import preempt
     from harness.sweep.queue import RunQueue
-    from harness.sweep.worker import work
+    from harness.sweep.worker import HeldClaims, stop_now, work
     from harness.tracking.store import ensure_writable
 
     _check_counts(args)
@@ -193,11 +194,15 @@ def run_worker(args: argparse.Namespace) -> int:
         grace_seconds=options.grace_seconds,
         results_at=f"{socket.gethostname()}:{options.out.resolve()}",
     )
+    held = HeldClaims(queue)
+    parent = os.environ.get(preempt.PARENT_ENV, "")
+    preempt.stop_on_signals(lambda: stop_now(held, quiet=args.quiet), int(parent) if parent.isdigit() else None)
     try:
-        tally = work(queue, options)
-    except KeyboardInterrupt:
-        print(f"worker on {args.sweep}: interrupted; its job goes back to the queue", file=sys.stderr)
-        return 130
+        tally = work(queue, options, held)
+    except preempt.Preempted as exc:
+        if not args.quiet:  # a coordinator's workers: the coordinator says it once
+            print(f"worker on {args.sweep}: {exc}; its jobs went back to the queue", file=sys.stderr)
+        return preempt.exit_code()
     if not args.quiet:
         print(
             f"worker done on {redact(storage)} / {args.sweep}: "
@@ -207,7 +212,7 @@ def run_worker(args: argparse.Namespace) -> int:
 
 
 def run_status(args: argparse.Namespace) -> int:
-    from harness.tracking.store import is_results_folder, read_status, run_error, run_ids
+    from harness.tracking.store import is_alive, is_results_folder, read_status, run_error, run_ids
 
     if args.results is None and not ((args.storage or os.environ.get(STORAGE_ENV)) and args.sweep):
         raise UsageError("give a RESULTS folder, or --storage URL and --sweep NAME")
@@ -218,6 +223,9 @@ def run_status(args: argparse.Namespace) -> int:
         expected = [r["run_id"] for r in json.loads(manifest.read_text())["runs"]] if manifest.exists() else None
         ids = expected or run_ids(args.results)
         statuses = {rid: read_status(args.results, rid) or "not started" for rid in ids}
+        for rid in [rid for rid, status in statuses.items() if status == "running"]:
+            if is_alive(args.results, rid) is False:
+                statuses[rid] = "interrupted"  # its process is gone: the next run resumes it
         counts = Counter(statuses.values())
         print(f"{args.results}: {len(ids)} runs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
         for rid, status in sorted(statuses.items()):

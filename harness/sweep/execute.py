@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from harness.config import Config, canonical
@@ -19,18 +20,23 @@ def job_id(config: Config) -> str:
     return f"{config.experiment}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
 
-def execute_job(config: Config, arms: list[str], out: Path, device: str) -> dict[str, str]:
+def execute_job(
+    config: Config, arms: list[str], out: Path, device: str, may_record: Callable[[str], bool] | None = None
+) -> dict[str, str]:
     """Run the given arms of one configuration into the store; return each run id's status.
 
-    Arms already finished in the store are skipped by ``run_config`` (a run never runs twice).
+    Arms already finished in the store are skipped by ``run_config`` (a run never runs twice); a
+    run that ``may_record`` refuses is not recorded (status ``lost``).
     """
     config = dataclasses.replace(config, device=device, out=str(out))
-    return {record.run_id: record.status for record in run_config(config, out, arms=arms)}
+    return {record.run_id: record.status for record in run_config(config, out, arms=arms, may_record=may_record)}
 
 
-def execute_jobs(jobs: list[tuple[Config, list[str]]], out: Path, device: str) -> list[dict[str, str] | Exception]:
+def execute_jobs(
+    jobs: list[tuple[Config, list[str]]], out: Path, device: str, may_record: Callable[[str], bool] | None = None
+) -> list[dict[str, str] | Exception]:
     """``execute_job`` of several configurations, their compatible models trained as one batched
     model; each job's statuses, or the exception that stopped it (its runs are recorded failed)."""
     jobs = [(dataclasses.replace(config, device=device, out=str(out)), arms) for config, arms in jobs]
-    results = run_configs(jobs, out)
+    results = run_configs(jobs, out, may_record=may_record)
     return [result if isinstance(result, Exception) else {r.run_id: r.status for r in result} for result in results]

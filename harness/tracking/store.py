@@ -160,6 +160,26 @@ def record_problem(out: str | Path, run_id: str) -> str | None:
     return None
 
 
+def is_alive(out: str | Path, run_id: str) -> bool | None:
+    """Whether a ``running`` run's process still exists: its status.json names this host and a pid
+    that is alive (a pid reused since by another process reads as alive). False for a run that is
+    not running, or whose process is gone (killed, stopped: it resumes when run again); None when
+    another host runs it, which this one cannot tell."""
+    record = _read_object(status_path(out, run_id)) or {}
+    if record.get("status") != "running":
+        return False
+    pid = record.get("pid")
+    if record.get("host") != socket.gethostname() or not isinstance(pid, int):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def error_line(error: str | None) -> str:
     """The line that says what went wrong: the last non-empty line of an error (of a traceback, the
     exception and its message); "" for none."""
