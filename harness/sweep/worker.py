@@ -106,11 +106,11 @@ def work(queue: RunQueue, options: SweepOptions, held: HeldClaims | None = None)
         except preempt.Preempted:
             if preempt.signalled():
                 raise
-            preempt.clear()  # only a lost claim stopped the training: the others went back; go on
-            continue
+            continue  # only a lost claim stopped the training: the others went back; go on
         finally:
             for claimed in claims:
                 held.let_go(claimed)
+            preempt.clear()  # a lost claim's request ends with its job (a signal's stays)
         for outcome in outcomes:
             tally[outcome] = tally.get(outcome, 0) + 1
 
