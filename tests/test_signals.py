@@ -187,7 +187,7 @@ def test_workers_of_a_sweep_killed_with_9_hand_their_jobs_back_and_exit(tmp_path
     sweep = polyscale("sweep", str(spec), "--workers", "2", "--no-batch", cwd=tmp_path, background=True)
     wait_for(lambda: len(training_pids(results)) == 2)
     workers = training_pids(results)
-    sweep.kill()  # the coordinator alone: its workers are in a session of their own
+    sweep.kill()  # the coordinator alone, not its process group
     sweep.communicate(timeout=60)
     wait_for(lambda: not any(alive(pid) for pid in workers), timeout=120)
     assert queue_counts(results, name) == Counter(preempted=2, waiting=2)

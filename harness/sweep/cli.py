@@ -30,6 +30,11 @@ values. Every trial is kept in RESULTS/tune/ (runs.parquet, best.json). For exam
     trials: 20
     per: [task.n_train]        # one search per value (default: per grid/zip cell)
 
+Stopping: Ctrl-C, SIGTERM or SIGUSR1 (Slurm's --signal) are passed on to the workers, which
+checkpoint their runs and hand them back to the queue; the sweep then exits 75 (130 after Ctrl-C)
+and the same command resumes. A worker that has not stopped $POLYSCALE_STOP_SECONDS (default 20)
+after the signal hands its runs back unfinished and exits anyway; a second Ctrl-C does so at once.
+
 examples:
   polyscale sweep sweeps/smoke.yaml --dry-run           # the table of runs, nothing runs
   polyscale sweep sweeps/smoke.yaml --workers 2         # results/smoke/, W&B offline
@@ -42,7 +47,12 @@ A worker claims one job at a time (a configuration with its arms, or several com
 trained as one batched model), runs it into --out and claims the next, until nothing is waiting
 or running in the queue. Any number of workers on any machines that reach the same --storage can
 share a sweep; `polyscale sweep` fills the queue. A worker whose heartbeat stops for --grace
-seconds is taken for dead and its job is queued again.
+seconds is taken for dead and its job is queued again (if it was only paused, it finds out when it
+resumes and drops that job: each run is recorded once).
+
+exit status: 0 when the queue is drained; 75 (EX_TEMPFAIL: preempted, run again to resume) after
+SIGTERM or SIGUSR1, once its runs are checkpointed and handed back to the queue; 130 after Ctrl-C.
+It stops at the latest $POLYSCALE_STOP_SECONDS (default 20) after the signal, or at a second Ctrl-C.
 
 examples:
   polyscale sweep sweeps/e4.yaml --storage postgresql://user@db-host/polyscale   # machine A

@@ -119,9 +119,7 @@ def start_workers(sweep_name: str, options: SweepOptions, workers: int) -> list[
         env = {**os.environ, **env, "OMP_NUM_THREADS": str(threads), "WANDB_SILENT": "true"}
         env[preempt.PARENT_ENV] = str(os.getpid())  # a worker stops when its coordinator is gone
         command = [sys.executable, "-m", "harness.cli", "worker", "--sweep", sweep_name, "--quiet", *argv]
-        # In a session of their own, workers get signals only from their coordinator (Ctrl-C in a
-        # terminal reaches the foreground process group), exactly once.
-        processes.append(subprocess.Popen(command, env=env, start_new_session=True))
+        processes.append(subprocess.Popen(command, env=env))
     return processes
 
 
@@ -164,7 +162,8 @@ def watch(sweep: Sweep, out: Path, workers: list[subprocess.Popen], before: dict
 @contextmanager
 def in_care(workers: list[subprocess.Popen]) -> Iterator[list[str]]:
     """While the block runs, a stop signal (SIGTERM, SIGUSR1, Ctrl-C) is forwarded to the workers
-    and named in the yielded list; after the first, workers still there once their own deadline
+    (a signal sent to the whole process group reaches them twice: they stop once) and named in the
+    yielded list; after the first, workers still there once their own deadline
     (harness/preempt.py) and a margin have passed are killed. On leaving, no worker is left running:
     the rest are stopped the same way."""
     names: list[str] = []
@@ -175,7 +174,9 @@ def in_care(workers: list[subprocess.Popen]) -> Iterator[list[str]]:
         preempt.received(names[-1])
         for worker in workers:
             if worker.poll() is None:
-                worker.send_signal(signum)
+                # Ctrl-C in a terminal reaches the workers too (one process group); passed on as
+                # SIGTERM, it is not a second Ctrl-C (which means: stop now).
+                worker.send_signal(signal.SIGTERM if signum == signal.SIGINT else signum)
         first.set()
 
     def reap() -> None:

@@ -97,6 +97,9 @@ def work(queue: RunQueue, options: SweepOptions, held: HeldClaims | None = None)
         if options.batch_models != 1:
             claims += claim_compatible(queue, claim, batch_limit(options.batch_models, claim, options.device))
             held.hold(claims)
+        if preempt.signalled():  # came while claiming: nothing has started, hand the claims back
+            held.release_all()
+            continue
         try:
             outcomes = (
                 [run_claim(queue, claim, options, held)]
