@@ -156,8 +156,7 @@ class RunQueue:
         return True
 
     def finish(self, claim: Claim, outcome: str, error: str | None = None) -> None:
-        """Close a claimed run with its outcome: done, diverged or skipped (COMPLETE), failed or
-        interrupted (FAIL).
+        """Close a claimed run with its outcome: done, diverged or skipped (COMPLETE), failed (FAIL).
 
         If the trial was meanwhile taken as stale (a long stall), it is left as it is: the result
         is in the store, and whoever claims the re-queued run finds it done there.
