@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from harness import preempt
+from harness.config import run_id as run_id_of
 from harness.config.sweep_spec import load_sweep
 from harness.sweep.launch import jobs
 from harness.sweep.queue import RunQueue
@@ -118,6 +119,20 @@ def test_is_alive_tells_a_running_run_with_a_live_process_from_a_dead_or_finishe
         write_json(tmp_path / "runs" / run_id / "status.json", {"status": status, "host": host, "pid": pid})
     assert {run_id: is_alive(tmp_path, run_id) for run_id in cases} == {k: v[3] for k, v in cases.items()}
     assert is_alive(tmp_path, "never-started") is False
+
+
+def test_a_run_that_may_not_be_recorded_leaves_no_result_and_the_others_are_recorded(tmp_path):
+    from harness.experiments.runner import run_config
+    from harness.tracking.store import read_status, summary_path
+
+    config = load_sweep(write_spec(tmp_path, "hook", steps=20, sizes=(96,), seeds=1)).runs[0].config
+    kept, dropped = (run_id_of(config, arm) for arm in config.arm_names)
+    asked = []
+    records = run_config(config, tmp_path / "out", may_record=lambda rid: asked.append(rid) or rid != dropped)
+    assert sorted(asked) == sorted([kept, dropped])
+    assert {r.run_id: r.status for r in records} == {kept: "done", dropped: "lost"}
+    assert read_status(tmp_path / "out", kept) == "done"
+    assert read_status(tmp_path / "out", dropped) == "running" and not summary_path(tmp_path / "out", dropped).exists()
 
 
 def test_sigusr1_makes_a_worker_hand_its_job_back_and_exit_75_and_the_rerun_completes_it(tmp_path, monkeypatch):
