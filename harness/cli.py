@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"polyscale {args.command}: {exc}", file=sys.stderr)
         return preempt.exit_code()
     except KeyboardInterrupt:
-        print(f"polyscale {args.command}: interrupted", file=sys.stderr)
+        if not getattr(args, "quiet", False):  # a sweep's worker: its coordinator says it once
+            print(f"polyscale {args.command}: interrupted", file=sys.stderr)
         return preempt.EXIT_INTERRUPTED
 
 

@@ -75,7 +75,7 @@ def hooked(tmp_path, monkeypatch):
     (tmp_path / "hook").mkdir()
     (tmp_path / "hook" / "sitecustomize.py").write_text(HOOK)
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path / "hook"), os.environ.get("PYTHONPATH", "")]))
-    monkeypatch.setenv("SLOW_RECORD_SECONDS", "0.2")
+    monkeypatch.setenv("SLOW_RECORD_SECONDS", "0.5")  # a job trains about 16 s: still training when signalled
     monkeypatch.setenv(preempt.STOP_SECONDS_ENV, "0.5")
 
 

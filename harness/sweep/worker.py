@@ -41,6 +41,9 @@ class HeldClaims:
         self.queue = queue
         self._claims: dict[int, Claim] = {}
         self._lock = threading.Lock()
+        # Held while runs are requeued and claimed, until the claims are held here: a stop from
+        # another thread waits for it, so it never misses a claim just taken.
+        self.claiming = threading.Lock()
 
     def hold(self, claims: list[Claim]) -> None:
         with self._lock:
@@ -67,6 +70,7 @@ def stop_now(held: HeldClaims, quiet: bool = False) -> None:
     signal, so hand the claims back and end the process at once (its runs stay unfinished and
     run again; nothing half-written is ever read as finished)."""
     try:
+        held.claiming.acquire(timeout=10.0)  # kept until the end: no claim is taken after this
         count = held.release_all()
         if not quiet:
             print(f"worker: stopped by {preempt.signalled()}; {count} job(s) went back to the queue", file=sys.stderr)
@@ -85,18 +89,18 @@ def work(queue: RunQueue, options: SweepOptions, held: HeldClaims | None = None)
     while True:
         if preempt.signalled():
             raise preempt.Preempted(f"stopped by {preempt.signalled()}")
-        queue.requeue_stale()
-        claim = queue.claim()
+        with held.claiming:  # a stop waits: a run is never half requeued or claimed but not held
+            queue.requeue_stale()
+            claim = queue.claim()
+            claims = [claim] if claim else []
+            if claim and options.batch_models != 1:
+                claims += claim_compatible(queue, claim, batch_limit(options.batch_models, claim, options.device))
+            held.hold(claims)
         if claim is None:
             if not queue.busy():
                 return tally
             time.sleep(POLL_SECONDS)  # others are running: one may die and come back
             continue
-        held.hold([claim])
-        claims = [claim]
-        if options.batch_models != 1:
-            claims += claim_compatible(queue, claim, batch_limit(options.batch_models, claim, options.device))
-            held.hold(claims)
         if preempt.signalled():  # came while claiming: nothing has started, hand the claims back
             held.release_all()
             continue
