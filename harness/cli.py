@@ -16,6 +16,7 @@ import argparse
 import importlib
 import sys
 
+from harness import preempt
 from harness.allocator import retain_freed_memory
 from harness.errors import UsageError
 from harness.redact import redact
@@ -56,9 +57,13 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, ValueError, FileNotFoundError) as exc:
         print(f"polyscale {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except preempt.Preempted as exc:  # after a stop signal: what was finished is kept, the rest resumes
+        print(f"polyscale {args.command}: {exc}", file=sys.stderr)
+        return preempt.exit_code()
     except KeyboardInterrupt:
-        print(f"polyscale {args.command}: interrupted", file=sys.stderr)
-        return 130
+        if not getattr(args, "quiet", False):  # a sweep's worker: its coordinator says it once
+            print(f"polyscale {args.command}: interrupted", file=sys.stderr)
+        return preempt.EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

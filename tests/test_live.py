@@ -258,10 +258,10 @@ def test_status_lists_running_runs_with_step_and_loss_and_tells_dead_ones(tmp_pa
     assert queue.claim() is not None  # claimed and beaten: its heartbeat is recent
     shown = polyscale("status", str(results), "--storage", storage, "--sweep", "st", cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr
-    assert "2 runs: 1 dead, 1 running" in shown.stdout
+    assert "2 runs: 1 interrupted, 1 running" in shown.stdout
     line = next(line for line in shown.stdout.splitlines() if line.startswith(f"  running {live}: "))
     assert re.fullmatch(rf"  running {live}: step 10/40, test loss {2.0 / 11:.4g}, heartbeat \d+s ago", line)
-    assert f"dead {dead}:" in shown.stdout
+    assert f"interrupted {dead}:" in shown.stdout
     assert "queue " in shown.stdout and "1 running" in shown.stdout.split("queue ")[1]
 
 

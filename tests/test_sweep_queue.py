@@ -110,6 +110,34 @@ def test_a_run_whose_worker_stopped_beating_is_queued_again(storage_url):
     assert queue.counts() == Counter(done=2, lost=1)
 
 
+def test_a_released_run_is_waiting_again_at_once_as_the_same_attempt(storage_url):
+    queue = RunQueue(storage_url, unique_sweep())
+    queue.enqueue([("x", {"n": 1}), ("y", {"n": 2})])
+    first, second = queue.claim(), queue.claim()
+    assert queue.release(first) is True
+    assert queue.counts() == Counter(preempted=1, waiting=1, running=1)
+    again = queue.claim()
+    assert (again.run_id, again.attempt, again.payload) == ("x", first.attempt, {"n": 1})
+    assert again.trial_id != first.trial_id
+    assert queue.release(first) is False  # already handed back: nothing is queued twice
+    assert queue.counts() == Counter(preempted=1, running=2)
+    queue.finish(again, "done")
+    queue.finish(second, "done")
+    assert queue.latest()["x"].state == "done"
+
+
+def test_a_claim_taken_over_after_a_stall_is_no_longer_renewed_or_released(storage_url):
+    queue = RunQueue(storage_url, unique_sweep(), grace_seconds=0.5)
+    queue.enqueue([("x", {})])
+    stalled = queue.claim()
+    assert queue.renew(stalled) is True
+    time.sleep(0.8)  # longer than the grace period without a beat
+    assert RunQueue(storage_url, queue.sweep, grace_seconds=0.5).requeue_stale() == ["x"]
+    assert queue.renew(stalled) is False
+    assert queue.release(stalled) is False
+    assert queue.counts() == Counter(lost=1, waiting=1)  # queued again once, by the taker
+
+
 def test_failures_keep_their_error_message(storage_url):
     queue = RunQueue(storage_url, unique_sweep())
     queue.enqueue([("bad", {"k": 1})])

@@ -21,7 +21,7 @@ import functools
 import logging
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -123,12 +123,14 @@ def run_config(
     observers: Sequence[RunObserver] = (),
     refresh_table: bool = True,
     keep_checkpoints: bool = False,
+    may_record: Callable[[str], bool] | None = None,
 ) -> list[RunRecord]:
     """Run and record the unfinished arms of ``config`` into the store at ``out`` (default config.out).
 
     Finished runs (done or diverged) are skipped unless ``force``. Returns one RunRecord per arm.
     ``refresh_table=False`` leaves runs.parquet alone (a sweep can call ``rebuild_table`` once:
-    each rebuild reads every run folder).
+    each rebuild reads every run folder). A run that ``may_record(run_id)`` refuses at its end (a
+    sweep worker whose claim another worker took over) is not recorded: its status is ``lost``.
     """
     out = Path(out if out is not None else config.out)
     observers = (*observers, *installed())
@@ -145,7 +147,9 @@ def run_config(
             logger.warning("%s: not finished (%s); running it again", ids[arm], problem)
     if pending:
         records.update(
-            _run_pending(config, out, pending, ids, device, observers, refresh_table, force, keep_checkpoints)
+            _run_pending(
+                config, out, pending, ids, device, observers, refresh_table, force, keep_checkpoints, may_record
+            )
         )
     if refresh_table:
         rebuild_table(out)
@@ -159,6 +163,7 @@ def run_configs(
     observers: Sequence[RunObserver] = (),
     refresh_table: bool = True,
     keep_checkpoints: bool = False,
+    may_record: Callable[[str], bool] | None = None,
 ) -> list[list[RunRecord] | Exception]:
     """``run_config`` of several (configuration, arms) at once, their compatible models trained as
     one batched model (harness/train/batched.py); each is recorded exactly as ``run_config`` records it.
@@ -176,6 +181,7 @@ def run_configs(
                 observers=observers,
                 refresh_table=False,
                 keep_checkpoints=keep_checkpoints,
+                may_record=may_record,
             )
             for config, arms in jobs
         ]
@@ -198,7 +204,9 @@ def _run_pending(
     refresh_table: bool,
     force: bool,
     keep_checkpoints: bool,
+    may_record: Callable[[str], bool] | None = None,
 ) -> dict[str, RunRecord]:
+    keep = may_record or (lambda rid: True)
     flat = {key: value for key, value in flatten(config).items() if key != "arms"}
     history = {arm: [] for arm in pending}
     written = {arm: 0.0 for arm in pending}
@@ -225,12 +233,16 @@ def _run_pending(
             results = run_arms(config, pending, device=device, on_record=on_record)
     except preempt.Preempted:
         for arm in pending:
-            write_metrics(out, ids[arm], history[arm])
+            if keep(ids[arm]):  # a lost run's folder belongs to the worker that took it over
+                write_metrics(out, ids[arm], history[arm])
         raise
     except BaseException as exc:
         message = str(exc) if isinstance(exc, UsageError) else traceback.format_exc()
         records = {}
         for arm in pending:
+            if not keep(ids[arm]):
+                records[arm] = RunRecord(ids[arm], arm, "lost")
+                continue
             row = _row(config, arm, ids[arm], "failed", {}, device, flat)
             end_run(out, ids[arm], "failed", history[arm], row, error=message)
             for observer in observers:
@@ -243,6 +255,9 @@ def _run_pending(
         raise
     records = {}
     for arm in pending:
+        if not keep(ids[arm]):
+            records[arm] = RunRecord(ids[arm], arm, "lost")
+            continue
         result = results[arm]
         row = _row(config, arm, ids[arm], result.status, result.summary, device, flat)
         end_run(out, ids[arm], result.status, result.metrics, row)

@@ -30,6 +30,11 @@ values. Every trial is kept in RESULTS/tune/ (runs.parquet, best.json). For exam
     trials: 20
     per: [task.n_train]        # one search per value (default: per grid/zip cell)
 
+Stopping: Ctrl-C, SIGTERM or SIGUSR1 (Slurm's --signal) are passed on to the workers, which
+checkpoint their runs and hand them back to the queue; the sweep then exits 75 (130 after Ctrl-C)
+and the same command resumes. A worker that has not stopped $POLYSCALE_STOP_SECONDS (default 20)
+after the signal hands its runs back unfinished and exits anyway; a second Ctrl-C does so at once.
+
 examples:
   polyscale sweep sweeps/smoke.yaml --dry-run           # the table of runs, nothing runs
   polyscale sweep sweeps/smoke.yaml --workers 2         # results/smoke/, W&B offline
@@ -42,7 +47,12 @@ A worker claims one job at a time (a configuration with its arms, or several com
 trained as one batched model), runs it into --out and claims the next, until nothing is waiting
 or running in the queue. Any number of workers on any machines that reach the same --storage can
 share a sweep; `polyscale sweep` fills the queue. A worker whose heartbeat stops for --grace
-seconds is taken for dead and its job is queued again.
+seconds is taken for dead and its job is queued again (if it was only paused, it finds out when it
+resumes and drops that job: each run is recorded once).
+
+exit status: 0 when the queue is drained; 75 (EX_TEMPFAIL: preempted, run again to resume) after
+SIGTERM or SIGUSR1, once its runs are checkpointed and handed back to the queue; 130 after Ctrl-C.
+It stops at the latest $POLYSCALE_STOP_SECONDS (default 20) after the signal, or at a second Ctrl-C.
 
 examples:
   polyscale sweep sweeps/e4.yaml --storage postgresql://user@db-host/polyscale   # machine A
@@ -56,7 +66,7 @@ then, on machine A, merge B's results (unless --out is a shared folder):
 
 STATUS_EPILOG = """\
 A running run is listed with its step, its last test loss and, given the queue, its heartbeat's
-age; a run marked running whose process on this host is gone is counted dead (run it again).
+age; a run marked running whose process on this host is gone is counted interrupted (run it again).
 
 examples:
   polyscale status results/smoke        # runs by status; running and failed runs one a line
@@ -181,8 +191,9 @@ def run_sweep(args: argparse.Namespace) -> int:
 
 
 def run_worker(args: argparse.Namespace) -> int:
+    from harness import preempt
     from harness.sweep.queue import RunQueue
-    from harness.sweep.worker import work
+    from harness.sweep.worker import HeldClaims, stop_now, work
     from harness.tracking.store import ensure_writable
 
     _check_counts(args)
@@ -197,6 +208,9 @@ def run_worker(args: argparse.Namespace) -> int:
         grace_seconds=options.grace_seconds,
         results_at=f"{socket.gethostname()}:{options.out.resolve()}",
     )
+    held = HeldClaims(queue)
+    parent = os.environ.get(preempt.PARENT_ENV, "")
+    preempt.stop_on_signals(lambda: stop_now(held, quiet=args.quiet), int(parent) if parent.isdigit() else None)
     from harness.tracking import install
     from harness.tracking.wandb_mirror import LiveMirror, mirror_missing
 
@@ -204,10 +218,11 @@ def run_worker(args: argparse.Namespace) -> int:
     mirror_missing(options.out, **wandb)
     install(LiveMirror(options.out, **wandb))  # each run streams to W&B as it trains
     try:
-        tally = work(queue, options)
-    except KeyboardInterrupt:
-        print(f"worker on {args.sweep}: interrupted; its job goes back to the queue", file=sys.stderr)
-        return 130
+        tally = work(queue, options, held)
+    except preempt.Preempted as exc:
+        if not args.quiet:  # a coordinator's workers: the coordinator says it once
+            print(f"worker on {args.sweep}: {exc}; its jobs went back to the queue", file=sys.stderr)
+        return preempt.exit_code()
     if not args.quiet:
         print(
             f"worker done on {redact(storage)} / {args.sweep}: "
@@ -217,7 +232,7 @@ def run_worker(args: argparse.Namespace) -> int:
 
 
 def run_status(args: argparse.Namespace) -> int:
-    from harness.tracking.store import is_results_folder, owner_alive, read_status, run_error, run_ids
+    from harness.tracking.store import is_alive, is_results_folder, read_status, run_error, run_ids
 
     storage = args.storage or os.environ.get(STORAGE_ENV)
     if args.results is None and not (storage and args.sweep):
@@ -243,17 +258,17 @@ def run_status(args: argparse.Namespace) -> int:
         expected = [r["run_id"] for r in json.loads(manifest.read_text())["runs"]] if manifest.exists() else None
         ids = expected or run_ids(args.results)
         statuses = {rid: read_status(args.results, rid) or "not started" for rid in ids}
-        for rid, status in statuses.items():
-            if status == "running" and owner_alive(args.results, rid) is False:
-                statuses[rid] = "dead"
+        for rid in [rid for rid, status in statuses.items() if status == "running"]:
+            if is_alive(args.results, rid) is False:
+                statuses[rid] = "interrupted"  # its process is gone: the next sweep or worker resumes it
         counts = Counter(statuses.values())
         print(f"{args.results}: {len(ids)} runs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
         beats = queue.heartbeats() if queue is not None else {}
         for rid, status in sorted(statuses.items()):
             if status == "running":
                 print(f"  running {rid}: {_running_line(args.results, rid, beats.get(rid))}")
-            elif status == "dead":
-                print(f"  dead {rid}: its process is gone; the next sweep or worker runs it again")
+            elif status == "interrupted":
+                print(f"  interrupted {rid}: its process is gone; the next sweep or worker resumes it")
             elif status == "failed":
                 print(f"  failed {rid}: {run_error(args.results, rid)}")
     if queue is not None and storage and args.sweep:

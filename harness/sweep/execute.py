@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from harness.config import Config, canonical
@@ -20,22 +21,32 @@ def job_id(config: Config) -> str:
 
 
 def execute_job(
-    config: Config, arms: list[str], out: Path, device: str, keep_checkpoints: bool = False
+    config: Config,
+    arms: list[str],
+    out: Path,
+    device: str,
+    may_record: Callable[[str], bool] | None = None,
+    keep_checkpoints: bool = False,
 ) -> dict[str, str]:
     """Run the given arms of one configuration into the store; return each run id's status.
 
-    Arms already finished in the store are skipped by ``run_config`` (a run never runs twice).
+    Arms already finished in the store are skipped by ``run_config`` (a run never runs twice); a
+    run that ``may_record`` refuses is not recorded (status ``lost``).
     """
     config = dataclasses.replace(config, device=device, out=str(out))
-    records = run_config(config, out, arms=arms, keep_checkpoints=keep_checkpoints)
+    records = run_config(config, out, arms=arms, may_record=may_record, keep_checkpoints=keep_checkpoints)
     return {record.run_id: record.status for record in records}
 
 
 def execute_jobs(
-    jobs: list[tuple[Config, list[str]]], out: Path, device: str, keep_checkpoints: bool = False
+    jobs: list[tuple[Config, list[str]]],
+    out: Path,
+    device: str,
+    may_record: Callable[[str], bool] | None = None,
+    keep_checkpoints: bool = False,
 ) -> list[dict[str, str] | Exception]:
     """``execute_job`` of several configurations, their compatible models trained as one batched
     model; each job's statuses, or the exception that stopped it (its runs are recorded failed)."""
     jobs = [(dataclasses.replace(config, device=device, out=str(out)), arms) for config, arms in jobs]
-    results = run_configs(jobs, out, keep_checkpoints=keep_checkpoints)
+    results = run_configs(jobs, out, keep_checkpoints=keep_checkpoints, may_record=may_record)
     return [result if isinstance(result, Exception) else {r.run_id: r.status for r in result} for result in results]

@@ -5,8 +5,9 @@ not hold as finished, starts N worker processes (``polyscale worker``; one GPU e
 several), shows a progress bar over the runs' training steps until the queue is drained, then
 rebuilds the results table and prints a summary. Each worker streams its runs to W&B as they
 train; the coordinator mirrors the finished runs that W&B lacks (after a crash) before and after.
-Ctrl-C stops the workers; what finished is kept, and running the same command again completes
-the rest.
+Ctrl-C, SIGTERM or SIGUSR1 are forwarded to the workers, which checkpoint and hand their runs
+back (harness/preempt.py); what finished is kept, and running the same command again completes
+the rest. No worker outlives its coordinator.
 """
 
 from __future__ import annotations
@@ -18,12 +19,16 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from tqdm import tqdm
 
+from harness import preempt
 from harness.config import TRAINING_EXPERIMENTS
 from harness.config.sweep_spec import Sweep
 from harness.redact import redact
@@ -47,6 +52,9 @@ from harness.tracking.store import (
 # failed) by a worker whose results folder is not this one is counted "... elsewhere".
 FINISHED_HERE = ("done", "diverged", "skipped (finished before)")
 FINISHED_ELSEWHERE = "finished elsewhere"
+# How long past their own stop deadline the coordinator waits for its workers to hand their jobs
+# back before it kills them: a release is a few storage writes.
+STOP_MARGIN_SECONDS = 10.0
 
 
 def launch(sweep: Sweep, options: SweepOptions, workers: int = 1) -> Counter:
@@ -72,18 +80,16 @@ def launch(sweep: Sweep, options: SweepOptions, workers: int = 1) -> Counter:
             configs = {job_id(run.config): run.config for run in pending}
             batch = per_worker_batch(list(configs.values()), workers, options.device)
         per_worker = dataclasses.replace(options, storage=storage, batch_models=batch)
-        processes = start_workers(sweep.name, per_worker, workers)
-        try:
+        processes: list[subprocess.Popen] = []
+        with in_care(processes) as stopped_by:
+            processes += start_workers(sweep.name, per_worker, workers)
             watch(sweep, out, processes, before)
-        except KeyboardInterrupt:
-            stop(processes)
+        if stopped_by:
             done = sum(finished_status(out, r.run_id) is not None for r in sweep.runs)
-            print(
-                f"\ninterrupted: {done} of {len(sweep.runs)} runs finished and kept; "
-                "run the same command again to complete the rest",
-                file=sys.stderr,
+            raise preempt.Preempted(
+                f"stopped by {stopped_by[0]}: {done} of {len(sweep.runs)} runs finished and kept; "
+                "run the same command again to complete the rest"
             )
-            raise
     table = rebuild_table(out)
     mirror_missing(out, options, sweep.name)
     ends = run_ends(sweep, out, before, queue.latest())
@@ -133,6 +139,7 @@ def start_workers(sweep_name: str, options: SweepOptions, workers: int) -> list[
         argv, env = worker_command(dataclasses.replace(options, device=device, threads=threads))
         # TQDM_DISABLE: the workers' step bars would overwrite the coordinator's
         env = {**os.environ, **env, "OMP_NUM_THREADS": str(threads), "WANDB_SILENT": "true", "TQDM_DISABLE": "1"}
+        env[preempt.PARENT_ENV] = str(os.getpid())  # a worker stops when its coordinator is gone
         command = [sys.executable, "-m", "harness.cli", "worker", "--sweep", sweep_name, "--quiet", *argv]
         processes.append(subprocess.Popen(command, env=env))
     return processes
@@ -191,16 +198,56 @@ def run_steps(config) -> int:
     return config.total_steps() if config.experiment in TRAINING_EXPERIMENTS else 1
 
 
-def stop(workers: list[subprocess.Popen]) -> None:
-    """Interrupt the workers (a terminal's Ctrl-C reaches them already) and wait for them."""
-    for worker in workers:
-        if worker.poll() is None:
-            worker.send_signal(signal.SIGINT)
+@contextmanager
+def in_care(workers: list[subprocess.Popen]) -> Iterator[list[str]]:
+    """While the block runs, a stop signal (SIGTERM, SIGUSR1, Ctrl-C) is forwarded to the workers
+    (a signal sent to the whole process group reaches them twice: they stop once) and named in the
+    yielded list; after the first, workers still there once their own deadline
+    (harness/preempt.py) and a margin have passed are killed. On leaving, no worker is left running:
+    the rest are stopped the same way."""
+    names: list[str] = []
+    first = threading.Event()
+
+    def forward(signum: int, frame) -> None:
+        names.append(signal.Signals(signum).name)
+        preempt.received(names[-1])
+        for worker in workers:
+            if worker.poll() is None:
+                # Ctrl-C in a terminal reaches the workers too (one process group); passed on as
+                # SIGTERM, it is not a second Ctrl-C (which means: stop now).
+                worker.send_signal(signal.SIGTERM if signum == signal.SIGINT else signum)
+        first.set()
+
+    def reap() -> None:
+        first.wait()
+        _stop_workers(workers, signal_first=False)
+
+    # The reaper starts here, not in the handler (a handler may run while the main thread holds a
+    # lock that starting a thread needs).
+    threading.Thread(target=reap, name="reap-workers", daemon=True).start()
+    previous = {number: signal.signal(number, forward) for number in preempt.STOP_SIGNALS}
+    try:
+        yield names
+    finally:
+        _stop_workers(workers, signal_first=not names)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def _stop_workers(workers: list[subprocess.Popen], *, signal_first: bool) -> None:
+    """Wait for the workers to stop (sending SIGTERM first if asked), killing those still there
+    after their stop deadline and a margin."""
+    if signal_first:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + preempt.stop_seconds() + STOP_MARGIN_SECONDS
     for worker in workers:
         try:
-            worker.wait(timeout=60)
+            worker.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             worker.kill()
+            worker.wait()
 
 
 def run_ends(sweep: Sweep, out: Path, before: dict, latest: dict[str, JobRecord]) -> dict[str, tuple[str, str | None]]:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import optuna
 from optuna.trial import TrialState
 
+from harness import preempt
 from harness.sweep.storage import open_storage
 
 RUN_ID = "run_id"
@@ -132,9 +133,30 @@ class RunQueue:
         """Record that the worker owning this trial is alive."""
         self.storage.set_trial_user_attr(trial_id, HEARTBEAT, time.time())
 
+    def renew(self, claim: Claim) -> bool:
+        """Beat for a claim and say whether it is still this worker's: False once its trial was
+        closed by another (taken as stale after a stall longer than the grace period, and queued
+        again), so the run is someone else's now."""
+        try:
+            self.beat(claim.trial_id)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return False
+        return self.storage.get_trial(claim.trial_id).state == TrialState.RUNNING
+
+    def release(self, claim: Claim) -> bool:
+        """Hand a claimed run back unfinished (its worker was stopped): the trial ends FAIL with
+        outcome ``preempted`` and the run is queued again at once as the same attempt (a stop is
+        not a failure). False if the claim was no longer this worker's."""
+        try:
+            self.storage.set_trial_user_attr(claim.trial_id, OUTCOME, "preempted")
+            self.storage.set_trial_state_values(claim.trial_id, state=TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return False  # taken as stale meanwhile: whoever took it queued it again
+        self._add(claim.run_id, claim.payload, claim.attempt)
+        return True
+
     def finish(self, claim: Claim, outcome: str, error: str | None = None) -> None:
-        """Close a claimed run with its outcome: done, diverged or skipped (COMPLETE), failed or
-        interrupted (FAIL).
+        """Close a claimed run with its outcome: done, diverged or skipped (COMPLETE), failed (FAIL).
 
         If the trial was meanwhile taken as stale (a long stall), it is left as it is: the result
         is in the store, and whoever claims the re-queued run finds it done there.
@@ -165,6 +187,8 @@ class RunQueue:
             if now - float(last) <= self.grace_seconds:
                 continue
             trial_id = self._trial_id(trial)
+            if self._beaten_since(trial_id, float(last)):
+                continue  # its owner came back since the list was read
             try:
                 self.storage.set_trial_user_attr(trial_id, OUTCOME, "lost")
                 changed = self.storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
@@ -223,17 +247,26 @@ class RunQueue:
         """The storage's id of a trial listed by the study (through the storage's public lookup)."""
         return self.storage.get_trial_id_from_study_id_trial_number(self._study_id, trial.number)
 
+    def _beaten_since(self, trial_id: int, last: float) -> bool:
+        """Whether the trial got a newer heartbeat than ``last`` (read afresh from the storage)."""
+        return float(self.storage.get_trial(trial_id).user_attrs.get(HEARTBEAT, last)) > last
+
     def _active_run_ids(self) -> set[str]:
         states = (TrialState.WAITING, TrialState.RUNNING)
         return {t.user_attrs[RUN_ID] for t in self.study.get_trials(deepcopy=False, states=states)}
 
 
 class Heartbeat:
-    """Beats for a claimed trial from a background thread while the run executes."""
+    """Beats for a claimed trial from a background thread while the run executes, and finds out
+    when the claim is lost: its trial was taken as stale by another worker (this one stalled, e.g.
+    paused or swapped out, longer than the grace period). Then the run is another worker's: the
+    heartbeat asks training to stop (``harness.preempt``) and ``still_ours`` says False, so that
+    the run is not recorded or mirrored a second time."""
 
     def __init__(self, queue: RunQueue, claim: Claim, interval: float) -> None:
         self._queue, self._claim, self._interval = queue, claim, interval
         self._stop = threading.Event()
+        self._lost = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"heartbeat-{claim.run_id}", daemon=True)
 
     def __enter__(self) -> Heartbeat:
@@ -244,9 +277,29 @@ class Heartbeat:
         self._stop.set()
         self._thread.join()
 
-    def _loop(self) -> None:
-        while not self._stop.wait(self._interval):
+    @property
+    def lost(self) -> bool:
+        return self._lost.is_set()
+
+    def still_ours(self) -> bool:
+        """Whether the claim is still this worker's, asked of the queue now (a storage error
+        counts as yes: an unreachable queue must not cost a result)."""
+        if not self.lost:
             try:
-                self._queue.beat(self._claim.trial_id)
-            except Exception as exc:  # a storage hiccup must not kill the run
+                if not self._queue.renew(self._claim):
+                    self._mark_lost()
+            except Exception as exc:
                 logger.warning("heartbeat for %s failed: %s", self._claim.run_id, exc)
+        return not self.lost
+
+    def _mark_lost(self) -> None:
+        if not self._lost.is_set():
+            self._lost.set()
+            logger.warning(
+                "job %s: another worker took it over while this one stalled; it is dropped here", self._claim.run_id
+            )
+            preempt.request_stop(f"lost claim {self._claim.run_id}")
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._interval) and self.still_ours():
+            pass

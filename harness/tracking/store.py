@@ -181,6 +181,16 @@ def record_problem(out: str | Path, run_id: str) -> str | None:
     return None
 
 
+def is_alive(out: str | Path, run_id: str) -> bool | None:
+    """Whether a ``running`` run's process still exists (``process_alive`` of the host and pid in its
+    status.json). False for a run that is not running, or whose process is gone (killed, stopped: it
+    resumes when run again); None when another host runs it, which this one cannot tell."""
+    record = _read_object(status_path(out, run_id)) or {}
+    if record.get("status") != "running":
+        return False
+    return process_alive(record.get("host"), record.get("pid"))
+
+
 def error_line(error: str | None) -> str:
     """The line that says what went wrong: the last non-empty line of an error (of a traceback, the
     exception and its message); "" for none."""
@@ -253,13 +263,6 @@ def progress(out: str | Path, run_id: str) -> tuple[int | None, float | None]:
             loss = record.get("test_loss")
             return int(record["step"]), float(loss) if _is_number(loss) else None
     return None, None
-
-
-def owner_alive(out: str | Path, run_id: str) -> bool | None:
-    """Whether the process that status.json names (host, pid) is alive: True or False on its own
-    host, None on another host or without a recorded process."""
-    record = _read_object(status_path(out, run_id)) or {}
-    return process_alive(record.get("host"), record.get("pid"))
 
 
 def process_alive(host: object, pid: object) -> bool | None:
