@@ -282,6 +282,33 @@ def test_kill_9_mid_run_then_the_same_command_gives_the_same_result(tmp_path):
     assert_same_results(reference, cut, ids_of(c))
 
 
+def test_sigterm_mid_run_checkpoints_exits_75_and_the_same_command_resumes_from_it(tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    (c,) = load_configs(spec)
+    cut, reference = tmp_path / "cut", tmp_path / "reference"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "disabled"}
+    command = [sys.executable, "-m", "harness.cli", "run", str(spec), "--out", str(cut)]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while not list(checkpoint_dir(cut, ids_of(c)[0]).glob("step-*.pt")) and process.poll() is None:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 75, stderr
+    assert "Traceback" not in stderr and stderr.strip().count("\n") == 0, stderr
+    assert all(read_status(cut, rid) == "running" for rid in ids_of(c))
+    # The stop came between two steps: the checkpoint written then is the newest, past the
+    # periodic ones, and the rerun starts right after it.
+    resumed_at = max(step for rid in ids_of(c) for step in checkpoint_steps(cut, rid))
+    with pytest.MonkeyPatch.context() as patch:
+        rerun = StopAt()
+        patch.setattr("harness.experiments.runner.run_config", functools.partial(run_config, observers=[rerun]))
+        assert main(["run", str(spec), "--out", str(cut)]) == 0
+    assert min(rerun.logged) > resumed_at > 0
+    assert main(["run", str(spec), "--out", str(reference)]) == 0
+    assert_same_results(reference, cut, ids_of(c))
+
+
 BATCHED = """\
 import sys
 from harness.config import load_configs

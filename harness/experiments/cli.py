@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
+import signal
 from pathlib import Path
 
+from harness import preempt
 from harness.config import Config, load_configs, read_yaml
 from harness.config.sweep_spec import load_sweep
 from harness.errors import UsageError
@@ -63,14 +66,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from harness.tracking.store import ensure_writable, table_path
-
     configs = (
         sweep_configs(args.spec, args.overrides)
         if is_sweep_file(args.spec)
         else load_configs(args.spec, args.overrides)
     )
     from harness.experiments.runner import run_config  # torch: only once the configurations are valid
+
+    # SIGTERM, SIGUSR1 and Ctrl-C checkpoint the runs in training and end with 75 (130 after Ctrl-C):
+    # the same command resumes them (harness/preempt.py). The caller's handlers come back after.
+    previous = {number: signal.getsignal(number) for number in preempt.STOP_SIGNALS}
+    preempt.stop_on_signals(lambda: os._exit(preempt.exit_code()))
+    try:
+        failed, tables = _run_all(configs, args, run_config)
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+    for table in tables:
+        print(f"table: {table}")
+    return 1 if failed else 0
+
+
+def _run_all(configs: list[Config], args: argparse.Namespace, run_config) -> tuple[int, list[Path]]:
+    from harness.tracking.store import ensure_writable, table_path
 
     failed, tables = 0, []
     for config in configs:
@@ -84,9 +102,7 @@ def run(args: argparse.Namespace) -> int:
             print(_line(record))
         table = table_path(config.out)
         tables += [table] if table not in tables else []
-    for table in tables:
-        print(f"table: {table}")
-    return 1 if failed else 0
+    return failed, tables
 
 
 def _line(record) -> str:
