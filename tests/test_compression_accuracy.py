@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from harness.cli import main
 from harness.compression import compress, n_moments
 from harness.compression.clustered import clustered_weights
 from harness.compression.partition import nearest_groups
@@ -54,6 +55,28 @@ def test_compress_default_is_the_nearest_neighbour_schedule():
     c = clustered_weights(torch.as_tensor(points), torch.ones(3000, dtype=torch.float64), 3, 300).numpy()
     np.testing.assert_array_equal(result.indices, np.flatnonzero(c > 0))
     assert result.size == 300 and result.moment_error < 1e-13
+
+
+def test_final_phase_one_is_the_kd_halving_schedule_through_compress_and_the_cli(tmp_path, capsys):
+    points = np.random.default_rng(3).uniform(-1.0, 1.0, (3000, 2))
+    fast = compress(points, k=3, size=300, final_phase=1)
+    c = clustered_weights(torch.as_tensor(points), torch.ones(3000, dtype=torch.float64), 3, 300, final_phase=1.0)
+    np.testing.assert_array_equal(fast.indices, np.flatnonzero(c > 0))
+    assert not np.array_equal(fast.indices, compress(points, k=3, size=300).indices)  # another schedule
+    assert fast.size == 300 and fast.moment_error < 1e-13
+    np.save(tmp_path / "x.npy", points)
+    out = tmp_path / "x.npz"
+    assert (
+        main(
+            ["compress", str(tmp_path / "x.npy"), "--k", "3", "--size", "300", "--final-phase", "1", "--out", str(out)]
+        )
+        == 0
+    )
+    np.testing.assert_array_equal(np.load(out)["indices"], fast.indices)
+    for bad in (["--final-phase", "0.5"], ["--final-phase", "2", "--method", "random"]):
+        assert main(["compress", str(tmp_path / "x.npy"), "--k", "3", "--size", "300", *bad, "--out", str(out)]) == 2
+        error = capsys.readouterr().err
+        assert "final_phase" in error and error.count("\n") == 1
 
 
 def test_nearest_groups_are_disjoint_nearest_neighbour_sets_smallest_diameter_first():
