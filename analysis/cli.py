@@ -59,8 +59,9 @@ The noise is the seed-to-seed scatter of log y at each x, pooled over x (so the 
 more seeds at some x). The null is the power law with offset fitted to the pilot's means; the
 alternative keeps its offset, level and slope at the smallest x and lets the slope of the excess
 loss grow like x^gamma. Each simulated data set gets the analysis and verdict of `polyscale fit`;
-both rates of one design use the same noise draws. Runs in about a second per design and group
-per 100 simulations with the default --n-boot on one CPU core.
+both rates of one design use the same noise draws. Each design and group takes about 3 s per 100
+simulations with the default --n-boot on one CPU core (noisier pilots take longer): the defaults
+take about a minute and a half on a two-group pilot.
 
 example:
   polyscale power results/paper/e4a-polylog --by arm --seeds 3,5,10 --points 8,12 --sims 100
