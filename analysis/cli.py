@@ -482,6 +482,7 @@ def run_report(args: argparse.Namespace) -> int:
 def run_power(args: argparse.Namespace) -> int:
     import json
 
+    from analysis.forms import FORMS
     from analysis.load import choose_x, fittable_runs, read_source
     from analysis.plots import plot_power
     from analysis.power import DEFAULT_GAMMA, design_counts, pilots, power_table, smallest_designs
@@ -538,7 +539,9 @@ def run_power(args: argparse.Namespace) -> int:
                 "label": p.label,
                 "noise_sd_log": p.noise_sd,
                 "x_range": [p.x_min, p.x_max],
-                "null": {"L0": float(p.null_theta[0]), "c": float(p.null_theta[1]), "a": float(p.null_theta[2])},
+                "null_power_law_offset": {
+                    k: float(v) for k, v in FORMS["power_law_offset"].report(p.null_theta, p.x_min).items()
+                },
                 "gamma": gamma[p.label],
                 "smallest_design": best[p.label],
             }

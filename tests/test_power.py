@@ -134,6 +134,7 @@ def test_cli_writes_json_csv_and_plot(pilot_table, tmp_path, capsys):
     record = json.loads((out / "power.json").read_text())
     assert [g["label"] for g in record["groups"]] == ["a", "b"]
     assert all(g["gamma"] == 0.3 for g in record["groups"])
+    assert all(set(g["null_power_law_offset"]) == {"L0", "A", "alpha"} for g in record["groups"])
     assert len(record["designs"]) == len(table)
     assert (out / "power.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "wrote" in printed and ("smallest design" in printed or "no design tried" in printed)
