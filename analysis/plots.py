@@ -261,3 +261,25 @@ def make_plots(
         if note:
             notes.append(note)
     return paths, notes
+
+
+def plot_power(table: pd.DataFrame, target: float, path: Path) -> Path:
+    """Power against seeds per x, one line per number of x values, one panel per group (``polyscale power``)."""
+    labels = list(dict.fromkeys(table["group"]))
+    fig, axes = _figure(len(labels))
+    for ax, label in zip(axes, labels):
+        part = table[table["group"] == label]
+        for points, line in part.groupby("points"):
+            line = line.sort_values("seeds")
+            ax.plot(line["seeds"], line["power"], marker="o", label=f"{points} x values")
+        ax.axhline(target, color="grey", linestyle="--", linewidth=1, label=f"target {target:g}")
+        ax.set_xscale("log")
+        ax.minorticks_off()
+        ax.set_xticks(sorted(part["seeds"].unique()), [str(s) for s in sorted(part["seeds"].unique())])
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("seeds per x")
+        ax.set_ylabel("power (share called superpolynomial)")
+        ax.set_title(label)
+        ax.grid(True, alpha=0.25)
+        ax.legend(fontsize=8)
+    return _save(fig, path)
