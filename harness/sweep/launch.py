@@ -161,12 +161,13 @@ def watch(sweep: Sweep, out: Path, workers: list[subprocess.Popen], before: dict
     steps, running ones the step of their last record), with an ETA and the runs' counts beside
     it, until every worker has exited."""
     totals = {run.run_id: run_steps(run.config) for run in sweep.runs}
-    steps, _ = tally_steps(out, totals, before)  # steps done before: no part of the ETA's rate
+    finished: dict[str, float | None] = {}  # a finished run stays finished: read once
+    steps, _ = tally_steps(out, totals, before, finished)  # steps done before: no part of the ETA's rate
     with tqdm(
         total=sum(totals.values()), initial=steps, unit="step", unit_scale=True, desc=sweep.name, dynamic_ncols=True
     ) as bar:
         while True:
-            steps, postfix = tally_steps(out, totals, before)
+            steps, postfix = tally_steps(out, totals, before, finished)
             bar.update(steps - bar.n)
             bar.set_postfix_str(postfix)
             if all(worker.poll() is not None for worker in workers):
@@ -174,22 +175,28 @@ def watch(sweep: Sweep, out: Path, workers: list[subprocess.Popen], before: dict
             time.sleep(1.0)
 
 
-def tally_steps(out: Path, totals: dict[str, int], before: dict) -> tuple[int, str]:
+def tally_steps(
+    out: Path, totals: dict[str, int], before: dict, finished: dict[str, float | None] | None = None
+) -> tuple[int, str]:
     """The training steps done of runs with ``totals`` steps each, and a line with the runs' counts
-    and the test losses of the runs finished during this sweep."""
-    steps, counts, losses = 0, Counter(), []
+    and the test losses of the runs finished during this sweep. ``finished`` (run id -> its test
+    loss, None for a run finished before or without one) is filled in as runs finish, so that a
+    caller that tallies again reads only the unfinished runs' files."""
+    finished = {} if finished is None else finished
+    steps, unfinished = 0, Counter()
     for rid, total in totals.items():
-        status = read_status(out, rid)
-        counts[status] += 1
+        status = None if rid in finished else read_status(out, rid)
         if status in FINISHED:
-            steps += total
             loss = read_summary(out, rid).get("test_loss") if before[rid] is None else None
-            if isinstance(loss, (int, float)) and math.isfinite(loss):
-                losses.append(loss)
-        elif status == "running":
+            finished[rid] = loss if isinstance(loss, (int, float)) and math.isfinite(loss) else None
+        if rid in finished:
+            steps += total
+            continue
+        unfinished[status] += 1
+        if status == "running":
             steps += min(progress(out, rid)[0] or 0, total)
-    done = counts["done"] + counts["diverged"]
-    postfix = f"runs {done} done, {counts['running']} running, {counts['failed']} failed"
+    losses = [loss for loss in finished.values() if loss is not None]
+    postfix = f"runs {len(finished)} done, {unfinished['running']} running, {unfinished['failed']} failed"
     return steps, postfix + (f"; test loss best {min(losses):.4g} worst {max(losses):.4g}" if losses else "")
 
 
