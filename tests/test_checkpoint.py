@@ -242,15 +242,33 @@ def test_the_checkpoint_interval_does_not_enter_the_run_id():
     assert ids_of(c) == ids_of(parse_config(raw))
 
 
-def kill_after_first_checkpoint(command: list[str], folder: Path) -> None:
-    """Start ``command``, kill -9 it once ``folder`` holds a checkpoint."""
+def signal_after_first_checkpoint(command: list[str], folder: Path, signum: int) -> tuple[int, str]:
+    """Start ``command``, send it ``signum`` once ``folder`` holds a checkpoint; its exit status and
+    standard error."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "disabled"}
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     while not list(folder.glob("step-*.pt")) and process.poll() is None:
         time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert process.returncode == -signal.SIGKILL, "the run ended before its first checkpoint"
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=120)
+    return process.returncode, stderr
+
+
+def kill_after_first_checkpoint(command: list[str], folder: Path) -> None:
+    """Start ``command``, kill -9 it once ``folder`` holds a checkpoint."""
+    returncode, _ = signal_after_first_checkpoint(command, folder, signal.SIGKILL)
+    assert returncode == -signal.SIGKILL, "the run ended before its first checkpoint"
+
+
+def rerun_from_checkpoint(spec: Path, cut: Path, ids: list[str]) -> tuple[int, list[int]]:
+    """The newest checkpoint step of ``ids`` in ``cut``, and the steps that the same `polyscale run`
+    then logs."""
+    resumed_at = max(step for rid in ids for step in checkpoint_steps(cut, rid))
+    with pytest.MonkeyPatch.context() as patch:
+        rerun = StopAt()
+        patch.setattr("harness.experiments.runner.run_config", functools.partial(run_config, observers=[rerun]))
+        assert main(["run", str(spec), "--out", str(cut)]) == 0
+    return resumed_at, rerun.logged
 
 
 SPEC = """\
@@ -272,12 +290,8 @@ def test_kill_9_mid_run_then_the_same_command_gives_the_same_result(tmp_path):
     command = [sys.executable, "-m", "harness.cli", "run", str(spec), "--out", str(cut)]
     kill_after_first_checkpoint(command, checkpoint_dir(cut, ids_of(c)[0]))
     assert all(read_status(cut, rid) == "running" for rid in ids_of(c))
-    resumed_at = max(step for rid in ids_of(c) for step in checkpoint_steps(cut, rid))
-    with pytest.MonkeyPatch.context() as patch:
-        rerun = StopAt()
-        patch.setattr("harness.experiments.runner.run_config", functools.partial(run_config, observers=[rerun]))
-        assert main(["run", str(spec), "--out", str(cut)]) == 0
-    assert min(rerun.logged) == resumed_at + 10
+    resumed_at, logged = rerun_from_checkpoint(spec, cut, ids_of(c))
+    assert min(logged) == resumed_at + 10
     assert main(["run", str(spec), "--out", str(reference)]) == 0
     assert_same_results(reference, cut, ids_of(c))
 
@@ -287,24 +301,15 @@ def test_sigterm_mid_run_checkpoints_exits_75_and_the_same_command_resumes_from_
     spec.write_text(SPEC)
     (c,) = load_configs(spec)
     cut, reference = tmp_path / "cut", tmp_path / "reference"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "disabled"}
     command = [sys.executable, "-m", "harness.cli", "run", str(spec), "--out", str(cut)]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    while not list(checkpoint_dir(cut, ids_of(c)[0]).glob("step-*.pt")) and process.poll() is None:
-        time.sleep(0.01)
-    process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 75, stderr
+    returncode, stderr = signal_after_first_checkpoint(command, checkpoint_dir(cut, ids_of(c)[0]), signal.SIGTERM)
+    assert returncode == 75, stderr
     assert "Traceback" not in stderr and stderr.strip().count("\n") == 0, stderr
     assert all(read_status(cut, rid) == "running" for rid in ids_of(c))
     # The stop came between two steps: the checkpoint written then is the newest, past the
     # periodic ones, and the rerun starts right after it.
-    resumed_at = max(step for rid in ids_of(c) for step in checkpoint_steps(cut, rid))
-    with pytest.MonkeyPatch.context() as patch:
-        rerun = StopAt()
-        patch.setattr("harness.experiments.runner.run_config", functools.partial(run_config, observers=[rerun]))
-        assert main(["run", str(spec), "--out", str(cut)]) == 0
-    assert min(rerun.logged) > resumed_at > 0
+    resumed_at, logged = rerun_from_checkpoint(spec, cut, ids_of(c))
+    assert min(logged) > resumed_at > 0
     assert main(["run", str(spec), "--out", str(reference)]) == 0
     assert_same_results(reference, cut, ids_of(c))
 
