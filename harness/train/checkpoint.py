@@ -6,7 +6,8 @@ sampler, records so far, status, seconds), the step and the global RNG states. T
 it into the checkpoint folder of each run of the call (the store's ``checkpoint_dir``), whole or
 not at all (a temporary name, then os.replace); keeps the newest ``KEPT``; and reads back the
 newest one that loads and fits the call. A file is one header line (``HEADER``, the format
-version, the SHA-256 of the rest) and torch.save's bytes of the content, which names its run: a
+version, its run id, the SHA-256 of the rest) and torch.save's bytes of the content, encoded once
+for all the call's runs: a
 file cut short, with a changed byte (which torch.load alone may not notice in tensor data), of
 another format (never unpickled), of another run or that does not fit is reported in one
 warning line and deleted, and the next older one is tried: a run resumes from a sound checkpoint
@@ -96,9 +97,10 @@ class Checkpoints:
         A file that cannot be written (a full disk) is reported and training goes on: the run
         then resumes from an older checkpoint, or from step 0.
         """
+        payload = _encode(state)
         for run_id in self.target.runs.values():
             path = checkpoint_path(self.target.out, run_id, state["step"])
-            data = _encode({"run_id": run_id, **state})
+            data = _header(run_id, payload) + payload
             try:
                 write_atomic_with(path, lambda tmp, data=data: tmp.write_bytes(data))
             except OSError as exc:
@@ -169,8 +171,11 @@ def _step_of(path: Path) -> int:
 def _encode(content: dict) -> bytes:
     buffer = io.BytesIO()
     torch.save(content, buffer)
-    payload = buffer.getvalue()
-    return b"%s %d %s\n" % (HEADER, FORMAT, hashlib.sha256(payload).hexdigest().encode()) + payload
+    return buffer.getvalue()
+
+
+def _header(run_id: str, payload: bytes) -> bytes:
+    return b"%s %d %s %s\n" % (HEADER, FORMAT, run_id.encode(), hashlib.sha256(payload).hexdigest().encode())
 
 
 def _load(path: Path, run_id: str) -> tuple[dict, str | None]:
@@ -180,11 +185,15 @@ def _load(path: Path, run_id: str) -> tuple[dict, str | None]:
     except OSError as exc:
         return {}, f"cannot be read ({exc.strerror or exc})"
     fields = header.split(b" ")
-    if len(fields) != 3 or fields[0] != HEADER:
+    if len(fields) < 2 or fields[0] != HEADER:
         return {}, "is not a polyscale checkpoint"
     if fields[1] != str(FORMAT).encode():
         return {}, f"has format {fields[1].decode(errors='replace')}, not {FORMAT}"
-    if hashlib.sha256(payload).hexdigest().encode() != fields[2]:
+    if len(fields) != 4:
+        return {}, "is not a polyscale checkpoint"
+    if fields[2] != run_id.encode():
+        return {}, f"written for run {fields[2].decode(errors='replace')!r}"
+    if hashlib.sha256(payload).hexdigest().encode() != fields[3]:
         return {}, "is damaged (cut short or changed: its checksum does not match)"
     try:
         state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
@@ -192,6 +201,4 @@ def _load(path: Path, run_id: str) -> tuple[dict, str | None]:
         return {}, f"does not load ({type(exc).__name__}: {exc})".splitlines()[0]
     if not isinstance(state, dict):
         return {}, "holds no checkpoint"
-    if state.get("run_id") != run_id:
-        return {}, f"written for run {state.get('run_id')!r}"
     return state, None
