@@ -47,6 +47,25 @@ def test_task_seed_overrides_the_run_seed():
     np.testing.assert_array_equal(load_task(pinned, seed=0).x_train, load_task(pinned, seed=1).x_train)
 
 
+def test_teacher_seed_fixes_the_teacher_while_the_points_vary():
+    def relu_teacher(x, seed, width=50):  # the teacher of teacher_task, drawn here from its stream
+        params = np.random.default_rng([seed, 0])
+        w1, b1 = params.uniform(-1, 1, (width, 2)), params.uniform(-1, 1, width)
+        w2, b2 = params.uniform(-1, 1, (1, width)), params.uniform(-1, 1, 1)
+        return np.maximum(x @ w1.T + b1, 0.0) @ w2.T + b2
+
+    pinned = TaskConfig(name="teacher", n_train=50, n_test=400, teacher_seed=9)
+    a, b = load_task(pinned, seed=0), load_task(pinned, seed=1)
+    assert not np.array_equal(a.x_test, b.x_test) and not np.array_equal(a.x_train, b.x_train)
+    for data in (a, b):
+        np.testing.assert_allclose(data.y_test, relu_teacher(data.x_test, 9), rtol=1e-12, atol=1e-12)
+    # the default draws the teacher from the run's seed, as teacher_seed = seed does
+    unpinned = load_task(TaskConfig(name="teacher", n_train=50, n_test=400), seed=1)
+    np.testing.assert_allclose(unpinned.y_test, relu_teacher(unpinned.x_test, 1), rtol=1e-12, atol=1e-12)
+    same = load_task(TaskConfig(name="teacher", n_train=50, n_test=400, teacher_seed=1), seed=1)
+    np.testing.assert_array_equal(same.y_train, unpinned.y_train)
+
+
 def test_harmonic_labels_are_the_bessel_target_plus_noise():
     data = load_task(TaskConfig(name="harmonic", n_train=20_000, n_test=1000, order=3, frequency=7.0), seed=0)
     x, y = data.x_test[:, 0], data.x_test[:, 1]

@@ -77,6 +77,10 @@ class TaskConfig:
     input_dim: int = option(2, check=POSITIVE, tasks=("teacher", "symmetric"))
     teacher_width: int = option(50, check=POSITIVE, tasks=("teacher",))
     teacher_range: float = option(1.0, check=POSITIVE, tasks=("teacher",))  # teacher weights U(-r, r)
+    # Seed of the teacher network alone; None: the data seed. Fixed, every seed learns one target
+    # function (its training and test points still vary), so the spread over seeds is the
+    # sampling and training noise alone, not the difference between teachers.
+    teacher_seed: int | None = option(None, check=NON_NEGATIVE, tasks=("teacher",))
     order: int = option(6, check=NON_NEGATIVE, tasks=("harmonic",))  # n of J_n(a r) cos(n theta)
     frequency: float = option(20.0, check=POSITIVE, tasks=("harmonic",))  # a of J_n(a r) cos(n theta)
     segments: int = option(16, check=POSITIVE, tasks=("piecewise",))

@@ -48,6 +48,7 @@ def _generate(task: TaskConfig, seed: int, n_train: int) -> Dataset:
             weight_range=task.teacher_range,
             noise=noise,
             seed=seed,
+            teacher_seed=task.teacher_seed,
         )
     if task.name == "harmonic":
         noise = harmonic.DEFAULT_NOISE if task.noise is None else task.noise

@@ -18,9 +18,14 @@ def teacher_task(
     weight_range: float = 1.0,
     noise: float = DEFAULT_NOISE,
     seed: int = 0,
+    teacher_seed: int | None = None,
 ) -> Dataset:
-    """Teacher weights and biases U(-weight_range, weight_range); x U(-1, 1); test labels clean."""
+    """Teacher weights and biases U(-weight_range, weight_range); x U(-1, 1); test labels clean.
+
+    The teacher is drawn from ``teacher_seed`` when given, else from ``seed`` with the points."""
     params, train, test = streams(seed)
+    if teacher_seed is not None:
+        params = streams(teacher_seed)[0]
     w1 = params.uniform(-weight_range, weight_range, (width, input_dim))
     b1 = params.uniform(-weight_range, weight_range, width)
     w2 = params.uniform(-weight_range, weight_range, (1, width))
