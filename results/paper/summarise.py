@@ -20,7 +20,16 @@ import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parent
-SETTINGS = ["train.optimizer", "train.lr", "train.sampling", "d", "width", "task.input_dim", "compression.k"]
+SETTINGS = [
+    "train.optimizer",
+    "train.lr",
+    "train.steps",
+    "train.sampling",
+    "d",
+    "width",
+    "task.input_dim",
+    "compression.k",
+]
 VALUES = [
     "test_loss",
     "ratio_to_original",
