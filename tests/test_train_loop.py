@@ -61,6 +61,24 @@ def test_samplers_with_one_seed_give_one_order():
     assert not all(torch.equal(x, c.next()[0]) for x in first)
 
 
+@pytest.mark.parametrize("batch_size", [1, 3, 16])
+def test_proportional_batches_are_one_multinomial_draw_per_batch_and_resume_mid_block(batch_size):
+    """The sampler draws many batches at once; each batch must be what one torch.multinomial call
+    per batch on the same generator gives, and a sampler restored from ``state()`` in the middle
+    of a block must go on with the same batches."""
+    c = np.linspace(0.5, 3.0, 37)
+    generator = torch.Generator().manual_seed(9)
+    expected = [
+        torch.multinomial(torch.as_tensor(c), batch_size, replacement=True, generator=generator) for _ in range(30)
+    ]
+    sampler = BatchSampler(c, batch_size, "proportional", seed=9)
+    drawn = [sampler.next()[0] for _ in range(11)]
+    restored = BatchSampler(c, batch_size, "proportional", seed=0)
+    restored.load_state(sampler.state())
+    drawn += [restored.next()[0] for _ in range(19)]
+    assert all(torch.equal(got, want) for got, want in zip(drawn, expected, strict=True))
+
+
 def test_cosine_schedule_goes_to_zero():
     model = nn.Linear(1, 1)
     train = TrainConfig(optimizer="sgd", lr=0.5, steps=10)
