@@ -12,7 +12,16 @@ from torch import nn
 
 from harness.compression import compress
 from harness.config import TrainConfig
-from harness.train import Arm, BatchSampler, make_optimizer, make_schedule, mean_loss, squared_error, train_side_by_side
+from harness.train import (
+    Arm,
+    BatchSampler,
+    make_optimizer,
+    make_schedule,
+    mean_loss,
+    sampling,
+    squared_error,
+    train_side_by_side,
+)
 
 
 def test_full_batch_gives_the_exact_weighted_mean():
@@ -62,16 +71,18 @@ def test_samplers_with_one_seed_give_one_order():
 
 
 @pytest.mark.parametrize("batch_size", [1, 3, 16])
-def test_proportional_batches_are_one_multinomial_draw_per_batch_and_resume_mid_block(batch_size):
-    """The sampler draws many batches at once; each batch must be what one torch.multinomial call
-    per batch on the same generator gives, and a sampler restored from ``state()`` in the middle
-    of a block must go on with the same batches."""
+def test_proportional_batches_are_one_multinomial_draw_per_batch_and_resume_mid_block(batch_size, monkeypatch):
+    """On a CUDA device the sampler draws an epoch of batches at once (made so here on the CPU);
+    each batch must be what one torch.multinomial call per batch on the same generator gives, and
+    a sampler restored from ``state()`` in the middle of a block must go on with the same batches."""
+    monkeypatch.setattr(sampling, "batches_per_draw", lambda n, batch_size, device: 5 if batch_size > 1 else 1)
     c = np.linspace(0.5, 3.0, 37)
     generator = torch.Generator().manual_seed(9)
     expected = [
         torch.multinomial(torch.as_tensor(c), batch_size, replacement=True, generator=generator) for _ in range(30)
     ]
     sampler = BatchSampler(c, batch_size, "proportional", seed=9)
+    assert sampler._block == (5 if batch_size > 1 else 1)
     drawn = [sampler.next()[0] for _ in range(11)]
     restored = BatchSampler(c, batch_size, "proportional", seed=0)
     restored.load_state(sampler.state())

@@ -13,17 +13,28 @@ epochs in either mode, as a DataLoader with shuffle=True would: the modes then d
 drawing with or without replacement, and without is the standard. Epochs run back to back: a batch
 may straddle two permutations.
 
-Indices are drawn on the host from the sampler's own generator, a block at a time: a whole
-permutation, or for ``proportional`` about an epoch of batches in one multinomial draw (the same
-indices as one draw per batch: with replacement, torch draws the samples one after another from
-the generator). On a CUDA device each block goes over in one non-blocking copy from pinned memory,
-and a step's batch is a slice of the device copy: no host-to-device copy per sampler per step.
+Indices are drawn on the host from the sampler's own generator (so a run draws the same batches
+on any device), a block at a time: a whole permutation or, for ``proportional`` on a CUDA device,
+about an epoch of batches in one multinomial draw (the same indices as one draw per batch: with
+replacement, torch draws the samples one after another from the generator). Each block goes to a
+CUDA device in one non-blocking copy from pinned memory, and a step's batch is a slice of the
+device copy: no host-to-device copy per sampler per step. On a CPU there is no copy to save and a
+proportional block is one batch (a larger draw costs as much per index: docs/performance.md).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+
+
+def batches_per_draw(n: int, batch_size: int | None, device: torch.device) -> int:
+    """Proportional batches drawn in one multinomial call: about an epoch's on a CUDA device, one on
+    a CPU, and one for batches of one example (torch draws a single sample another way, so a block
+    of them would be other indices)."""
+    if batch_size is None or batch_size < 2 or device.type == "cpu":
+        return 1
+    return max(1, -(-n // batch_size))
 
 
 class BatchSampler:
@@ -41,9 +52,7 @@ class BatchSampler:
         self.equal = bool((self.weights == self.weights[0]).all())
         self.mode = "weighted_loss" if self.equal else mode
         self.generator = torch.Generator().manual_seed(seed)
-        # Batches drawn in one multinomial call (one per batch when batch_size is 1: torch draws a
-        # single sample another way, so a block of them would be other indices).
-        self._block = 1 if batch_size is None or batch_size < 2 else max(1, -(-self.n // batch_size))
+        self._block = batches_per_draw(self.n, batch_size, self.device)
         self._order = torch.empty(0, dtype=torch.long)  # the indices drawn and not yet used
         self._on_device = self._order.to(self.device)  # the same, where the batches are used
         self._full = (self.weights / self.weights.sum()).to(self.device)
