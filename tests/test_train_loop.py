@@ -2,6 +2,7 @@
 full-batch training on a moment-compressed dataset for a model whose loss is a polynomial of
 degree <= k in the data point."""
 
+import contextlib
 import math
 import warnings
 
@@ -194,3 +195,54 @@ def test_divergence_stops_the_arm_and_records_it():
     calm = [Arm("calm", nn.Linear(1, 1, dtype=torch.float64), x, y, sampler)]
     train_side_by_side(calm, stable, 200, squared_error, evaluate, epoch_size=32)
     assert calm[0].status == "done" and calm[0].history[-1]["step"] == 200
+
+
+class _FakeEvent:
+    """A CUDA event stand-in on a fake device clock that each ``record`` moves on by 2.5 ms (so a
+    step between two records takes 2.5 ms); ``synchronize`` counts the waits."""
+
+    waits = 0
+    clock = 0.0
+
+    def __init__(self, enable_timing=False):
+        assert enable_timing
+        self.at = None
+
+    def record(self):
+        _FakeEvent.clock += 2.5
+        self.at = _FakeEvent.clock
+
+    def synchronize(self):
+        _FakeEvent.waits += 1
+
+    def elapsed_time(self, end):
+        return end.at - self.at
+
+
+class _CudaStepper:
+    def __init__(self, arms):
+        self.arms = arms
+        self.device = torch.device("cuda", 0)
+
+
+def test_cuda_steps_are_timed_by_events_read_at_settle_without_a_sync_per_step(monkeypatch):
+    from harness.train import loop
+
+    monkeypatch.setattr(torch.cuda, "Event", _FakeEvent)
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: pytest.fail("synchronised the device"))
+    monkeypatch.setattr(_FakeEvent, "waits", 0)
+    monkeypatch.setattr(loop, "MAX_PENDING_EVENTS", 7)
+    arms = [Arm(name, None, None, None, None) for name in "ab"]
+    stepper, clock = _CudaStepper(arms), loop.StepClock()
+    for _ in range(6):
+        with clock.timing(stepper):
+            pass
+    assert _FakeEvent.waits == 0 and [arm.seconds for arm in arms] == [0.0, 0.0]  # nothing read yet
+    clock.settle()
+    assert _FakeEvent.waits == 6 and clock.pending == []
+    assert [arm.seconds for arm in arms] == pytest.approx([6 * 2.5e-3 / 2] * 2)  # 2.5 ms a step, shared
+    for _ in range(7):  # the seventh pending step makes it read them all
+        with clock.timing(stepper):
+            pass
+    assert _FakeEvent.waits == 13 and clock.pending == []
