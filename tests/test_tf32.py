@@ -8,8 +8,9 @@ import torch
 from torch import nn
 
 from harness.cli import main
-from harness.config import TrainConfig
+from harness.config import TrainConfig, flatten, parse_config
 from harness.device import float32_matmuls, tf32_in_effect
+from harness.experiments import runner
 from harness.train import Arm, BatchSampler, mean_loss, squared_error, train_side_by_side
 
 
@@ -68,7 +69,7 @@ def test_tf32_takes_effect_only_in_float32_on_a_cuda_device_with_tf32_units(monk
     assert not tf32_in_effect(torch.device("cpu"), torch.float32, True)
 
 
-def test_the_results_row_records_tf32_as_the_run_got_it(tmp_path):
+def test_a_cpu_runs_row_records_the_request_and_no_tf32_column(tmp_path):
     spec = tmp_path / "tiny.yaml"
     spec.write_text(
         "experiment: width\ntask: {name: teacher, n_train: 60, n_test: 30}\nmodel: {width: 12}\n"
@@ -78,4 +79,15 @@ def test_the_results_row_records_tf32_as_the_run_got_it(tmp_path):
     out = tmp_path / "results"
     assert main(["run", str(spec), "--out", str(out), "--device", "cpu"]) == 0
     row = pd.read_parquet(out / "runs.parquet").iloc[0]
-    assert bool(row["train.tf32"]) is True and bool(row["tf32"]) is False  # asked for, not on a CPU
+    assert bool(row["train.tf32"]) is True and "tf32" not in row  # asked for; a CPU has no TF32
+
+
+@pytest.mark.parametrize(
+    ("tf32", "dtype", "got"), [(True, "float32", True), (False, "float32", False), (True, "float64", False)]
+)
+def test_a_cuda_runs_row_records_whether_it_got_tf32(monkeypatch, tf32, dtype, got):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: (9, 0))
+    config = parse_config({"experiment": "data", "train": {"steps": 2, "tf32": tf32, "dtype": dtype}})
+    flat = flatten(config)
+    row = runner._row(config, "original", "id", "done", {}, torch.device("cuda", 0), flat)
+    assert row["tf32"] is got and row["train.tf32"] is tf32 and row["device"] == "cuda:0"

@@ -283,6 +283,8 @@ def _row(config: Config, arm: str, rid: str, status: str, summary: dict, device:
     row.update(summary)
     row.update(flat)
     row["device"] = str(device)
-    # What the run's float32 matrix products used (train.tf32 asks; only a CUDA device grants it).
-    row["tf32"] = tf32_in_effect(device, dtype_of(config), config.train.tf32) if training else None
+    if training and device.type == "cuda":
+        # Whether its float32 matrix products ran in TF32 (train.tf32 asks; the device may not have
+        # it). Never on a CPU: CPU runs have no such column, as the tables written before it.
+        row["tf32"] = tf32_in_effect(device, dtype_of(config), config.train.tf32)
     return row
