@@ -16,7 +16,7 @@ largest learning rates, where training is chaotic. Speed is measured here, never
 The fused CPU kernels (harness/models/relu_kernels.py) are compiled on a machine's first use, about
 1 s each, then cached on disk: a first run pays that inside its timings.
 
-Run: .venv/bin/python bench/train_throughput.py [--quick] [--device cpu|cuda]
+Run: .venv/bin/python bench/train_throughput.py [--quick] [--steps N] [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -39,8 +39,8 @@ LEARNING_RATES = (1e-3, 3e-3, 1e-2, 3e-2)
 EVAL_EVERY = 256
 
 
-def workloads(quick: bool, device: str) -> dict[str, list[Config]]:
-    steps = 128 if quick else 2048
+def workloads(quick: bool, device: str, steps: int | None = None) -> dict[str, list[Config]]:
+    steps = steps or (128 if quick else 2048)
     e2_seeds, e3_seeds = (4, 1) if quick else (16, 4)
     e2 = [
         parse_config(
@@ -112,6 +112,7 @@ def measure(configs: list[Config], folder: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="128 steps, 16 + 4 runs (a short check)")
+    parser.add_argument("--steps", type=int, default=None, help="steps per run (default 2048; --quick: 128)")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads for both paths (default: torch's)")
     args = parser.parse_args()
@@ -131,7 +132,7 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as folder:
-        for name, configs in workloads(args.quick, args.device).items():
+        for name, configs in workloads(args.quick, args.device, args.steps).items():
             m = measure(configs, Path(folder) / name.split(":")[0])
             print(
                 f"| {name} | {m['runs']} | {m['alone']:.1f} | {m['batched']:.1f} | "

@@ -1,4 +1,5 @@
-"""Device choice (an explicit request wins; otherwise CUDA when present, else CPU), and CPU threads."""
+"""Device choice (an explicit request wins; otherwise CUDA when present, else CPU), CPU threads, and
+whether CUDA float32 matrix products run in TF32."""
 
 from __future__ import annotations
 
@@ -46,3 +47,27 @@ def one_cpu_thread(device: torch.device) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+@contextmanager
+def float32_matmuls(tf32: bool) -> Iterator[None]:
+    """CUDA float32 matrix products (and cuDNN convolutions) in TF32 exactly when ``tf32``, for the
+    duration, whatever the process was set to (torch's default for cuDNN is on); restored afterwards.
+
+    A process-wide flag, so each training step and evaluation sets its own run's value: runs with
+    either setting can share a worker.
+    """
+    previous = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = previous
+
+
+def tf32_in_effect(device: torch.device, dtype: torch.dtype, tf32: bool) -> bool:
+    """Whether a run asking for ``tf32`` gets it: float32 on a CUDA device with TF32 units
+    (compute capability 8.0, Ampere, or later)."""
+    return (
+        tf32 and dtype == torch.float32 and device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8
+    )

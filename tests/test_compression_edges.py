@@ -149,3 +149,16 @@ def test_run_warns_once_for_a_size_larger_than_d_not_per_arm_or_seed(tmp_path, c
     code, messages = _recorded(lambda: main(command))
     assert code == 0
     assert [m for m in messages if "kept" in m] == [expected]
+
+
+def test_kmeans_announces_its_cost_when_large(monkeypatch, caplog):
+    from harness.compression import baselines
+
+    assert baselines.kmeans_cost_warning(1000, 100) is None
+    assert "524,288 points into 52,429 clusters" in baselines.kmeans_cost_warning(2**19, 52429)
+    monkeypatch.setattr(baselines, "KMEANS_SLOW_WORK", 40 * 4)
+    points = np.random.default_rng(0).uniform(-1, 1, (40, 2))
+    with caplog.at_level("WARNING", logger="harness.compression.baselines"):
+        centroids, mass = baselines.kmeans_centroids(points, np.ones(40), 4, seed=0)
+    assert [r.message for r in caplog.records] == [baselines.kmeans_cost_warning(40, 4)]
+    assert len(centroids) == 4 and mass.sum() == pytest.approx(40)

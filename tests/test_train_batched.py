@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import warnings
 from pathlib import Path
 
@@ -32,6 +33,8 @@ from harness.train import batched, run_together, stacked
 from harness.train.optim import make_optimizer
 from harness.train.stacked_optim import StackedOptimizer
 
+# Where the configurations run: the CPU, or a GPU when bench/gpu_check.py runs these tests there.
+DEVICE = os.environ.get("POLYSCALE_TEST_DEVICE", "cpu")
 FLOAT64_TOLERANCE = 1e-10
 # float32, 40 steps, every optimizer, both experiments: the losses of the two paths differed by at
 # most 6.3e-7 relative (rounding, ~6e-8 per operation, grown by training); differences of losses
@@ -56,7 +59,7 @@ def config(
     raw = {
         "experiment": experiment,
         "seed": seed,
-        "device": "cpu",
+        "device": DEVICE,
         "train": {"optimizer": optimizer, "lr": lr, "steps": 40, "eval_every": 10, "dtype": dtype, **train},
     }
     if experiment == "data":

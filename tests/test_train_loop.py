@@ -2,6 +2,7 @@
 full-batch training on a moment-compressed dataset for a model whose loss is a polynomial of
 degree <= k in the data point."""
 
+import contextlib
 import math
 import warnings
 
@@ -12,7 +13,16 @@ from torch import nn
 
 from harness.compression import compress
 from harness.config import TrainConfig
-from harness.train import Arm, BatchSampler, make_optimizer, make_schedule, mean_loss, squared_error, train_side_by_side
+from harness.train import (
+    Arm,
+    BatchSampler,
+    make_optimizer,
+    make_schedule,
+    mean_loss,
+    sampling,
+    squared_error,
+    train_side_by_side,
+)
 
 
 def test_full_batch_gives_the_exact_weighted_mean():
@@ -59,6 +69,26 @@ def test_samplers_with_one_seed_give_one_order():
     first = [a.next()[0] for _ in range(20)]
     assert all(torch.equal(x, b.next()[0]) for x in first)
     assert not all(torch.equal(x, c.next()[0]) for x in first)
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 16])
+def test_proportional_batches_are_one_multinomial_draw_per_batch_and_resume_mid_block(batch_size, monkeypatch):
+    """On a CUDA device the sampler draws an epoch of batches at once (made so here on the CPU);
+    each batch must be what one torch.multinomial call per batch on the same generator gives, and
+    a sampler restored from ``state()`` in the middle of a block must go on with the same batches."""
+    monkeypatch.setattr(sampling, "batches_per_draw", lambda n, batch_size, device: 5 if batch_size > 1 else 1)
+    c = np.linspace(0.5, 3.0, 37)
+    generator = torch.Generator().manual_seed(9)
+    expected = [
+        torch.multinomial(torch.as_tensor(c), batch_size, replacement=True, generator=generator) for _ in range(30)
+    ]
+    sampler = BatchSampler(c, batch_size, "proportional", seed=9)
+    assert sampler._block == (5 if batch_size > 1 else 1)
+    drawn = [sampler.next()[0] for _ in range(11)]
+    restored = BatchSampler(c, batch_size, "proportional", seed=0)
+    restored.load_state(sampler.state())
+    drawn += [restored.next()[0] for _ in range(19)]
+    assert all(torch.equal(got, want) for got, want in zip(drawn, expected, strict=True))
 
 
 def test_cosine_schedule_goes_to_zero():
@@ -165,3 +195,54 @@ def test_divergence_stops_the_arm_and_records_it():
     calm = [Arm("calm", nn.Linear(1, 1, dtype=torch.float64), x, y, sampler)]
     train_side_by_side(calm, stable, 200, squared_error, evaluate, epoch_size=32)
     assert calm[0].status == "done" and calm[0].history[-1]["step"] == 200
+
+
+class _FakeEvent:
+    """A CUDA event stand-in on a fake device clock that each ``record`` moves on by 2.5 ms (so a
+    step between two records takes 2.5 ms); ``synchronize`` counts the waits."""
+
+    waits = 0
+    clock = 0.0
+
+    def __init__(self, enable_timing=False):
+        assert enable_timing
+        self.at = None
+
+    def record(self):
+        _FakeEvent.clock += 2.5
+        self.at = _FakeEvent.clock
+
+    def synchronize(self):
+        _FakeEvent.waits += 1
+
+    def elapsed_time(self, end):
+        return end.at - self.at
+
+
+class _CudaStepper:
+    def __init__(self, arms):
+        self.arms = arms
+        self.device = torch.device("cuda", 0)
+
+
+def test_cuda_steps_are_timed_by_events_read_at_settle_without_a_sync_per_step(monkeypatch):
+    from harness.train import loop
+
+    monkeypatch.setattr(torch.cuda, "Event", _FakeEvent)
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: pytest.fail("synchronised the device"))
+    monkeypatch.setattr(_FakeEvent, "waits", 0)
+    monkeypatch.setattr(loop, "MAX_PENDING_EVENTS", 7)
+    arms = [Arm(name, None, None, None, None) for name in "ab"]
+    stepper, clock = _CudaStepper(arms), loop.StepClock()
+    for _ in range(6):
+        with clock.timing(stepper):
+            pass
+    assert _FakeEvent.waits == 0 and [arm.seconds for arm in arms] == [0.0, 0.0]  # nothing read yet
+    clock.settle()
+    assert _FakeEvent.waits == 6 and clock.pending == []
+    assert [arm.seconds for arm in arms] == pytest.approx([6 * 2.5e-3 / 2] * 2)  # 2.5 ms a step, shared
+    for _ in range(7):  # the seventh pending step makes it read them all
+        with clock.timing(stepper):
+            pass
+    assert _FakeEvent.waits == 13 and clock.pending == []

@@ -117,7 +117,7 @@ def compress(
             target=target,
             clamped=clamped,
         )
-    check_memory(d, m, k, reduce=method in ("clustered", "global"))
+    check_memory(d, m, k, reduce=method in ("clustered", "global"), device=x.device)
     start = time.perf_counter()
     if method in ("clustered", "global"):
         with one_cpu_thread(x.device):

@@ -77,7 +77,7 @@ def reduce_support(points, weights=None, k: int = 2) -> tuple[np.ndarray, np.nda
         moments of every degree <= k equal the input's to round-off.
     """
     x, w = check_inputs(points, weights, k)
-    check_memory(*x.shape, k)
+    check_memory(*x.shape, k, device=x.device)
     c = recombine(x, w, k)
     keep = torch.nonzero(c > 0).squeeze(1)
     return keep.cpu().numpy(), c[keep].cpu().numpy()

@@ -48,31 +48,58 @@ def check_inputs(points, weights, k) -> tuple[torch.Tensor, torch.Tensor]:
     return x, w
 
 
-def check_memory(d: int, m: int, k: int, reduce: bool = True) -> None:
+def check_memory(d: int, m: int, k: int, reduce: bool = True, device: torch.device | None = None) -> None:
     """Refuse a compression whose moment features (and, when ``reduce``, factorisations) would
-    not fit in memory; called before anything of size N(m, k) is allocated."""
-    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    need = memory_needed(d, m, k, reduce)
-    if need > MEMORY_SHARE * have:
-        fits = [j for j in range(k) if memory_needed(d, m, j, reduce) <= MEMORY_SHARE * have]
-        advice = f"use k <= {fits[-1]}" if fits else "lower k"
-        work = "reducing" if reduce else "measuring the moments of"
-        raise ValueError(
-            f"N(m={m}, k={k}) = {n_moments(m, k):,} moments is too many: {work} {d:,} points would need "
-            f"about {need / 2**30:,.1f} GiB, more than {MEMORY_SHARE:.0%} of this machine's "
-            f"{have / 2**30:,.1f} GiB; {advice} or compress in a lower-dimensional space"
-        )
+    not fit in memory; called before anything of size N(m, k) is allocated.
+
+    The error measurement runs on the host; the reduction runs on ``device`` (default the CPU), so
+    for a CUDA device it is held to that GPU's memory and the measurement to the host's.
+    """
+    on_gpu = device is not None and device.type == "cuda"
+    host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if on_gpu:
+        places = [("this machine's", host, False), (f"{device}'s", _device_memory(device), True)]
+    else:
+        places = [("this machine's", host, None)]
+    for where, have, reduction in places:
+
+        def need(j: int, reduction=reduction) -> int:
+            if reduction is None:
+                return memory_needed(d, m, j, reduce)
+            return _reduction_bytes(d, m, j) if reduction else _measure_bytes(d, m, j)
+
+        if need(k) > MEMORY_SHARE * have:
+            fits = [j for j in range(k) if need(j) <= MEMORY_SHARE * have]
+            advice = f"use k <= {fits[-1]}" if fits else "lower k"
+            work = "reducing" if reduce and reduction is not False else "measuring the moments of"
+            raise ValueError(
+                f"N(m={m}, k={k}) = {n_moments(m, k):,} moments is too many: {work} {d:,} points would need "
+                f"about {need(k) / 2**30:,.1f} GiB, more than {MEMORY_SHARE:.0%} of {where} "
+                f"{have / 2**30:,.1f} GiB; {advice} or compress in a lower-dimensional space"
+            )
 
 
 def memory_needed(d: int, m: int, k: int, reduce: bool = True) -> int:
-    """Bytes at the peak of a compression of d points: the moment features of one chunk of
-    ``raw_moments`` (the error measurement: the chunk's (rows, N) features and up to three
-    temporaries of at most that size while ``product_features`` builds them, float64) and, when
-    ``reduce``, the reduction's features and factorisations."""
+    """Bytes at the peak of a compression of d points on a CPU: the moment features of one chunk
+    of ``raw_moments`` (the error measurement) and, when ``reduce``, the reduction's features and
+    factorisations (the larger: they are held one after the other)."""
+    return max(_measure_bytes(d, m, k), _reduction_bytes(d, m, k) if reduce else 0)
+
+
+def _measure_bytes(d: int, m: int, k: int) -> int:
+    """The error measurement: one chunk's (rows, N) float64 features and up to three temporaries of
+    at most that size while ``product_features`` builds them."""
+    return 8 * min(d, RAW_MOMENTS_CHUNK) * 4 * n_moments(m, k)
+
+
+def _reduction_bytes(d: int, m: int, k: int) -> int:
+    """The reduction's float64 features of every point and its factorisations."""
     n_features = n_moments(m, k)
-    measure = 8 * min(d, RAW_MOMENTS_CHUNK) * 4 * n_features
-    reduction = 8 * (3 * d * n_features + 12 * n_features**2) if reduce else 0
-    return max(measure, reduction)
+    return 8 * (3 * d * n_features + 12 * n_features**2)
+
+
+def _device_memory(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).total_memory
 
 
 def _as_float64(array, name: str, device: torch.device) -> torch.Tensor:

@@ -146,6 +146,9 @@ class TrainConfig:
     # Steps between checkpoints inside a run (harness/train/checkpoint.py), besides one every 10
     # minutes of wall clock; null: by the clock alone. Cosmetic: a resumed run's numbers are the same.
     checkpoint_every: int | None = option(None, check=POSITIVE, cosmetic=True)
+    # float32 matrix products on a CUDA device in TensorFloat-32 (10-bit mantissa, faster on
+    # Ampere and later); false: full float32. No effect on a CPU or in float64.
+    tf32: bool = option(False)
 
 
 @dataclass(frozen=True)

@@ -29,10 +29,10 @@ import torch
 
 from harness import preempt
 from harness.config import TRAINING_EXPERIMENTS, Config, flatten, run_id, to_dict
-from harness.device import pick_device
+from harness.device import pick_device, tf32_in_effect
 from harness.errors import UsageError
 from harness.experiments import attention, data, runtime, symmetric, width
-from harness.experiments.common import ArmResult, OnRecord
+from harness.experiments.common import ArmResult, OnRecord, dtype_of
 from harness.tracking import (
     RunObserver,
     begin_run,
@@ -283,4 +283,8 @@ def _row(config: Config, arm: str, rid: str, status: str, summary: dict, device:
     row.update(summary)
     row.update(flat)
     row["device"] = str(device)
+    if training and device.type == "cuda":
+        # Whether its float32 matrix products ran in TF32 (train.tf32 asks; the device may not have
+        # it). Never on a CPU: CPU runs have no such column, as the tables written before it.
+        row["tf32"] = tf32_in_effect(device, dtype_of(config), config.train.tf32)
     return row

@@ -9,7 +9,8 @@ rates, arms, noise and the like may differ. ``batch_key`` says this as a string.
 A worker that claims a job claims up to K - 1 more waiting jobs of its key at once through
 ``RunQueue.claim_matching``, so each job is still claimed, beaten for, finished and retried on its
 own. K comes from ``--batch-models`` or, by default, from a memory estimate on the worker's device
-(``auto_batch_models``). This module is the policy (which jobs go together, how many); the queue
+(``auto_batch_models``); several workers on one GPU divide its memory among them
+(``per_worker_batch``). This module is the policy (which jobs go together, how many); the queue
 is the mechanism.
 """
 
@@ -20,6 +21,8 @@ import functools
 import json
 import math
 import os
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import Sequence
 
@@ -92,17 +95,40 @@ def job_bytes(config: Config) -> int:
     return itemsize * len(config.arm_names) * (4 * parameters + activations + data)
 
 
-def auto_batch_models(config: Config, device: str) -> int:
+def auto_batch_models(config: Config, device: str, free: int | None = None) -> int:
     """How many jobs like ``config`` to train at once on ``device``: what fits in MEMORY_SHARE of
-    its free memory, at most CPU_CAP on a CPU (GPU_CAP on a GPU)."""
+    ``free`` bytes (default: the device's free memory), at most CPU_CAP on a CPU (GPU_CAP on a GPU)."""
     if config.experiment not in MLP_EXPERIMENTS:
         return 1
     where = pick_device(device)
-    if where.type == "cuda":
-        free, cap = torch.cuda.mem_get_info(where)[0], GPU_CAP
-    else:
-        free, cap = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), CPU_CAP
+    cap = GPU_CAP if where.type == "cuda" else CPU_CAP
+    if free is None:
+        free = torch.cuda.mem_get_info(where)[0] if where.type == "cuda" else _available_host_memory()
     return int(max(1, min(cap, MEMORY_SHARE * free // job_bytes(config))))
+
+
+def _available_host_memory() -> int:
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def gpu_free_memory(device: str) -> int | None:
+    """Free bytes on the GPU ``device`` (cuda or auto: the first, taken as like the others), asked
+    in a child process so that the caller (the sweep coordinator) never opens a CUDA context, which
+    would hold several hundred MB of that GPU for the whole sweep; None when the child cannot tell."""
+    index = (torch.device(device).index if device.startswith("cuda") else None) or 0
+    probe = f"import torch; print(torch.cuda.mem_get_info({index})[0])"
+    try:
+        done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+        return int(done.stdout.strip()) if done.returncode == 0 else None
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        return None
+
+
+def workers_per_gpu(device: str, workers: int) -> int:
+    """The most workers that share one GPU when ``workers`` are spread as ``launch.assign_devices``
+    spreads them (cuda or auto: over every GPU; cuda:N: all on that one)."""
+    count = torch.cuda.device_count() if device in ("auto", "cuda") else 1
+    return math.ceil(workers / max(1, count))
 
 
 def claim_compatible(queue: RunQueue, first: Claim, limit: int) -> list[Claim]:
@@ -126,8 +152,14 @@ def batch_limit(requested: int | None, first: Claim, device: str) -> int:
 
 def per_worker_batch(configs: Sequence[Config], workers: int, device: str) -> int | None:
     """The default K for ``workers`` workers on this machine: no more than an equal share of the
-    largest group of compatible jobs (so every worker gets some) and of the memory (they share it).
-    None for one worker: it decides by memory as it claims."""
+    largest group of compatible jobs (so every worker gets some) and of the memory of the device
+    they run on (the workers on one GPU, or all of them on a CPU, share it). None for one worker:
+    it decides by memory as it claims.
+
+    Called by the coordinator, which must not open a CUDA context: a GPU's free memory is asked
+    in a child process (``gpu_free_memory``); if that fails, the workers' share of the jobs alone
+    bounds K.
+    """
     if workers == 1:
         return None
     keys = [batch_key(config) for config in configs]
@@ -136,4 +168,10 @@ def per_worker_batch(configs: Sequence[Config], workers: int, device: str) -> in
         return 1
     key, count = groups.most_common(1)[0]
     config = configs[keys.index(key)]
-    return max(1, min(math.ceil(count / workers), auto_batch_models(config, device) // workers))
+    share = math.ceil(count / workers)
+    if pick_device(device).type != "cuda":
+        return max(1, min(share, auto_batch_models(config, device, _available_host_memory()) // workers))
+    free = gpu_free_memory(device)
+    if free is None:
+        return max(1, min(share, GPU_CAP))
+    return max(1, min(share, auto_batch_models(config, device, free) // workers_per_gpu(device, workers)))

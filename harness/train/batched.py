@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from harness.device import one_cpu_thread
+from harness.device import float32_matmuls, one_cpu_thread
 from harness.models import MLP
 from harness.train import handoff
 from harness.train.loop import Arm, SideBySide, restore, run_steps, train_one_by_one
@@ -120,8 +120,9 @@ class _Stack:
             x = self.x.flatten(0, 1).index_select(0, rows).view(len(self.members), -1, self.x.shape[2])
             y = self.y.flatten(0, 1).index_select(0, rows).view(len(self.members), -1, self.y.shape[2])
         loss_weights = torch.stack([batches[id(arm.sampler)][1] for arm in self.arms]).to(x.dtype)
-        loss = (loss_weights * self.loss_fn(self.model.forward(x), y)).sum()
-        loss.backward()
+        with float32_matmuls(self.train.tf32):
+            loss = (loss_weights * self.loss_fn(self.model.forward(x), y)).sum()
+            loss.backward()
         if self.train.divide_gradients:
             self.model.divide_gradients()
         self.model.gather_grad()

@@ -19,7 +19,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -29,6 +30,7 @@ from tqdm import tqdm
 
 from harness import preempt
 from harness.config import TrainConfig
+from harness.device import float32_matmuls
 from harness.train import checkpoint, handoff
 from harness.train.losses import LossFn
 from harness.train.optim import make_optimizer, make_schedule, schedule_factor
@@ -87,7 +89,8 @@ class SideBySide:
         live = [arm for arm in self.arms if arm.status == "running"]
         if not live:
             return
-        results = self.evaluate(live)
+        with float32_matmuls(self.train.tf32):
+            results = self.evaluate(live)
         per_step = self.train.batch_size if self.train.batch_size is not None else self.epoch_size
         epoch = step * per_step / self.epoch_size  # examples seen, in units of the original training set
         lr = self.train.lr * schedule_factor(self.train, self.steps)(step)  # as make_schedule's LambdaLR has it
@@ -111,7 +114,7 @@ class Stepper(Protocol):
 
     @property
     def device(self) -> torch.device:
-        """Where its tensors are (a CUDA step is synchronised before its time is taken)."""
+        """Where its tensors are (a CUDA step is timed by CUDA events: ``StepClock``)."""
 
     def step(self, step: int, batches: dict[int, tuple]) -> None:
         """Step ``step`` (from 1) of every arm, each on its sampler's batch ``batches[id(sampler)]``."""
@@ -192,6 +195,7 @@ def run_steps(calls: Sequence[SideBySide], steppers: Sequence[Stepper], descript
         for stepper in steppers:
             stepper.drop_diverged()
 
+    clock = StepClock()
     if resumed_at == 0:
         record(0)
     else:
@@ -207,28 +211,26 @@ def run_steps(calls: Sequence[SideBySide], steppers: Sequence[Stepper], descript
                 if id(arm.sampler) not in batches:
                     batches[id(arm.sampler)] = arm.sampler.next()
         for stepper in live:
-            arms = stepper.arms
-            start = time.perf_counter()
-            stepper.step(step, batches)
-            if stepper.device.type == "cuda":
-                torch.cuda.synchronize(stepper.device)
-            share = (time.perf_counter() - start) / len(arms)
-            for arm in arms:
-                arm.seconds += share
+            with clock.timing(stepper):
+                stepper.step(step, batches)
         if step % eval_every == 0 or step == steps:
+            clock.settle()
             record(step)
         if step < steps:
-            _checkpoint(calls, steppers, step)
+            _checkpoint(calls, steppers, step, clock)
+    clock.settle()
     for call in calls:
         for arm in call.arms:
             if arm.status == "running":
                 arm.status = "done"
 
 
-def _checkpoint(calls: Sequence[SideBySide], steppers: Sequence[Stepper], step: int) -> None:
+def _checkpoint(calls: Sequence[SideBySide], steppers: Sequence[Stepper], step: int, clock: StepClock) -> None:
     """Write the checkpoints due after ``step``; on a stop request, every call's, then stop."""
     stop = preempt.stop_requested()
     due = [call for call in calls if call.checkpoints is not None and (stop or call.checkpoints.due(step))]
+    if due:
+        clock.settle()  # the arms' seconds go into the checkpoint
     holders = {id(arm): stepper for stepper in steppers for arm in stepper.arms} if due else {}
     for call in due:
         call.checkpoints.write(_state(call, step, holders))
@@ -274,11 +276,58 @@ def _misfit(call: SideBySide, state: dict) -> str | None:
     return None
 
 
+# Timed CUDA steps held before their times are read (a long evaluation interval then waits for
+# the device once per this many steps rather than holding an event pair for every step).
+MAX_PENDING_EVENTS = 1024
+
+
+class StepClock:
+    """Each stepper's time per step, shared equally among the arms it stepped.
+
+    On a CPU a step's time is the wall clock around it. A CUDA step only queues kernels, so its
+    time is taken between two CUDA events recorded on the stream around it and read at ``settle``
+    (each evaluation, checkpoint and the end), where the host waits for the device anyway: no
+    synchronisation per step.
+    """
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[list[Arm], torch.cuda.Event, torch.cuda.Event]] = []
+
+    @contextmanager
+    def timing(self, stepper: Stepper) -> Iterator[None]:
+        arms = stepper.arms
+        if stepper.device.type == "cuda":
+            with torch.cuda.device(stepper.device):
+                begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                begin.record()
+                yield
+                end.record()
+            self.pending.append((arms, begin, end))
+            if len(self.pending) >= MAX_PENDING_EVENTS:
+                self.settle()
+            return
+        start = time.perf_counter()
+        yield
+        _share(arms, time.perf_counter() - start)
+
+    def settle(self) -> None:
+        """Add the pending CUDA steps' times to their arms (waiting for the last of them)."""
+        for arms, begin, end in self.pending:
+            end.synchronize()
+            _share(arms, begin.elapsed_time(end) / 1000.0)
+        self.pending.clear()
+
+
+def _share(arms: list[Arm], seconds: float) -> None:
+    for arm in arms:
+        arm.seconds += seconds / len(arms)
+
+
 class _OneArm:
     """One arm stepped through torch.optim (the reference the stacked path is tested against)."""
 
     def __init__(self, arm: Arm, call: SideBySide) -> None:
-        self.arm, self.loss_fn, self.divide = arm, call.loss_fn, call.train.divide_gradients
+        self.arm, self.loss_fn, self.divide, self.tf32 = arm, call.loss_fn, call.train.divide_gradients, call.train.tf32
         self.optimizer = make_optimizer(arm.model.parameters(), call.train)
         self.schedule = make_schedule(self.optimizer, call.train, call.steps)
 
@@ -294,9 +343,10 @@ class _OneArm:
         arm = self.arm
         rows, loss_weights = batches[id(arm.sampler)]
         x, y = (arm.x, arm.y) if rows is None else (arm.x[rows], arm.y[rows])
-        loss = (loss_weights.to(x.dtype) * self.loss_fn(arm.model(x), y)).sum()
-        self.optimizer.zero_grad(set_to_none=False)
-        loss.backward()
+        with float32_matmuls(self.tf32):
+            loss = (loss_weights.to(x.dtype) * self.loss_fn(arm.model(x), y)).sum()
+            self.optimizer.zero_grad(set_to_none=False)
+            loss.backward()
         if self.divide and hasattr(arm.model, "divide_gradients"):
             arm.model.divide_gradients()
         self.optimizer.step()
