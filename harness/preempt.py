@@ -1,10 +1,11 @@
-"""Cooperative stopping of training, for preemption (SIGTERM, Slurm's SIGUSR1, Ctrl-C) and lost claims.
+"""Cooperative stopping of training, for preemption (SIGTERM, Slurm's SIGUSR1 or submitit's SIGUSR2,
+Ctrl-C) and lost claims.
 
 A signal handler or a worker's heartbeat asks for a stop; the training loop checks between steps,
 writes a checkpoint of what it holds and raises ``Preempted``. The run is then unfinished, not
 failed: the same command resumes it from that checkpoint.
 
-``stop_on_signals`` turns SIGTERM, SIGUSR1 and SIGINT into such a request, so a signal never
+``stop_on_signals`` turns SIGTERM, SIGUSR1, SIGUSR2 and SIGINT into such a request, so a signal never
 raises in the middle of a write or kills a process that holds claims. Work that does not check
 the request (data generation, compression, a loop without checkpoints) is not waited for
 indefinitely: ``stop_seconds()`` after the first signal, or at once on a second Ctrl-C, the
@@ -21,7 +22,11 @@ from collections.abc import Callable
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL (sysexits.h): stopped on request; the same command resumes
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
-STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGUSR1", "SIGINT") if hasattr(signal, name))
+# SIGUSR2: what a Slurm array submitted through submitit (harness/sweep/slurm.py) gets before its
+# time limit, sent to every process of the task, the worker included.
+STOP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGTERM", "SIGUSR1", "SIGUSR2", "SIGINT") if hasattr(signal, name)
+)
 STOP_SECONDS_ENV = "POLYSCALE_STOP_SECONDS"
 # Under Slurm's default KillWait (30 s), the time between its SIGTERM and its SIGKILL.
 DEFAULT_STOP_SECONDS = 20.0
@@ -83,7 +88,7 @@ def stop_seconds() -> float:
 
 
 def stop_on_signals(on_overdue: Callable[[], None], parent_pid: int | None = None) -> None:
-    """From now on SIGTERM, SIGUSR1 and SIGINT ask for a stop (``request_stop``) instead of
+    """From now on SIGTERM, SIGUSR1, SIGUSR2 and SIGINT ask for a stop (``request_stop``) instead of
     killing the process or raising KeyboardInterrupt; so does the death of ``parent_pid``, when
     given (it is polled: a coordinator killed with -9 leaves no worker running).
 
