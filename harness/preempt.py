@@ -37,6 +37,7 @@ _reason: list[str] = []
 _signals: list[str] = []  # the stop signals received (their names), in order
 _signalled = threading.Event()  # set at the first
 _overdue = threading.Event()  # set when the stop must happen now
+_noting = False  # while ``received`` notes a signal (a handler may interrupt it)
 
 
 class Preempted(Exception):
@@ -117,12 +118,28 @@ def stop_on_signals(on_overdue: Callable[[], None], parent_pid: int | None = Non
 
 def received(name: str) -> None:
     """Take note of a stop signal as the handlers of ``stop_on_signals`` do: ask for a stop, and
-    on a second Ctrl-C for a stop now (for a process whose handlers do more, e.g. forward it)."""
-    if _signals and name == "SIGINT" and "SIGINT" in _signals:
-        _overdue.set()  # Ctrl-C twice: stop now
+    on a second Ctrl-C for a stop now (for a process whose handlers do more, e.g. forward it).
+
+    Two signals can come at once (Slurm signals every process of a task, submitit's requeue sends
+    another; a process group gets one and its coordinator forwards it): the second handler then
+    runs inside the first, which may hold an event's lock that setting it again would wait for
+    forever. So a handler that interrupts another only adds its signal to the list, and the first
+    notes every signal listed before it returns."""
+    global _noting
     _signals.append(name)
-    request_stop(_signals[0])
-    _signalled.set()
+    if _noting:
+        return
+    _noting = True
+    try:
+        seen = 0
+        while seen < len(_signals):
+            seen = len(_signals)
+            if _signals.count("SIGINT") > 1:
+                _overdue.set()  # Ctrl-C twice: stop now
+            request_stop(_signals[0])
+            _signalled.set()
+    finally:
+        _noting = False
 
 
 def _watch_parent(parent_pid: int) -> None:

@@ -110,6 +110,11 @@ def squeue_state(job: str) -> str:
     return done.stdout.strip()
 
 
+def node_state() -> str:
+    done = subprocess.run(["sinfo", "--noheader", "--format=%T"], capture_output=True, text=True)
+    return done.stdout.strip()
+
+
 def accounting(array: str) -> list[tuple[str, str]] | None:
     """(task, state) rows of ``sacct`` for the array, each requeue of a task a row of its own;
     None where the cluster keeps no accounting database."""
@@ -130,14 +135,15 @@ def test_the_smoke_sweep_through_a_slurm_array_runs_every_run_once_and_sacct_sho
     dry = polyscale("sweep", str(SMOKE), *SHORTER, "--dry-run", cwd=tmp_path)
     assert dry.returncode == 0, dry.stderr
     expected = {line.split()[0] for line in dry.stdout.splitlines()[1:-1]}
-    assert len(expected) == len(load_sweep(SMOKE).runs)
+    sweep = load_sweep(SMOKE, SHORTER[1:])
+    assert expected == {run.run_id for run in sweep.runs}
     done = polyscale("sweep", str(SMOKE), *SHORTER, "--launcher", "slurm", "--workers", "2", "--wait", cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     array = array_of(done.stdout)
     results = tmp_path / "results" / "smoke"
     assert_complete(results, expected)  # every run of the dry run, once
     outcomes = run_outcomes(results, "smoke")
-    assert {job for job, outcome in outcomes if outcome == "done"} == {job for job, _ in jobs(load_sweep(SMOKE).runs)}
+    assert {job for job, outcome in outcomes if outcome == "done"} == {job for job, _ in jobs(sweep.runs)}
     assert all(count == 1 for count in outcomes.values())  # no job ran twice
     rows = accounting(array)
     print("sacct:", rows)
@@ -147,8 +153,17 @@ def test_the_smoke_sweep_through_a_slurm_array_runs_every_run_once_and_sacct_sho
     assert f"slurm array {array} (2 tasks, debug): 2 COMPLETED" in status.stdout or rows is None, status.stdout
 
 
+# How a running task is sent back to the queue: by Slurm (preemption, an operator), or by submitit
+# when the task nears its time limit (Slurm's SIGUSR2, which scancel --signal sends sooner)
+REQUEUES = {
+    "scontrol requeue": lambda job: ["scontrol", "requeue", job],
+    "time limit": lambda job: ["scancel", "--signal=USR2", job],
+}
+
+
 @needs_cluster
-def test_scontrol_requeue_of_a_running_task_resumes_its_runs_from_their_checkpoints(tmp_path, marker, monkeypatch):
+@pytest.mark.parametrize("how", REQUEUES)
+def test_a_running_task_requeued_resumes_its_runs_from_their_checkpoints(tmp_path, marker, monkeypatch, how):
     spec = write_spec(tmp_path, "requeue", steps=300, sizes=(128,), seeds=1)
     expected = {run.run_id for run in load_sweep(spec).runs}
     monkeypatch.setenv("SLOW_RECORD_SECONDS", "0.5")  # about 8 s a run: still training when requeued
@@ -156,10 +171,12 @@ def test_scontrol_requeue_of_a_running_task_resumes_its_runs_from_their_checkpoi
     assert submitted.returncode == 0, submitted.stdout + submitted.stderr
     array = array_of(submitted.stdout)
     wait_for(lambda: any(step >= 60 for _, step, _ in records(marker)))
-    subprocess.run(["scontrol", "requeue", array], check=True)  # one task: submitit submits a plain job
-    # Slurm holds a requeued job back for two minutes (its BeginTime): let it start once pending
-    wait_for(lambda: squeue_state(array) == "PENDING", timeout=120, every=0.5)
-    subprocess.run(["scontrol", "update", f"jobid={array}", "starttime=now"], check=True)
+    subprocess.run(REQUEUES[how](array), check=True)  # one task: submitit submits a plain job
+    # Slurm holds a requeued job back for two minutes (its BeginTime), so that it never starts with
+    # the credential it had before (revoked as the last one ends, to the second): sooner here, once
+    # that one has ended and a few seconds have passed
+    wait_for(lambda: squeue_state(array) == "PENDING" and node_state() == "idle", timeout=120, every=0.5)
+    subprocess.run(["scontrol", "update", f"jobid={array}", "starttime=now+5"], check=True)
     wait_for(lambda: not active(array), timeout=300, every=1.0)
     results = tmp_path / "results" / "requeue"
     assert_complete(results, expected)

@@ -37,7 +37,7 @@ import submitit
 
 import harness
 from harness import preempt
-from harness.config.launcher import LauncherSpec, sbatch_parameters
+from harness.config.launcher import LauncherSpec, minutes, sbatch_parameters
 from harness.config.sweep_spec import Sweep
 from harness.errors import UsageError
 from harness.sweep.launch import complete, conclude, enqueue, watch
@@ -45,6 +45,7 @@ from harness.sweep.options import SweepOptions, worker_command
 from harness.tracking.store import read_json, slurm_dir, slurm_jobs_path, write_json
 
 SIGNAL_DELAY = 90  # seconds before the time limit that SIGUSR2 comes (submitit's default)
+UNLIMITED = 365 * 24 * 60  # minutes: the time limit asked for on a partition without one
 MAX_TIMEOUTS = 20  # requeues after reaching the time limit; each resumes the runs from checkpoints
 POLL_SECONDS = 5.0  # between looks at the array while waiting for it
 
@@ -162,6 +163,24 @@ def partitions() -> tuple[dict[str, list[str]], str | None]:
     return nodes, default
 
 
+def partition_minutes(partition: str) -> int:
+    """The time limit a task of ``partition`` gets by default: its DefaultTime, else its MaxTime,
+    else (both unlimited) ``UNLIMITED``."""
+    done = subprocess.run(
+        ["sinfo", "--noheader", f"--partition={partition}", "--format=%L|%l"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    lines = done.stdout.strip().splitlines()
+    for limit in lines[0].split("|") if lines else []:
+        try:
+            return minutes(limit, f"partition {partition}'s time limit")
+        except UsageError:  # "infinite", "n/a"
+            continue
+    return UNLIMITED
+
+
 def launch(sweep: Sweep, options: SweepOptions, spec: LauncherSpec, partition: str, wait: bool) -> int:
     """Enqueue the sweep and submit its array; with ``wait``, watch it to the end and report as
     the local launcher does. The exit status: 0 once submitted (with ``wait``: once complete)."""
@@ -210,7 +229,7 @@ def submit(name: str, options: SweepOptions, spec: LauncherSpec, partition: str)
         "partition": partition,
         "account": spec.account,
         "qos": spec.qos,
-        "time": spec.time,  # None: the partition's default limit
+        "time": spec.time or partition_minutes(partition),  # submitit tells a timeout from a preemption by it
         "gpus_per_task": spec.gpus_per_task,
         "cpus_per_task": spec.cpus_per_task or 1,
         "mem": _sbatch_memory(spec.mem),
@@ -221,10 +240,7 @@ def submit(name: str, options: SweepOptions, spec: LauncherSpec, partition: str)
         "setup": [f"export PYTHONPATH={shlex.quote(root)}${{PYTHONPATH:+:$PYTHONPATH}}"],
         "additional_parameters": {"requeue": True, **sbatch_parameters(spec.sbatch)},
     }
-    # time=None drops submitit's 5-minute default: the partition's own limit applies
-    executor.update_parameters(
-        **{key: value for key, value in parameters.items() if value is not None or key == "time"}
-    )
+    executor.update_parameters(**{key: value for key, value in parameters.items() if value is not None})
     with _environment(env):  # sbatch passes the submitter's environment on to the tasks
         try:
             with executor.batch():
