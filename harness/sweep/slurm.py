@@ -204,7 +204,11 @@ def launch(sweep: Sweep, options: SweepOptions, spec: LauncherSpec, partition: s
         )
     if not wait:
         return 0
-    watch(sweep, out, [ArrayWatch(array)], before)
+    try:
+        watch(sweep, out, [ArrayWatch(array)], before)
+    except KeyboardInterrupt:
+        print(f"stopped watching: Slurm array {array} goes on (`polyscale cancel {out}` ends it)", file=sys.stderr)
+        return preempt.EXIT_INTERRUPTED
     return 0 if complete(conclude(sweep, options, before)) else 1
 
 
