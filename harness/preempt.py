@@ -1,10 +1,11 @@
-"""Cooperative stopping of training, for preemption (SIGTERM, Slurm's SIGUSR1, Ctrl-C) and lost claims.
+"""Cooperative stopping of training, for preemption (SIGTERM, Slurm's SIGUSR1 or submitit's SIGUSR2,
+Ctrl-C) and lost claims.
 
 A signal handler or a worker's heartbeat asks for a stop; the training loop checks between steps,
 writes a checkpoint of what it holds and raises ``Preempted``. The run is then unfinished, not
 failed: the same command resumes it from that checkpoint.
 
-``stop_on_signals`` turns SIGTERM, SIGUSR1 and SIGINT into such a request, so a signal never
+``stop_on_signals`` turns SIGTERM, SIGUSR1, SIGUSR2 and SIGINT into such a request, so a signal never
 raises in the middle of a write or kills a process that holds claims. Work that does not check
 the request (data generation, compression, a loop without checkpoints) is not waited for
 indefinitely: ``stop_seconds()`` after the first signal, or at once on a second Ctrl-C, the
@@ -21,7 +22,11 @@ from collections.abc import Callable
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL (sysexits.h): stopped on request; the same command resumes
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
-STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGUSR1", "SIGINT") if hasattr(signal, name))
+# SIGUSR2: what a Slurm array submitted through submitit (harness/sweep/slurm.py) gets before its
+# time limit, sent to every process of the task, the worker included.
+STOP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGTERM", "SIGUSR1", "SIGUSR2", "SIGINT") if hasattr(signal, name)
+)
 STOP_SECONDS_ENV = "POLYSCALE_STOP_SECONDS"
 # Under Slurm's default KillWait (30 s), the time between its SIGTERM and its SIGKILL.
 DEFAULT_STOP_SECONDS = 20.0
@@ -32,6 +37,7 @@ _reason: list[str] = []
 _signals: list[str] = []  # the stop signals received (their names), in order
 _signalled = threading.Event()  # set at the first
 _overdue = threading.Event()  # set when the stop must happen now
+_noting = False  # while ``received`` notes a signal (a handler may interrupt it)
 
 
 class Preempted(Exception):
@@ -83,7 +89,7 @@ def stop_seconds() -> float:
 
 
 def stop_on_signals(on_overdue: Callable[[], None], parent_pid: int | None = None) -> None:
-    """From now on SIGTERM, SIGUSR1 and SIGINT ask for a stop (``request_stop``) instead of
+    """From now on SIGTERM, SIGUSR1, SIGUSR2 and SIGINT ask for a stop (``request_stop``) instead of
     killing the process or raising KeyboardInterrupt; so does the death of ``parent_pid``, when
     given (it is polled: a coordinator killed with -9 leaves no worker running).
 
@@ -112,12 +118,28 @@ def stop_on_signals(on_overdue: Callable[[], None], parent_pid: int | None = Non
 
 def received(name: str) -> None:
     """Take note of a stop signal as the handlers of ``stop_on_signals`` do: ask for a stop, and
-    on a second Ctrl-C for a stop now (for a process whose handlers do more, e.g. forward it)."""
-    if _signals and name == "SIGINT" and "SIGINT" in _signals:
-        _overdue.set()  # Ctrl-C twice: stop now
+    on a second Ctrl-C for a stop now (for a process whose handlers do more, e.g. forward it).
+
+    Two signals can come at once (Slurm signals every process of a task, submitit's requeue sends
+    another; a process group gets one and its coordinator forwards it): the second handler then
+    runs inside the first, which may hold an event's lock that setting it again would wait for
+    forever. So a handler that interrupts another only adds its signal to the list, and the first
+    notes every signal listed before it returns."""
+    global _noting
     _signals.append(name)
-    request_stop(_signals[0])
-    _signalled.set()
+    if _noting:
+        return
+    _noting = True
+    try:
+        seen = 0
+        while seen < len(_signals):
+            seen = len(_signals)
+            if _signals.count("SIGINT") > 1:
+                _overdue.set()  # Ctrl-C twice: stop now
+            request_stop(_signals[0])
+            _signalled.set()
+    finally:
+        _noting = False
 
 
 def _watch_parent(parent_pid: int) -> None:

@@ -16,7 +16,7 @@ import sys
 import pytest
 
 HEAVY = ("torch", "sklearn", "numba", "pandas", "scipy", "optuna", "wandb", "matplotlib", "sqlalchemy")
-COMMANDS = ("compress", "fit", "plot", "report", "power", "run", "sweep", "worker", "status", "collect")
+COMMANDS = ("compress", "fit", "plot", "report", "power", "run", "sweep", "worker", "status", "cancel", "collect")
 
 
 def heavy_modules_after(code: str, repo_root) -> list[str]:

@@ -271,3 +271,32 @@ def test_a_worker_stalled_past_the_grace_period_records_and_mirrors_nothing_of_t
 def test_a_worker_stalled_past_the_grace_period_stops_training_the_job_it_lost(stalled):
     trained = Counter(run_id for kind, run_id, _ in stalled["lines"] if kind == "trained")
     assert trained == Counter(dict.fromkeys(stalled["run_ids"], 1)), stalled["lines"]
+
+
+def test_a_stop_signal_that_comes_while_another_is_noted_is_noted_too_without_a_deadlock(monkeypatch):
+    """A second signal's handler runs inside the first one's, here at the worst moment: while the
+    first holds the lock of the stop event (Slurm's SIGUSR2 to every process of a task, then
+    submitit's SIGUSR1). Both are noted, the stop is asked for once, and nothing waits forever."""
+    import threading
+
+    class Interrupted(threading.Event):
+        def set(self) -> None:
+            with self._cond:
+                if not nested:
+                    nested.append(True)
+                    preempt.received("SIGUSR1")  # the second handler, inside the first
+                self._flag = True
+                self._cond.notify_all()
+
+    nested: list[bool] = []
+    for name, value in (("_stop", Interrupted()), ("_signalled", threading.Event()), ("_overdue", threading.Event())):
+        monkeypatch.setattr(preempt, name, value)
+    monkeypatch.setattr(preempt, "_signals", [])
+    monkeypatch.setattr(preempt, "_reason", [])
+    noting = threading.Thread(target=preempt.received, args=("SIGUSR2",), daemon=True)
+    noting.start()
+    noting.join(timeout=10)
+    assert not noting.is_alive(), "deadlocked noting the second signal"
+    assert nested and preempt._signals == ["SIGUSR2", "SIGUSR1"]
+    assert preempt.stop_requested() and preempt.stop_reason() == "SIGUSR2" and preempt.signalled() == "SIGUSR2"
+    assert not preempt._overdue.is_set()  # only a second Ctrl-C means: stop now

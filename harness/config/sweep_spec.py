@@ -21,6 +21,8 @@ top-level keys::
       validation: 0.2            #   fraction of n_train drawn extra to evaluate on (default 0.2)
       seed: 0                    #   the seed trials run at (default: the first of seeds)
       metric: test_loss          #   the summary column minimised (in a trial: on the validation split)
+    launcher:                    # optional: where the workers run (harness/config/launcher.py)
+      name: slurm                #   local (default) or slurm, with partition, time, gpus_per_task, ...
 
 Every (grid cell x zip row x seed) is one configuration; every arm of it one run, named by
 ``harness.config.run_id``. Errors name the file and the key. Tuning itself (``harness.sweep.tune``)
@@ -37,12 +39,13 @@ from pathlib import Path
 from typing import Any
 
 from harness.config.identity import run_id
+from harness.config.launcher import LauncherSpec, parse_launcher
 from harness.config.loader import apply_overrides, coerce, read_yaml, with_values
 from harness.config.parse import parse_config
 from harness.config.schema import Config
 from harness.errors import UsageError
 
-SWEEP_KEYS = ("name", "grid", "zip", "seeds", "tune")
+SWEEP_KEYS = ("name", "grid", "zip", "seeds", "tune", "launcher")
 TUNE_KEYS = ("params", "trials", "per", "arm", "validation", "seed", "metric")
 RANGE_KEYS = ("low", "high", "log", "int")
 
@@ -97,6 +100,7 @@ class Sweep:
     varied_keys: tuple[str, ...]
     runs: tuple[PlannedRun, ...]
     tune: TuneSpec | None = None
+    launcher: LauncherSpec = LauncherSpec()
     base: dict = field(default_factory=dict, repr=False)  # the base configuration, overrides applied
 
     def by_id(self) -> dict[str, PlannedRun]:
@@ -160,7 +164,16 @@ def expand_sweep(raw: dict, path: Path, overrides=()) -> Sweep:
         tune = parse_tune(
             raw["tune"], path, base, cells=(*grid, *zipped), first_seed=seeds[0], arms=runs[0].config.arm_names
         )
-    return Sweep(name=name, source=path, varied_keys=(*grid, *zipped, "seed"), runs=tuple(runs), tune=tune, base=base)
+    launcher = parse_launcher(raw["launcher"], f"{path.name}: launcher") if raw.get("launcher") else LauncherSpec()
+    return Sweep(
+        name=name,
+        source=path,
+        varied_keys=(*grid, *zipped, "seed"),
+        runs=tuple(runs),
+        tune=tune,
+        launcher=launcher,
+        base=base,
+    )
 
 
 def parse_tune(

@@ -1,4 +1,4 @@
-"""``polyscale sweep | worker | status | collect``."""
+"""``polyscale sweep | worker | status | cancel | collect``."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from harness.config.launcher import LAUNCHERS
 from harness.errors import UsageError
 from harness.redact import redact
 from harness.sweep.options import add_arguments, from_args
@@ -35,11 +36,21 @@ checkpoint their runs and hand them back to the queue; the sweep then exits 75 (
 and the same command resumes. A worker that has not stopped $POLYSCALE_STOP_SECONDS (default 20)
 after the signal hands its runs back unfinished and exits anyway; a second Ctrl-C does so at once.
 
+On a Slurm cluster (--launcher slurm, or a `launcher:` block in the sweep file; docs/cluster.md)
+the sweep is queued and one job array of --workers tasks is submitted through submitit, each task a
+`polyscale worker`; the command returns with the array's id (or, with --wait, watches it to the
+end). The queue must be reachable from every node: PostgreSQL, or a journal file on a shared
+filesystem (--shared-fs). Tasks near their --time limit, preempted or requeued checkpoint their
+runs and resume them once requeued.
+
 examples:
   polyscale sweep sweeps/smoke.yaml --dry-run           # the table of runs, nothing runs
   polyscale sweep sweeps/smoke.yaml --workers 2         # results/smoke/, W&B offline
   polyscale sweep sweeps/e4.yaml --storage postgresql://user@db-host/polyscale
   polyscale worker --storage postgresql://user@db-host/polyscale --sweep e4   # on another machine
+  polyscale sweep sweeps/e4.yaml --launcher slurm --partition gpu --gpus-per-task 1 --time 4:00:00 \\
+      --workers 8 --storage postgresql://user@db-host/polyscale               # a Slurm array of 8
+  polyscale sweep sweeps/smoke.yaml --launcher slurm --wait     # one node: the journal file will do
 """
 
 WORKER_EPILOG = """\
@@ -67,11 +78,22 @@ then, on machine A, merge B's results (unless --out is a shared folder):
 STATUS_EPILOG = """\
 A running run is listed with its step, its last test loss and, given the queue, its heartbeat's
 age; a run marked running whose process on this host is gone is counted interrupted (run it again).
+The Slurm arrays submitted for RESULTS (--launcher slurm) are listed with their tasks' states.
 
 examples:
   polyscale status results/smoke        # runs by status; running and failed runs one a line
   polyscale status --storage results/smoke/queue.journal --sweep smoke      # the queue alone
   polyscale status results/e4 --storage postgresql://user@db-host/polyscale --sweep e4
+"""
+
+CANCEL_EPILOG = """\
+Each task's worker checkpoints its runs and hands them back to the queue (Slurm sends SIGTERM);
+the finished runs are kept, and the same `polyscale sweep` command submits a new array that
+completes the rest.
+
+examples:
+  polyscale cancel results/e4           # scancel the arrays of results/e4 still pending or running
+  polyscale status results/e4           # their tasks' states, beside the runs'
 """
 
 COLLECT_EPILOG = """\
@@ -104,8 +126,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="override a base configuration key (repeatable)",
     )
     sweep.add_argument("--dry-run", action="store_true", help="print the runs and their count, run nothing")
-    sweep.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
+    sweep.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="worker processes on this machine, or with --launcher slurm the array's tasks (default 1)",
+    )
     add_arguments(sweep)
+    add_launcher_arguments(sweep)
     sweep.set_defaults(handler=run_sweep)
 
     worker = subparsers.add_parser(
@@ -140,6 +168,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     status.add_argument("--sweep", help="the sweep's name, to count its queued runs (with --storage)")
     status.set_defaults(handler=run_status)
 
+    cancel = subparsers.add_parser(
+        "cancel",
+        help="end the Slurm arrays of a sweep",
+        description="scancel the Slurm arrays that `polyscale sweep --launcher slurm` submitted for RESULTS.",
+        epilog=CANCEL_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    cancel.add_argument("results", type=Path, metavar="RESULTS", help="the sweep's results folder")
+    cancel.set_defaults(handler=run_cancel)
+
     collect = subparsers.add_parser(
         "collect",
         help="rebuild runs.parquet from the run folders (merging other folders)",
@@ -163,12 +201,66 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     collect.set_defaults(handler=run_collect)
 
 
+def add_launcher_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of a sweep's ``launcher:`` block (harness/config/launcher.py); they win over it."""
+    group = parser.add_argument_group("launcher (or a `launcher:` block in the sweep file)")
+    group.add_argument(
+        "--launcher", choices=LAUNCHERS, default=None, help="local worker processes (default) or a Slurm array"
+    )
+    group.add_argument("--partition", help="Slurm partition (default: the cluster's default)")
+    group.add_argument("--account", help="Slurm account to charge")
+    group.add_argument("--qos", help="Slurm quality of service")
+    group.add_argument("--time", help="each task's time limit: minutes or [D-]HH:MM[:SS] (default: the partition's)")
+    group.add_argument("--gpus-per-task", type=int, metavar="N", help="GPUs of each task (default none)")
+    group.add_argument("--cpus-per-task", type=int, metavar="N", help="CPUs of each task (default 1)")
+    group.add_argument("--mem", help="memory of each task's node share, as sbatch --mem (e.g. 16G)")
+    group.add_argument("--array-parallelism", type=int, metavar="N", help="at most N tasks at once")
+    group.add_argument(
+        "--sbatch",
+        action="append",
+        default=None,
+        metavar="OPTION",
+        help="a further sbatch option, e.g. --sbatch=--constraint=a100 (repeatable)",
+    )
+    group.add_argument(
+        "--shared-fs",
+        action="store_true",
+        default=None,
+        help="RESULTS (and a journal-file queue) is on a filesystem every node sees",
+    )
+    group.add_argument(
+        "--wait", action="store_true", help="with --launcher slurm: watch the array to the end, then report"
+    )
+
+
+def launcher_of(sweep, args: argparse.Namespace):
+    """The sweep file's ``launcher:`` with the command line's flags applied (they win)."""
+    from harness.config.launcher import with_options
+
+    flags = {
+        "name": args.launcher,
+        "partition": args.partition,
+        "account": args.account,
+        "qos": args.qos,
+        "time": args.time,
+        "gpus_per_task": args.gpus_per_task,
+        "cpus_per_task": args.cpus_per_task,
+        "mem": args.mem,
+        "tasks": args.workers,
+        "array_parallelism": args.array_parallelism,
+        "shared_fs": args.shared_fs,
+        "sbatch": args.sbatch,
+    }
+    return with_options(sweep.launcher, flags, "command line: launcher")
+
+
 def run_sweep(args: argparse.Namespace) -> int:
     from harness.config.sweep_spec import load_sweep
     from harness.tracking.store import ensure_writable
 
     sweep = load_sweep(args.spec, args.overrides)
     out = args.out or Path("results") / sweep.name
+    launcher = launcher_of(sweep, args)
     if args.dry_run:
         print_plan(sweep)
         if sweep.tune is not None:
@@ -177,16 +269,24 @@ def run_sweep(args: argparse.Namespace) -> int:
             print_tuning(sweep)
         return 0
     _check_counts(args)
-    ensure_writable(out)
+    if args.wait and launcher.name != "slurm":
+        raise UsageError("--wait: only with --launcher slurm (a local sweep always waits)")
     options = from_args(args, out)
+    if launcher.name == "slurm":
+        from harness.sweep import slurm
+
+        partition = slurm.check_cluster(launcher, options)  # before anything is written or submitted
+    ensure_writable(out)
     _set_threads(args.threads)  # for the tuning trials, which run in this process
     if sweep.tune is not None:
         from harness.sweep.tune import tune_sweep
 
         sweep, _ = tune_sweep(sweep, out, options.storage_url, args.device)
+    if launcher.name == "slurm":
+        return slurm.launch(sweep, options, launcher, partition, args.wait)
     from harness.sweep.launch import complete, launch
 
-    tally = launch(sweep, options, args.workers)
+    tally = launch(sweep, options, args.workers or 1)
     return 0 if complete(tally) else 1
 
 
@@ -232,7 +332,7 @@ def run_worker(args: argparse.Namespace) -> int:
 
 
 def run_status(args: argparse.Namespace) -> int:
-    from harness.tracking.store import is_alive, is_results_folder, read_status, run_error, run_ids
+    from harness.tracking.store import is_alive, is_results_folder, read_status, run_error, run_ids, slurm_jobs_path
 
     storage = args.storage or os.environ.get(STORAGE_ENV)
     if args.results is None and not (storage and args.sweep):
@@ -271,6 +371,11 @@ def run_status(args: argparse.Namespace) -> int:
                 print(f"  interrupted {rid}: its process is gone; the next sweep or worker resumes it")
             elif status == "failed":
                 print(f"  failed {rid}: {run_error(args.results, rid)}")
+    if args.results is not None and slurm_jobs_path(args.results).exists():
+        from harness.sweep.slurm import status_lines
+
+        for line in status_lines(args.results):
+            print(line)
     if queue is not None and storage and args.sweep:
         counts = queue.counts()
         print(
@@ -299,6 +404,22 @@ def _running_line(out: Path, run_id: str, heartbeat_age: float | None) -> str:
     if heartbeat_age is not None:
         parts.append(f"heartbeat {heartbeat_age:.0f}s ago")
     return ", ".join(parts)
+
+
+def run_cancel(args: argparse.Namespace) -> int:
+    from harness.sweep.slurm import cancel, recorded_arrays
+
+    if not recorded_arrays(args.results):
+        raise UsageError(f"{args.results}: no Slurm array was submitted for it (no slurm/jobs.json)")
+    cancelled = cancel(args.results)
+    if not cancelled:
+        print(f"{args.results}: no Slurm array of it is pending or running")
+        return 0
+    print(
+        f"cancelled Slurm array(s) {', '.join(cancelled)}: their workers checkpoint and hand their runs back; "
+        "the same `polyscale sweep` command completes the rest"
+    )
+    return 0
 
 
 def run_collect(args: argparse.Namespace) -> int:
@@ -359,7 +480,8 @@ def print_plan(sweep) -> None:
 
 
 def _check_counts(args) -> None:
-    if getattr(args, "workers", 1) < 1:
+    workers = getattr(args, "workers", None)
+    if workers is not None and workers < 1:
         raise UsageError(f"--workers must be at least 1; got {args.workers}")
     if args.retries < 0:
         raise UsageError(f"--retries must be >= 0; got {args.retries}")

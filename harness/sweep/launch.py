@@ -22,9 +22,10 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Protocol
 
 from tqdm import tqdm
 
@@ -61,25 +62,13 @@ def launch(sweep: Sweep, options: SweepOptions, workers: int = 1) -> Counter:
     """Run every unfinished run of the sweep with ``workers`` local worker processes; return the
     final tally of outcomes (``complete`` says whether this results folder now holds them all)."""
     out = options.out
-    out.mkdir(parents=True, exist_ok=True)
-    storage = options.storage_url
-    write_manifest(sweep, out, storage, options.wandb_project)
-    before = {run.run_id: finished_status(out, run.run_id) for run in sweep.runs}
-    pending = [run for run in sweep.runs if before[run.run_id] is None]
-    queue = RunQueue(storage, sweep.name, grace_seconds=options.grace_seconds)
-    mirror_missing(out, options, sweep.name)
-    queue.enqueue(jobs(pending))
-    print(
-        f"sweep {sweep.name}: {len(sweep.runs)} runs, {len(sweep.runs) - len(pending)} already finished, "
-        f"{len(pending)} to run with {workers} worker(s); queue {redact(storage)}",
-        flush=True,
-    )
+    before, pending, _ = enqueue(sweep, options, f"{workers} worker(s)")
     if pending:
         batch = options.batch_models
         if batch is None:
             configs = {job_id(run.config): run.config for run in pending}
             batch = per_worker_batch(list(configs.values()), workers, options.device)
-        per_worker = dataclasses.replace(options, storage=storage, batch_models=batch)
+        per_worker = dataclasses.replace(options, storage=options.storage_url, batch_models=batch)
         processes: list[subprocess.Popen] = []
         with in_care(processes) as stopped_by:
             processes += start_workers(sweep.name, per_worker, workers)
@@ -90,6 +79,35 @@ def launch(sweep: Sweep, options: SweepOptions, workers: int = 1) -> Counter:
                 f"stopped by {stopped_by[0]}: {done} of {len(sweep.runs)} runs finished and kept; "
                 "run the same command again to complete the rest"
             )
+    return conclude(sweep, options, before)
+
+
+def enqueue(sweep: Sweep, options: SweepOptions, workers: str) -> tuple[dict, list, RunQueue]:
+    """Write the manifest and queue the runs the results folder does not hold finished, saying so
+    (``workers``: who will run them); the finished status of each run before, the pending runs and
+    the queue."""
+    out = options.out
+    out.mkdir(parents=True, exist_ok=True)
+    storage = options.storage_url
+    write_manifest(sweep, out, storage, options.wandb_project)
+    before = {run.run_id: finished_status(out, run.run_id) for run in sweep.runs}
+    pending = [run for run in sweep.runs if before[run.run_id] is None]
+    queue = RunQueue(storage, sweep.name, grace_seconds=options.grace_seconds)
+    mirror_missing(out, options, sweep.name)
+    queue.enqueue(jobs(pending))
+    print(
+        f"sweep {sweep.name}: {len(sweep.runs)} runs, {len(sweep.runs) - len(pending)} already finished, "
+        f"{len(pending)} to run with {workers}; queue {redact(storage)}",
+        flush=True,
+    )
+    return before, pending, queue
+
+
+def conclude(sweep: Sweep, options: SweepOptions, before: dict) -> Counter:
+    """Once the workers are gone: rebuild the table, mirror to W&B what it lacks, print and return
+    the tally of how each run ended."""
+    out = options.out
+    queue = RunQueue(options.storage_url, sweep.name, grace_seconds=options.grace_seconds)
     table = rebuild_table(out)
     mirror_missing(out, options, sweep.name)
     ends = run_ends(sweep, out, before, queue.latest())
@@ -156,10 +174,16 @@ def assign_devices(requested: str, workers: int) -> list[str]:
     return [requested] * workers
 
 
-def watch(sweep: Sweep, out: Path, workers: list[subprocess.Popen], before: dict) -> None:
+class Polled(Protocol):
+    """What ``watch`` waits for: a worker process, or anything else that says when it has ended."""
+
+    def poll(self) -> int | None: ...
+
+
+def watch(sweep: Sweep, out: Path, workers: Sequence[Polled], before: dict) -> None:
     """A progress bar over the training steps of the sweep's runs (finished runs count all their
     steps, running ones the step of their last record), with an ETA and the runs' counts beside
-    it, until every worker has exited."""
+    it, until every worker has exited (``poll`` is not None)."""
     totals = {run.run_id: run_steps(run.config) for run in sweep.runs}
     finished: dict[str, float | None] = {}  # a finished run stays finished: read once
     steps, _ = tally_steps(out, totals, before, finished)  # steps done before: no part of the ETA's rate

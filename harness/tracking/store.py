@@ -8,6 +8,8 @@
                       checkpoints/   step-<step>.pt: at most two, while the run is unfinished
                                      (harness/train/checkpoint.py)
     DIR/runs.parquet                 one row per run folder (any status)
+    DIR/slurm/                       a sweep's Slurm arrays (harness/sweep/slurm.py): jobs.json lists
+                                     their ids; submitit's scripts, pickles and task logs beside it
 
 This module is the only one that knows this layout: every other module reads and writes a run
 folder through the functions here.
@@ -85,6 +87,14 @@ def checkpoint_dir(out: str | Path, run_id: str) -> Path:
 
 def checkpoint_path(out: str | Path, run_id: str, step: int) -> Path:
     return checkpoint_dir(out, run_id) / f"step-{step:09d}.pt"
+
+
+def slurm_dir(out: str | Path) -> Path:
+    return Path(out) / "slurm"
+
+
+def slurm_jobs_path(out: str | Path) -> Path:
+    return slurm_dir(out) / "jobs.json"
 
 
 def is_results_folder(out: str | Path) -> bool:
