@@ -90,9 +90,9 @@ def test_rounds_keep_a_fixed_fraction_down_to_the_target():
 def test_one_round_without_training_is_the_magnitude_arm_at_initialisation(hidden):
     config = small(compression=DEEP_COMPRESSION) if len(hidden) > 1 else small()
     original, x, y, loss_fn, seeds = parts(config, hidden)
-    train_round, seconds = imp.round_trainer(config, x, y, loss_fn, seeds.batches, 256, steps=0)
+    train_round = imp.round_trainer(config, x, y, loss_fn, seeds.batches, 256, steps=0)
     kept, facts = imp.prune(original, unit_targets(original, config.compression), 1, train_round)
-    assert seconds == [] and facts == {"trained_neurons": [sum(hidden)], "diverged_rounds": 0}
+    assert facts == {"trained_neurons": [sum(hidden)], "seconds": [0.0], "diverged_rounds": 0}
     magnitude, _ = compress_units(original, "magnitude", config.compression, seeds.compression, "cpu")
     ticket, _ = compress_units(original, "imp", config.compression, seeds.compression, "cpu", kept)
     for a, b in zip(magnitude.state_dict().values(), ticket.state_dict().values()):
@@ -108,18 +108,18 @@ def test_one_round_without_training_is_the_magnitude_arm_at_initialisation(hidde
 def test_each_round_keeps_the_top_k_of_the_trained_network_and_rewinds_the_survivors():
     config = small(compression={**DEEP_COMPRESSION, "imp_rounds": 2})
     original, x, y, loss_fn, seeds = parts(config, DEEP)
-    train_round, seconds = imp.round_trainer(config, x, y, loss_fn, seeds.batches, 256, steps=config.total_steps())
+    train_round = imp.round_trainer(config, x, y, loss_fn, seeds.batches, 256, steps=config.total_steps())
     seen = []  # (the network a round starts from, the trained one) of each round
 
-    def spy(ticket):
+    def spy(r, ticket):
         start = [w.detach().clone().numpy() for w in ticket.weights]
-        trained, finite = train_round(ticket)
+        trained, finite, seconds = train_round(r, ticket)
         seen.append((start, [w.detach().clone().numpy() for w in trained.weights]))
-        return trained, finite
+        return trained, finite, seconds
 
     targets = unit_targets(original, config.compression)
     kept, facts = imp.prune(original, targets, 2, spy)
-    assert len(seconds) == 2 and facts["diverged_rounds"] == 0
+    assert len(facts["seconds"]) == 2 and facts["diverged_rounds"] == 0
     init = [w.detach().numpy() for w in original.weights]
     assert targets == [10, 4]
     survivors = [np.arange(60), np.arange(4)]
@@ -146,12 +146,12 @@ def test_the_ticket_is_as_wide_as_the_moment_arm_starts_at_its_initial_weights_a
     assert ticket["width_eff_layers"] == moment["width_eff_layers"] == "15"
     steps = math.ceil(0.5 * 30)
     rounds = [40, imp.kept_per_round(40, 15, 2)[0]]  # neurons trained in each round
-    assert ticket["imp_steps"] == 2 * steps and ticket["imp_rounds"] == 2
+    assert ticket["imp_steps"] == 2 * steps
     assert ticket["imp_neuron_steps"] == steps * sum(rounds) and ticket["imp_diverged_rounds"] == 0
     assert ticket["imp_seconds"] > 0 and "imp_steps" not in moment
     # the step-0 training loss is that of the kept neurons at their initial weights, in numpy
     original, x, y, loss_fn, seeds = parts(config)
-    train_round, _ = imp.round_trainer(config, x, y, loss_fn, seeds.batches, 256, steps=steps)
+    train_round = imp.round_trainer(config, x, y, loss_fn, seeds.batches, 256, steps=steps)
     kept, _ = imp.prune(original, unit_targets(original, config.compression), 2, train_round)
     w, b, v, c = (
         p.detach().numpy() for p in (original.weights[0], original.biases[0], *original.weights[1:], original.biases[1])
@@ -256,3 +256,41 @@ def test_the_imp_defaults_keep_every_committed_run_id():
         ids = {run["run_id"] for run in recorded["runs"]}
         assert ids <= planned.keys(), path
         assert {planned[i] for i in planned.keys() - ids} <= {"imp"}, path
+
+
+def test_a_run_stopped_in_a_pruning_round_goes_on_from_that_round(tmp_path, monkeypatch):
+    """Round 1 is saved when done and round 2 checkpoints; the rerun trains neither again from
+    its start and ends where an uninterrupted run ends."""
+    config = small(arms=["imp"], compression={"imp_rounds": 2}, train={"steps": 60, "checkpoint_every": 20})
+    rid = run_id(config, "imp")
+    run_config(config, tmp_path / "reference")
+    draws = []
+
+    class Counting(imp.BatchSampler):
+        def next(self):
+            draws.append(1)
+            if len(draws) == stop_after:
+                preempt.request_stop("test")
+            return super().next()
+
+    monkeypatch.setattr(imp, "BatchSampler", Counting)
+    stop_after = 60 + 30  # round 2, step 30
+    preempt.clear()
+    try:
+        with pytest.raises(preempt.Preempted):
+            run_config(config, tmp_path / "cut")
+    finally:
+        preempt.clear()
+    stages = run_dir(tmp_path / "cut", rid) / "checkpoints"
+    assert (stages / "imp-round-1" / "result.pt").exists() and not (stages / "imp-round-2" / "result.pt").exists()
+    assert sorted(p.name for p in (stages / "imp-round-2").glob("step-*.pt")) == [
+        "step-000000020.pt",
+        "step-000000030.pt",
+    ]
+    draws.clear()
+    stop_after = None
+    run_config(config, tmp_path / "cut")
+    assert len(draws) == 30  # round 2's last 30 steps, nothing of round 1
+    read = [(run_dir(out, rid) / "metrics.jsonl").read_text() for out in (tmp_path / "reference", tmp_path / "cut")]
+    assert read[0] == read[1]
+    assert not stages.exists()  # a finished run's checkpoints, stages included, are removed

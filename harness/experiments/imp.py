@@ -1,10 +1,12 @@
 """The imp arm of the width experiment: iterative magnitude pruning with rewinding to initialisation.
 
-Frankle & Carbin, "The Lottery Ticket Hypothesis" (ICLR 2019, arXiv:1803.03635), Algorithm 1 with
-iterative pruning, at the level of units (our objects are neurons, so whole neurons are pruned,
-not single weights); open_lth's lottery branch has the same structure (train a level, prune,
-rewind the survivors, train the next level). Starting from the original's initial network, each
-of ``compression.imp_rounds`` rounds
+Frankle & Carbin, "The Lottery Ticket Hypothesis" (ICLR 2019, arXiv:1803.03635), iterative
+pruning with resetting to the initial weights, at the level of units (our objects are neurons, so
+whole neurons are pruned, not single weights). open_lth's ``lottery`` runner (and the branches that
+retrain its levels) has the same structure: each level trains for the full ``training_steps``,
+prunes a fixed ``pruning_fraction`` of what is left and rewinds to ``rewinding_steps`` (0: the
+initialisation). Starting from the original's initial network, each of ``compression.imp_rounds``
+rounds
 
 1. trains the survivors at their initial weights for ``Config.imp_round_steps()`` steps, with the
    run's optimiser, learning rate and schedule, batch size and batches (its own sampler, seeded as
@@ -16,14 +18,18 @@ of ``compression.imp_rounds`` rounds
 
 The ticket (the last survivors at their initial weights, multiplicity 1) is then trained as the
 arm's run, side by side with the other arms (harness/experiments/units.py). Pruning happens while
-the arm is built, one round after another through the training loop alone (never checkpointed or
-stacked), so it is a deterministic function of the configuration: a resumed or batched run
-recomputes the same ticket. A round whose training loss turns NaN/inf ranks its non-finite
+the arm is built, before that training, each round trained as a stack of one model
+(harness/train/batched.py, whether or not the run is inside ``run_together``), so the ticket is
+one deterministic function of the configuration in both paths. In a recorded
+run each round checkpoints into the imp run's checkpoint folder (its stage ``imp-round-<r>``) and
+saves its survivors when done: a stopped run goes on from the round it was in, and a finished
+round is never trained again. A round whose training loss turns NaN/inf ranks its non-finite
 neurons last; the summary counts such rounds.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from collections.abc import Callable, Sequence
@@ -33,13 +39,18 @@ import torch
 
 from harness.config import Config
 from harness.models import MLP
-from harness.train import BatchSampler, mean_loss, predict
-from harness.train.loop import Arm, SideBySide, train_one_by_one
+from harness.train import BatchSampler, checkpoint, mean_loss, predict
+from harness.train.batched import train_together
+from harness.train.loop import Arm, SideBySide, with_checkpoints
 from harness.train.losses import LossFn
 
-# Trains a copy of the given network for one round; returns the trained copy and whether its
-# training loss stayed finite.
-TrainRound = Callable[[MLP], tuple[MLP, bool]]
+ROUND_ARM = "imp round"  # the arm name of a pruning round's training call
+# Trains the network of round r (from 0) and returns it trained, whether its training loss stayed
+# finite, and the seconds its steps took.
+TrainRound = Callable[[int, MLP], tuple[MLP, bool, float]]
+# Round r's saved state (None: not finished, or not saved), and the saver of a finished round's.
+Finished = Callable[[int], dict | None]
+Finish = Callable[[int, dict], None]
 
 
 def kept_per_round(width: int, target: int, rounds: int) -> list[int]:
@@ -64,25 +75,47 @@ def largest(scores: np.ndarray, count: int) -> np.ndarray:
     return np.sort(np.argsort(-scores, kind="stable")[:count])
 
 
-def prune(original: MLP, targets: Sequence[int], rounds: int, train_round: TrainRound) -> tuple[list[np.ndarray], dict]:
+def prune(
+    original: MLP,
+    targets: Sequence[int],
+    rounds: int,
+    train_round: TrainRound,
+    finished: Finished = lambda r: None,
+    finish: Finish = lambda r, state: None,
+) -> tuple[list[np.ndarray], dict]:
     """The neurons of ``original`` each hidden layer keeps after ``rounds`` rounds of train ->
-    prune -> rewind (indices into the original's layers), and the rounds' facts: optimiser steps
-    are the caller's; here the neurons trained in each round and the rounds that diverged."""
-    kept = [np.arange(width) for width in original.widths]
+    prune -> rewind (indices into the original's layers, ``targets[l]`` of layer l), and the
+    rounds' facts: the hidden neurons trained in each round, its seconds, and how many diverged.
+    Rounds that ``finished`` has are taken from it; each round trained is handed to ``finish``."""
+    state = {
+        "kept": [torch.arange(width) for width in original.widths],
+        "trained_neurons": [],
+        "seconds": [],
+        "diverged_rounds": 0,
+    }
     schedule = [kept_per_round(width, target, rounds) for width, target in zip(original.widths, targets)]
-    trained_neurons, diverged = [], 0
     for r in range(rounds):
+        if (saved := finished(r)) is not None:
+            state = saved
+            continue
+        kept = [indices.numpy() for indices in state["kept"]]
         ticket = rewound(original, kept)
-        trained_neurons.append(sum(ticket.widths))
-        trained, finite = train_round(ticket)
-        diverged += not finite
+        trained, finite, seconds = train_round(r, ticket)
         for layer in range(original.depth):
             position = largest(trained.unit_magnitudes(layer), schedule[layer][r])
             # the next layer's incoming norms are taken over this layer's survivors, as the
             # magnitude arm takes them
             trained = trained.select_units(layer, position, np.ones(len(position)))
             kept[layer] = kept[layer][position]
-    return kept, {"trained_neurons": trained_neurons, "diverged_rounds": diverged}
+        state = {
+            "kept": [torch.from_numpy(indices) for indices in kept],
+            "trained_neurons": [*state["trained_neurons"], sum(ticket.widths)],
+            "seconds": [*state["seconds"], seconds],
+            "diverged_rounds": state["diverged_rounds"] + (not finite),
+        }
+        finish(r, state)
+    facts = {key: value for key, value in state.items() if key != "kept"}
+    return [indices.numpy() for indices in state["kept"]], facts
 
 
 def round_trainer(
@@ -93,12 +126,12 @@ def round_trainer(
     batch_seed: int,
     chunk_rows: int,
     steps: int,
-) -> tuple[TrainRound, list[float]]:
-    """A TrainRound for ``config``'s run on (x_train, y_train), and the list it appends each
-    round's training seconds to. Zero steps: the network as it is (no copy, no cast)."""
+    stage: Callable[[int], checkpoint.Target | None] = lambda r: None,
+) -> TrainRound:
+    """A TrainRound for ``config``'s run on (x_train, y_train); round r checkpoints into
+    ``stage(r)`` (None: nowhere). Zero steps: the network as it is (no copy, no cast)."""
     train, device, dtype = config.train, x_train.device, x_train.dtype
     n = len(x_train)
-    seconds: list[float] = []
 
     def evaluate(live: list[Arm]) -> dict[str, dict]:
         return {
@@ -106,21 +139,24 @@ def round_trainer(
             for arm in live
         }
 
-    def train_round(model: MLP) -> tuple[MLP, bool]:
+    def train_round(r: int, model: MLP) -> tuple[MLP, bool, float]:
         if steps == 0:
-            return model, True
+            return model, True, 0.0
         model = model.to(device=device, dtype=dtype)  # a fresh rewound copy: moved in place
         sampler = BatchSampler(np.ones(n), train.batch_size, train.sampling, batch_seed, device)
-        arm = Arm("imp round", model, x_train, y_train, sampler)
+        arm = Arm(ROUND_ARM, model, x_train, y_train, sampler)
+        target = stage(r)
         # the loss is evaluated at the start and the end only: it says whether the round diverged
         call = SideBySide([arm], dataclasses.replace(train, eval_every=steps), steps, loss_fn, evaluate, n)
-        call.description = f"imp round of width {sum(model.widths)}"
-        train_one_by_one(call)
-        seconds.append(arm.seconds)
+        call.description = f"imp round {r + 1} of width {sum(model.widths)}"
+        with checkpoint.writing_to(target) if target is not None else contextlib.nullcontext():
+            call = with_checkpoints(call)
+        # a stack of its own (the fused kernels where they apply, as a sweep's batched training)
+        train_together([call])
         final = arm.history[-1]["train_loss"] if arm.history else None
-        return model, arm.status != "diverged" and final is not None and math.isfinite(final)
+        return model, arm.status != "diverged" and final is not None and math.isfinite(final), arm.seconds
 
-    return train_round, seconds
+    return train_round
 
 
 def lottery_ticket(
@@ -134,17 +170,33 @@ def lottery_ticket(
     chunk_rows: int,
 ) -> tuple[list[np.ndarray], dict]:
     """The imp arm's kept neurons per hidden layer (indices into ``original``; ``targets[l]`` of
-    layer l, the moment arm's d' as units.unit_targets gives it) and the summary
-    columns of its pruning: ``imp_rounds``, ``imp_steps`` (optimiser steps of all rounds),
-    ``imp_neuron_steps`` (steps times the hidden neurons trained), ``imp_seconds`` (their
-    training time, evaluation excluded) and ``imp_diverged_rounds``."""
+    layer l, the moment arm's d' as units.unit_targets gives it) and the summary columns of its
+    pruning: ``imp_steps`` (optimiser steps of all rounds), ``imp_neuron_steps`` (steps times the
+    hidden neurons trained), ``imp_seconds`` (their training time, evaluation excluded) and
+    ``imp_diverged_rounds``. Inside ``checkpoint.writing_to`` (a recorded run) the rounds
+    checkpoint into the imp run's folder and a resumed run goes on from them."""
     rounds, steps = config.compression.imp_rounds, config.imp_round_steps()
-    train_round, seconds = round_trainer(config, x_train, y_train, loss_fn, batch_seed, chunk_rows, steps)
-    kept, facts = prune(original, targets, rounds, train_round)
+    run = checkpoint.current()
+
+    def stage(r: int) -> checkpoint.Target | None:
+        if run is None:
+            return None
+        return checkpoint.Target(
+            run.out, {ROUND_ARM: run.runs["imp"]}, run.every, run.seconds, run.resume, stage=f"imp-round-{r + 1}"
+        )
+
+    def finished(r: int) -> dict | None:
+        return None if run is None else checkpoint.saved_result(stage(r))
+
+    def finish(r: int, state: dict) -> None:
+        if run is not None:
+            checkpoint.save_result(stage(r), state)
+
+    train_round = round_trainer(config, x_train, y_train, loss_fn, batch_seed, chunk_rows, steps, stage)
+    kept, facts = prune(original, targets, rounds, train_round, finished, finish)
     return kept, {
-        "imp_rounds": rounds,
         "imp_steps": rounds * steps,
         "imp_neuron_steps": steps * sum(facts["trained_neurons"]),
-        "imp_seconds": sum(seconds),
+        "imp_seconds": sum(facts["seconds"]),
         "imp_diverged_rounds": facts["diverged_rounds"],
     }
