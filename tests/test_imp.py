@@ -294,3 +294,10 @@ def test_a_run_stopped_in_a_pruning_round_goes_on_from_that_round(tmp_path, monk
     read = [(run_dir(out, rid) / "metrics.jsonl").read_text() for out in (tmp_path / "reference", tmp_path / "cut")]
     assert read[0] == read[1]
     assert not stages.exists()  # a finished run's checkpoints, stages included, are removed
+
+
+def test_a_network_kept_whole_trains_no_round_and_its_ticket_is_the_original():
+    config = small(compression={"k": 2, "size": 40})  # d' = d = 40
+    results = run_arms(config, ("original", "imp"), device="cpu")
+    assert results["imp"].summary["imp_steps"] == results["imp"].summary["imp_neuron_steps"] == 0
+    assert [r["train_loss"] for r in results["imp"].metrics] == [r["train_loss"] for r in results["original"].metrics]

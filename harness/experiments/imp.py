@@ -86,7 +86,8 @@ def prune(
     """The neurons of ``original`` each hidden layer keeps after ``rounds`` rounds of train ->
     prune -> rewind (indices into the original's layers, ``targets[l]`` of layer l), and the
     rounds' facts: the hidden neurons trained in each round, its seconds, and how many diverged.
-    Rounds that ``finished`` has are taken from it; each round trained is handed to ``finish``."""
+    Rounds that ``finished`` has are taken from it; each round trained is handed to ``finish``.
+    A network whose every layer is kept whole trains no round."""
     state = {
         "kept": [torch.arange(width) for width in original.widths],
         "trained_neurons": [],
@@ -94,6 +95,8 @@ def prune(
         "diverged_rounds": 0,
     }
     schedule = [kept_per_round(width, target, rounds) for width, target in zip(original.widths, targets)]
+    if all(target >= width for width, target in zip(original.widths, targets)):
+        rounds = 0  # every layer is kept whole: nothing to prune, no round to train
     for r in range(rounds):
         if (saved := finished(r)) is not None:
             state = saved
@@ -171,10 +174,11 @@ def lottery_ticket(
 ) -> tuple[list[np.ndarray], dict]:
     """The imp arm's kept neurons per hidden layer (indices into ``original``; ``targets[l]`` of
     layer l, the moment arm's d' as units.unit_targets gives it) and the summary columns of its
-    pruning: ``imp_steps`` (optimiser steps of all rounds), ``imp_neuron_steps`` (steps times the
-    hidden neurons trained), ``imp_seconds`` (their training time, evaluation excluded) and
-    ``imp_diverged_rounds``. Inside ``checkpoint.writing_to`` (a recorded run) the rounds
-    checkpoint into the imp run's folder and a resumed run goes on from them."""
+    pruning: ``imp_steps`` (optimiser steps of all rounds: none where every layer is kept
+    whole), ``imp_neuron_steps`` (steps times the hidden neurons trained), ``imp_seconds`` (their
+    training time, evaluation excluded) and ``imp_diverged_rounds``. Inside
+    ``checkpoint.writing_to`` (a recorded run) the rounds checkpoint into the imp run's folder and
+    a resumed run goes on from them."""
     rounds, steps = config.compression.imp_rounds, config.imp_round_steps()
     run = checkpoint.current()
 
@@ -195,7 +199,7 @@ def lottery_ticket(
     train_round = round_trainer(config, x_train, y_train, loss_fn, batch_seed, chunk_rows, steps, stage)
     kept, facts = prune(original, targets, rounds, train_round, finished, finish)
     return kept, {
-        "imp_steps": rounds * steps,
+        "imp_steps": steps * len(facts["trained_neurons"]),
         "imp_neuron_steps": steps * sum(facts["trained_neurons"]),
         "imp_seconds": sum(facts["seconds"]),
         "imp_diverged_rounds": facts["diverged_rounds"],
