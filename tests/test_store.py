@@ -68,7 +68,7 @@ TINY_WIDTH = {
 def test_run_config_writes_every_file_and_the_table(tmp_path):
     config = parse_config(TINY_WIDTH)
     records = run_config(config, tmp_path)
-    assert [r.status for r in records] == ["done"] * 4 and not any(r.skipped for r in records)
+    assert [r.status for r in records] == ["done"] * 5 and not any(r.skipped for r in records)
     for record in records:
         folder = run_dir(tmp_path, record.run_id)
         assert sorted(p.name for p in folder.iterdir()) == [
@@ -83,7 +83,7 @@ def test_run_config_writes_every_file_and_the_table(tmp_path):
         assert {"step", "epoch", "train_loss", "test_loss"} <= set(lines[0])
         assert read_status(tmp_path, record.run_id) == "done"
     table = pd.read_parquet(tmp_path / "runs.parquet")
-    assert len(table) == 4 and set(REQUIRED) <= set(table.columns)
+    assert len(table) == 5 and set(REQUIRED) <= set(table.columns)
     assert {"train.lr", "task.name", "compression.size", "model.width"} <= set(table.columns)
     moment = table.set_index("arm").loc["moment"]
     assert moment["width_eff"] == 10 and moment["width"] == 30 and moment["steps"] == 10 and moment["k"] == 1

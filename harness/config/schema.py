@@ -24,7 +24,7 @@ from harness.config.loader import BETAS, FRACTION, NON_NEGATIVE, POSITIVE, Check
 
 EXPERIMENTS = ("width", "data", "attention", "symmetric", "runtime")
 ARMS = {
-    "width": ("original", "moment", "random", "magnitude"),
+    "width": ("original", "moment", "random", "magnitude", "imp"),
     "data": ("original", "moment", "random", "kmeans"),
     "attention": ("original", "moment", "random"),
     "symmetric": ("moment", "random", "kmeans"),
@@ -120,6 +120,13 @@ class CompressionConfig:
         "0.1d", check=SIZE_RULE, normal=lambda v: None if v is None else str(parse_size(v))
     )
     method: str = option("clustered", choices=("clustered", "global"))  # the moment arm's algorithm
+    # The imp arm (iterative magnitude pruning, harness/experiments/imp.py): rounds of train ->
+    # prune -> rewind, each round keeping a fixed fraction of the neurons so that the last leaves
+    # the moment arm's width (3 rounds from E3's 1e4 to 1e3 keep (1e3/1e4)^(1/3) = 46% each), and
+    # each round's training as a fraction of the run's own steps: 1.0 trains every round as long
+    # as the run, as Frankle & Carbin (arXiv:1803.03635) train each round to completion.
+    imp_rounds: int = option(3, check=POSITIVE, experiments=("width",))
+    imp_budget: float = option(1.0, check=POSITIVE, experiments=("width",))
 
 
 @dataclass(frozen=True)
@@ -182,6 +189,11 @@ class Config:
             return self.train.steps
         per_epoch = 1 if self.train.batch_size is None else math.ceil(self.task.n_train / self.train.batch_size)
         return max(1, math.ceil(self.train.epochs * per_epoch))
+
+    def imp_round_steps(self) -> int:
+        """Optimiser steps of each of the imp arm's pruning rounds: ``compression.imp_budget`` of
+        the run's own steps, at least one."""
+        return max(1, math.ceil(self.compression.imp_budget * self.total_steps()))
 
 
 def check_consistency(config: Config) -> None:

@@ -5,7 +5,10 @@ One initial network; each compressed arm keeps some of its units, chosen at init
 - ``moment``: moment compression of the units (objects: a neuron's incoming row, bias and outgoing
   column; a head's four maps), multiplicities = the compression's weights;
 - ``random``: d' units chosen uniformly, multiplicity 1 (the paper's naive);
-- ``magnitude``: the d' units of largest ||incoming|| * ||outgoing|| (|v| ||w||), multiplicity 1.
+- ``magnitude``: the d' units of largest ||incoming|| * ||outgoing|| (|v| ||w||), multiplicity 1;
+- ``imp`` (MLP neurons only): iterative magnitude pruning with rewinding, Frankle & Carbin: rounds
+  of training from initialisation, each keeping the neurons of largest |v| ||w|| after training,
+  down to d'; the survivors at their initial weights, multiplicity 1 (harness/experiments/imp.py).
 
 d' comes from ``compression.size`` as compress() reads it (raised to N(m, k); at most d), so all
 compressed arms have the same budget. Deep MLPs are compressed layer by layer from the input: the
@@ -30,6 +33,7 @@ from harness.compression import compress, n_moments, parse_size, raw_moments, re
 from harness.config import CompressionConfig, Config
 from harness.data import Dataset
 from harness.errors import warn_once
+from harness.experiments import imp
 from harness.experiments.common import ArmResult, OnRecord, Seeds, dtype_of, final_summary, tensor
 from harness.train import Arm, BatchSampler, accuracy, loss_for, mean_loss, predict, train_side_by_side
 
@@ -43,8 +47,23 @@ def _wanted(d: int, m: int, k: int, size) -> int:
     return n_moments(m, k) if size is None else parse_size(size).resolve(d)
 
 
-def compress_units(model, arm: str, compression: CompressionConfig, seed: int, device: torch.device):
-    """(the compressed model, its facts: width_eff per layer, compress_seconds, moment_error, clamped)."""
+def unit_targets(model, compression: CompressionConfig) -> list[int]:
+    """d' of each hidden layer of an MLP as ``compress_units`` compresses them in turn: layer l's
+    objects are its incoming row over layer l-1's kept neurons, its bias and its outgoing column."""
+    targets = []
+    for layer in range(model.depth):
+        inputs = model.weights[0].shape[1] if layer == 0 else targets[-1]
+        m = inputs + 1 + model.weights[layer + 1].shape[0]
+        targets.append(budget(model.widths[layer], m, compression.k, compression.size))
+    return targets
+
+
+def compress_units(
+    model, arm: str, compression: CompressionConfig, seed: int, device: torch.device, kept: list | None = None
+):
+    """(the compressed model, its facts: width_eff per layer, compress_seconds, moment_error, clamped).
+
+    ``kept``: for the imp arm, the indices each layer keeps (imp.lottery_ticket)."""
     widths, seconds, errors, whole, clamped, oversized = [], 0.0, [], [], False, []
     k = compression.k
     for layer in range(model.unit_layers):
@@ -75,6 +94,8 @@ def compress_units(model, arm: str, compression: CompressionConfig, seed: int, d
         elif arm == "magnitude":
             indices = np.sort(np.argsort(-model.unit_magnitudes(layer), kind="stable")[:target])
             multiplicities = np.ones(target)
+        elif arm == "imp":
+            indices, multiplicities = kept[layer], np.ones(len(kept[layer]))
         else:
             raise ValueError(f"unknown width arm {arm!r}")
         errors.append(
@@ -122,15 +143,22 @@ def run_units(
             "clamped": None,
         }
     }
-    for arm in names[1:]:
-        models[arm], facts[arm] = compress_units(original, arm, config.compression, seeds.compression, device)
-
     x_train, y_train = tensor(data.x_train, device, dtype), tensor(data.y_train, device, dtype)
     x_test, y_test = tensor(data.x_test, device, dtype), tensor(data.y_test, device, dtype)
+    loss_fn = loss_for(data.classification)
+    for arm in names[1:]:
+        kept, pruning = None, {}
+        if arm == "imp":
+            targets = unit_targets(original, config.compression)
+            kept, pruning = imp.lottery_ticket(
+                original, targets, config, x_train, y_train, loss_fn, seeds.batches, chunk_rows
+            )
+        models[arm], facts[arm] = compress_units(original, arm, config.compression, seeds.compression, device, kept)
+        facts[arm].update(pruning)
+
     n = len(x_train)
     sampler = BatchSampler(np.ones(n), config.train.batch_size, config.train.sampling, seeds.batches, device)
     trained = [Arm(name, models[name].to(device=device, dtype=dtype), x_train, y_train, sampler) for name in names]
-    loss_fn = loss_for(data.classification)
 
     def evaluate(live: list[Arm]) -> dict[str, dict]:
         outputs = {

@@ -42,6 +42,7 @@ from harness.tracking.store import checkpoint_dir, checkpoint_path, write_atomic
 
 HEADER = b"polyscale-checkpoint"
 FORMAT = 1  # raise it when the content changes: older files are then skipped, never misread
+RESULT = "result.pt"  # a finished stage's result, in its subfolder
 KEPT = 2  # checkpoints kept per run: the newest may be cut short by a kill, the one before is whole
 DEFAULT_SECONDS = 600.0  # wall-clock interval: short runs write none
 logger = logging.getLogger(__name__)
@@ -58,6 +59,10 @@ class Target:
     seconds: float = DEFAULT_SECONDS
     resume: bool = True  # False: start from step 0 and forget the run's old checkpoints
     on_restore: Callable[[str, list[dict]], None] | None = None  # (arm, its records so far) on a resume
+    # A subfolder of each run's checkpoint folder for a stage trained before the run's own
+    # training (the imp arm's pruning rounds): its checkpoints and its result (``save_result``)
+    # never mix with the run's. "": the run's own training.
+    stage: str = ""
 
 
 _target: contextvars.ContextVar[Target | None] = contextvars.ContextVar("checkpoint_target", default=None)
@@ -85,7 +90,10 @@ class Checkpoints:
         self.written = time.monotonic()
         if not target.resume:
             for run_id in target.runs.values():
-                discard(target.out, run_id)
+                if target.stage:
+                    shutil.rmtree(_folder(target.out, run_id, target.stage), ignore_errors=True)
+                else:
+                    discard(target.out, run_id)
 
     def due(self, step: int) -> bool:
         every = self.target.every
@@ -98,15 +106,16 @@ class Checkpoints:
         then resumes from an older checkpoint, or from step 0.
         """
         payload = _encode(state)
+        out, stage = self.target.out, self.target.stage
         for run_id in self.target.runs.values():
-            path = checkpoint_path(self.target.out, run_id, state["step"])
+            path = _folder(out, run_id, stage) / checkpoint_path(out, run_id, state["step"]).name
             data = _header(run_id, payload) + payload
             try:
                 write_atomic_with(path, lambda tmp, data=data: tmp.write_bytes(data))
             except OSError as exc:
                 logger.warning("%s: checkpoint not written (%s); training goes on", path, exc.strerror or exc)
                 continue
-            for old in _files(self.target.out, run_id)[KEPT:]:
+            for old in _files(out, run_id, stage)[KEPT:]:
                 old.unlink(missing_ok=True)
         self.written = time.monotonic()
 
@@ -114,9 +123,10 @@ class Checkpoints:
         """The newest checkpoint of any of the runs for which ``problem`` finds nothing wrong, or None."""
         if not self.target.resume:
             return None
-        candidates = [path for run_id in self.target.runs.values() for path in _files(self.target.out, run_id)]
-        for path in sorted(candidates, key=_step_of, reverse=True):
-            state, why = _load(path, path.parent.parent.name)
+        out, stage = self.target.out, self.target.stage
+        candidates = [(path, run_id) for run_id in self.target.runs.values() for path in _files(out, run_id, stage)]
+        for path, run_id in sorted(candidates, key=lambda candidate: _step_of(candidate[0]), reverse=True):
+            state, why = _load(path, run_id)
             why = why or problem(state)
             if why is None:
                 return state
@@ -130,11 +140,46 @@ class Checkpoints:
             self.target.on_restore(arm, history)
 
 
+def save_result(target: Target, result: dict) -> None:
+    """A finished stage's ``result`` (tensors, lists, numbers) into each run's stage folder, whole
+    or not at all, so that a resumed run reads it back (``saved_result``) instead of training the
+    stage again. A file that cannot be written is reported: the stage is then trained again."""
+    payload = _encode(result)
+    for run_id in target.runs.values():
+        path = _folder(target.out, run_id, target.stage) / RESULT
+        data = _header(run_id, payload) + payload
+        try:
+            write_atomic_with(path, lambda tmp, data=data: tmp.write_bytes(data))
+        except OSError as exc:
+            logger.warning(
+                "%s: stage result not written (%s); a resumed run trains it again", path, exc.strerror or exc
+            )
+
+
+def saved_result(target: Target) -> dict | None:
+    """A stage's result as ``save_result`` wrote it for any of the runs, or None (none sound, or
+    ``target.resume`` is False); an unsound file is reported and deleted."""
+    if not target.resume:
+        return None
+    for run_id in target.runs.values():
+        path = _folder(target.out, run_id, target.stage) / RESULT
+        if not path.exists():
+            continue
+        result, why = _load(path, run_id)
+        if why is None:
+            return result
+        logger.warning("%s: %s; the stage is trained again", path, why)
+        path.unlink(missing_ok=True)
+    return None
+
+
 def discard(out: Path, run_id: str, keep_last: bool = False) -> None:
     """Remove a run's checkpoints (``keep_last``: all but the newest)."""
     if keep_last:
         for old in _files(out, run_id)[1:]:
             old.unlink(missing_ok=True)
+        for stage in checkpoint_dir(out, run_id).glob("*/"):  # stages before the run's training: done
+            shutil.rmtree(stage, ignore_errors=True)
     else:
         shutil.rmtree(checkpoint_dir(out, run_id), ignore_errors=True)
 
@@ -156,9 +201,13 @@ def set_rng_state(state: dict) -> None:
     )
 
 
-def _files(out: Path, run_id: str) -> list[Path]:
-    """The run's checkpoint files, newest step first."""
-    return sorted(checkpoint_dir(out, run_id).glob("step-*.pt"), key=_step_of, reverse=True)
+def _folder(out: Path, run_id: str, stage: str = "") -> Path:
+    return checkpoint_dir(out, run_id) / stage if stage else checkpoint_dir(out, run_id)
+
+
+def _files(out: Path, run_id: str, stage: str = "") -> list[Path]:
+    """The run's (or its stage's) checkpoint files, newest step first."""
+    return sorted(_folder(out, run_id, stage).glob("step-*.pt"), key=_step_of, reverse=True)
 
 
 def _step_of(path: Path) -> int:

@@ -149,14 +149,20 @@ def train_side_by_side(
     in units of it, for every arm alike. Inside ``run_together`` the call waits to be trained with
     the other tasks' calls (harness/train/batched.py says how closely those records match these).
     """
-    call = SideBySide(arms, train, steps, loss_fn, evaluate, epoch_size, on_record, description)
-    if (target := checkpoint.current()) is not None:
-        call.checkpoints = checkpoint.Checkpoints(target)
-        call.resume = call.checkpoints.latest(lambda state: _misfit(call, state))
+    call = with_checkpoints(SideBySide(arms, train, steps, loss_fn, evaluate, epoch_size, on_record, description))
     if handoff.current() is None:
         train_one_by_one(call)
     else:
         handoff.park(call)
+
+
+def with_checkpoints(call: SideBySide) -> SideBySide:
+    """``call`` checkpointing into ``checkpoint.current()`` (if any), set to resume from its newest
+    checkpoint that fits."""
+    if (target := checkpoint.current()) is not None:
+        call.checkpoints = checkpoint.Checkpoints(target)
+        call.resume = call.checkpoints.latest(lambda state: _misfit(call, state))
+    return call
 
 
 def train_one_by_one(call: SideBySide) -> None:
