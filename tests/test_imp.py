@@ -301,3 +301,31 @@ def test_a_network_kept_whole_trains_no_round_and_its_ticket_is_the_original():
     results = run_arms(config, ("original", "imp"), device="cpu")
     assert results["imp"].summary["imp_steps"] == results["imp"].summary["imp_neuron_steps"] == 0
     assert [r["train_loss"] for r in results["imp"].metrics] == [r["train_loss"] for r in results["original"].metrics]
+
+
+def test_the_imp_settings_name_the_imp_runs_alone():
+    """compression.imp_rounds/imp_budget are read by the imp arm only, so only its run id carries
+    them: a cheaper IMP can be added to a sweep whose other arms have run."""
+    default, cheaper = small(), small(compression={**SMALL["compression"], "imp_budget": 0.1, "imp_rounds": 2})
+    for arm in ("original", "moment", "random", "magnitude"):
+        assert run_id(cheaper, arm) == run_id(default, arm)
+    assert run_id(cheaper, "imp") != run_id(default, "imp")
+    assert canonical(cheaper, "moment") == canonical(default, "moment")
+    assert canonical(cheaper, "imp")["compression"] == {"k": 2, "size": "15", "imp_rounds": 2, "imp_budget": 0.1}
+
+
+def test_a_sweep_over_the_imp_budget_plans_the_shared_arms_once(tmp_path):
+    spec = tmp_path / "imp-budget.yaml"
+    spec.write_text(json.dumps({**SMALL, "grid": {"compression.imp_budget": [0.1, 0.5, 1.0]}, "seeds": 2}))
+    runs = load_sweep(spec).runs
+    by_arm = {arm: [r for r in runs if r.arm == arm] for arm in ("original", "moment", "random", "magnitude", "imp")}
+    assert {arm: len(planned) for arm, planned in by_arm.items()} == {
+        "original": 2,
+        "moment": 2,
+        "random": 2,
+        "magnitude": 2,
+        "imp": 6,
+    }
+    assert len({r.run_id for r in runs}) == len(runs)
+    for arm in ("original", "moment", "random", "magnitude"):  # each under the id a default config gives it
+        assert {r.run_id for r in by_arm[arm]} == {run_id(small(seed=s), arm) for s in (0, 1)}

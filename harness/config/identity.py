@@ -1,8 +1,9 @@
 """Run identity: a configuration as plain data, its canonical form, and the run id it hashes to.
 
-``run_id(config, arm)`` hashes the fields that differ from their defaults (cosmetic ones excluded)
-plus the arm, so adding a field with a default keeps every old id. The price: a default must
-never change meaning; add a field instead.
+``run_id(config, arm)`` hashes the fields that differ from their defaults (cosmetic ones, and
+those that only other arms read, excluded) plus the arm, so adding a field with a default keeps
+every old id, and setting an arm's own field (``compression.imp_rounds``) renames that arm's runs
+alone. The price: a default must never change meaning; add a field instead.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ def to_dict(config) -> dict:
     return out
 
 
-def canonical(config) -> dict:
-    """The non-default, non-cosmetic fields, nested: what identifies a configuration.
+def canonical(config, arm: str | None = None) -> dict:
+    """The non-default, non-cosmetic fields, nested: what identifies a configuration (with
+    ``arm``: what identifies that arm's run, leaving out the fields that only other arms read).
 
     Values with several spellings are compared and stored in their normal form (size 60, "60" and
     "60*d^1"... are one size; "0.1d" and 0.1 are one rule).
@@ -34,8 +36,10 @@ def canonical(config) -> dict:
         value = getattr(config, f.name)
         if f.metadata.get("cosmetic"):
             continue
+        if arm is not None and f.metadata.get("arms") is not None and arm not in f.metadata["arms"]:
+            continue
         if is_dataclass(value):
-            inner = canonical(value)
+            inner = canonical(value, arm)
             if inner:
                 out[f.name] = inner
             continue
@@ -50,5 +54,5 @@ def run_id(config: Config, arm: str) -> str:
     """``<experiment>-<arm>-<12 hex>``: a hash of the canonical configuration and the arm."""
     if arm not in ARMS[config.experiment]:
         raise ValueError(f"{arm!r} is not an arm of the {config.experiment} experiment")
-    text = json.dumps({"config": canonical(config), "arm": arm}, sort_keys=True, separators=(",", ":"))
+    text = json.dumps({"config": canonical(config, arm), "arm": arm}, sort_keys=True, separators=(",", ":"))
     return f"{config.experiment}-{arm}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"

@@ -64,10 +64,12 @@ def option(
     cosmetic: bool = False,
     tasks: tuple[str, ...] | None = None,
     experiments: tuple[str, ...] | None = None,
+    arms: tuple[str, ...] | None = None,
     factory: Callable | None = None,
     normal: Callable[[Any], Any] | None = None,
 ) -> Any:
     """A schema field. ``tasks``/``experiments``: the only ones that read it (None: all).
+    ``arms``: the only arms whose run id it is part of (None: all), for a field that only they read.
     ``normal``: the form the run id hashes, for values with several spellings."""
     metadata = {
         "check": check,
@@ -75,6 +77,7 @@ def option(
         "cosmetic": cosmetic,
         "tasks": tasks,
         "experiments": experiments,
+        "arms": arms,
         "normal": normal,
     }
     if factory is not None:

@@ -125,8 +125,8 @@ class CompressionConfig:
     # the moment arm's width (3 rounds from E3's 1e4 to 1e3 keep (1e3/1e4)^(1/3) = 46% each), and
     # each round's training as a fraction of the run's own steps: 1.0 trains every round as long
     # as the run, as Frankle & Carbin (arXiv:1803.03635) train each round to completion.
-    imp_rounds: int = option(3, check=POSITIVE, experiments=("width",))
-    imp_budget: float = option(1.0, check=POSITIVE, experiments=("width",))
+    imp_rounds: int = option(3, check=POSITIVE, experiments=("width",), arms=("imp",))
+    imp_budget: float = option(1.0, check=POSITIVE, experiments=("width",), arms=("imp",))
 
 
 @dataclass(frozen=True)

@@ -150,15 +150,19 @@ def expand_sweep(raw: dict, path: Path, overrides=()) -> Sweep:
                 data = with_values(base, varied, path.name)
                 label = ", ".join(f"{k}={v}" for k, v in varied.items())
                 config = parse_config(data, f"{path.name} [{label}]")
-                for arm in config.arm_names:
-                    rid = run_id(config, arm)
-                    if rid in seen:
-                        raise UsageError(
-                            f"{path.name}: [{label}] and [{', '.join(f'{k}={v}' for k, v in seen[rid].items())}] "
-                            f"give the same run {rid}: a varied key changes nothing that identifies a run"
-                        )
-                    seen[rid] = varied
-                    runs.append(PlannedRun(run_id=rid, arm=arm, config=config, raw=data, varied=varied))
+                ids = {arm: run_id(config, arm) for arm in config.arm_names}
+                if all(rid in seen for rid in ids.values()):
+                    rid = next(iter(ids.values()))
+                    raise UsageError(
+                        f"{path.name}: [{label}] and [{', '.join(f'{k}={v}' for k, v in seen[rid].items())}] "
+                        f"give the same run {rid}: a varied key changes nothing that identifies a run"
+                    )
+                # An arm that does not read the varied key (compression.imp_budget for all but imp)
+                # is one run, shared by the configurations: planned once.
+                for arm, rid in ids.items():
+                    if rid not in seen:
+                        seen[rid] = varied
+                        runs.append(PlannedRun(run_id=rid, arm=arm, config=config, raw=data, varied=varied))
     tune = None
     if raw.get("tune") is not None:
         tune = parse_tune(
