@@ -15,10 +15,17 @@ method). Their runs take minutes at d = 32000: ``--reference-cache FILE`` keeps 
 
 ``--curve`` adds the clustered method's accuracy-speed trade-off: error and seconds for each
 ``final_phase`` of ``clustered_weights`` (the nearest-neighbour phase starts at final_phase x d'
-live points; 1 is plain kd halving all the way, the schedule before the final phase existed).
+live points; 1 is plain kd halving all the way, the schedule before the final phase existed), and
+``--fractions`` the same for each ``round_fraction`` (the share of the disjoint nearest-neighbour
+groups a final-phase round reduces, smallest first). ``--round-fraction`` sets it for the tables.
+
+A single probe set makes |f' - f| a noisy statistic: it is one signed sum, and its draws span two
+orders of magnitude. ``--probe-sets P`` scores each draw by the root mean square of |f' - f| over
+P probe sets instead (the SPEC's set first, the others drawn from the seed), for every method and
+the authors' alike: the same function family, far less noise between two compressors.
 
 Run: .venv/bin/python bench/compress_accuracy.py [--quick] [--function inverse --size "20*ln(d)^2"]
-     [--reference /tmp/authors/compressor.py]
+     [--reference /tmp/authors/compressor.py] [--probe-sets 20] [--fractions 1 0.25]
 """
 
 from __future__ import annotations
@@ -92,6 +99,12 @@ def main() -> None:
     parser.add_argument("--function", choices=("sigmoid", "inverse"), default="sigmoid", help="E1 or E7's function")
     parser.add_argument("--size", default="0.1d", help="size rule for d' (clamped up to N(m,k)); E7: '20*ln(d)^2'")
     parser.add_argument("--probes", type=int, default=10, help="probe inputs x_a (SPEC: 10)")
+    parser.add_argument(
+        "--probe-sets", type=int, default=1, help="score each draw by the RMS error over this many probe sets"
+    )
+    parser.add_argument(
+        "--round-fraction", type=float, default=None, help="the clustered method's round_fraction (default 1)"
+    )
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--reference", type=Path, help="path of the authors' compressor.py")
     parser.add_argument("--reference-cache", type=Path, help="JSON file keeping the authors' results between runs")
@@ -102,7 +115,12 @@ def main() -> None:
         metavar="PHASE",
         help="clustered final_phase values to time and score (default 1 2 3 4 if none given)",
     )
+    parser.add_argument(
+        "--fractions", type=float, nargs="+", metavar="Q", help="clustered round_fraction values to time and score"
+    )
     args = parser.parse_args()
+    if args.probe_sets < 1:
+        parser.error(f"--probe-sets must be at least 1; got {args.probe_sets}")
     settings = args.settings or (QUICK_SETTINGS if args.quick else SETTINGS)
     draws = 3 if args.quick and args.draws == 6 else args.draws
     rule = parse_size(args.size)
@@ -116,8 +134,13 @@ def main() -> None:
 
     print(
         f"{args.function} (SPEC {'E1' if args.function == 'sigmoid' else 'E7'}), d' = max({rule}, N), "
-        f"{draws} draws; |f' - f| geometric mean over draws, seconds mean; torch {torch.__version__}, 1 thread"
+        f"{draws} draws; |f' - f| geometric mean over draws"
+        + (f" (each draw: RMS over {args.probe_sets} probe sets)" if args.probe_sets > 1 else "")
+        + f", seconds mean; torch {torch.__version__}, 1 thread"
+        + (f"; clustered round_fraction {args.round_fraction}" if args.round_fraction else "")
     )
+    schedules = [{"final_phase": phase} for phase in (args.curve or DEFAULT_PHASES)] if args.curve is not None else []
+    schedules += [{"round_fraction": fraction} for fraction in args.fractions or ()]
     print("| m, k, d | d' | " + " | ".join(f"{name} error | {name} s" for name in args.methods) + " |")
     print("|---|---|" + "---|---|" * len(args.methods))
     ratio_rows, curve_rows = [], []
@@ -128,25 +151,27 @@ def main() -> None:
         theirs, theirs_seconds, ours_moment, theirs_moment = [], [], [], []
         for seed in range(draws):
             objects, probes = symmetric_problem(d, m, args.probes, seed)
-            exact = symmetric_value(args.function, objects, np.ones(d), probes, d)
+            error_of = _scorer(args.function, objects, probes, args.probe_sets, seed)
             for name in args.methods:
-                result = compress(objects, k=k, size=target, method=name, seed=seed)
-                errors[name].append(
-                    abs(symmetric_value(args.function, result.points, result.weights, probes, d) - exact)
+                schedule = (
+                    {"round_fraction": args.round_fraction} if name == "clustered" and args.round_fraction else {}
                 )
+                result = compress(objects, k=k, size=target, method=name, seed=seed, **schedule)
+                errors[name].append(error_of(result.points, result.weights))
                 seconds[name].append(result.seconds)
                 if name == "clustered":
                     ours_moment.append(result.moment_error)
             if reference is not None:
-                key = f"{args.function},{m},{k},{d},{target},{seed},{args.probes}"
+                key = f"{args.function},{m},{k},{d},{target},{seed},{args.probes}" + (
+                    f",{args.probe_sets}" if args.probe_sets > 1 else ""
+                )
                 if key not in cache:
                     start = time.perf_counter()
                     weights, points = reference(objects).compress(k, dstop=target)
                     elapsed = time.perf_counter() - start
-                    value = symmetric_value(args.function, points, weights, probes, d)
                     moment = relative_moment_error(raw_moments(objects, np.ones(d), k), raw_moments(points, weights, k))
                     cache[key] = {
-                        "error": abs(value - exact),
+                        "error": error_of(points, weights),
                         "seconds": elapsed,
                         "moment_error": moment,
                         "size": len(weights),
@@ -156,8 +181,8 @@ def main() -> None:
                 theirs.append(cache[key]["error"])
                 theirs_seconds.append(cache[key]["seconds"])
                 theirs_moment.append(cache[key]["moment_error"])
-            if args.curve is not None:
-                curve_rows.extend(_curve(objects, probes, exact, k, target, args, m, d, seed))
+            if schedules:
+                curve_rows.extend(_curve(objects, error_of, k, target, schedules, m, d))
         print(
             f"| {m}, {k}, {d} | {target} | "
             + " | ".join(f"{geometric_mean(errors[n]):.2e} | {np.mean(seconds[n]):.3f}" for n in args.methods)
@@ -189,30 +214,44 @@ def main() -> None:
 DEFAULT_PHASES = (1.0, 2.0, 3.0, 4.0)
 
 
-def _curve(objects, probes, exact, k, target, args, m, d, seed):
-    """(m, k, d, final_phase, error, seconds) of the clustered method for each final_phase, on one draw."""
+def _scorer(function: str, objects: np.ndarray, probes: np.ndarray, probe_sets: int, seed: int):
+    """|f' - f| of a compressed set on the SPEC's probes, or its RMS over ``probe_sets`` probe sets."""
+    d, m = objects.shape
+    rng = np.random.default_rng([seed, 7])
+    sets = [probes] + [rng.uniform(-1.0, 1.0, probes.shape) for _ in range(probe_sets - 1)]
+    exact = np.array([symmetric_value(function, objects, np.ones(d), p, d) for p in sets])
+
+    def error_of(points: np.ndarray, weights: np.ndarray) -> float:
+        values = np.array([symmetric_value(function, points, weights, p, d) for p in sets])
+        return float(np.sqrt(np.mean((values - exact) ** 2)))
+
+    return error_of
+
+
+def _curve(objects, error_of, k, target, schedules, m, d):
+    """(m, k, d, schedule, error, seconds) of the clustered method for each schedule, on one draw."""
     rows = []
     x, w = torch.as_tensor(objects), torch.ones(len(objects), dtype=torch.float64)
-    for phase in args.curve or DEFAULT_PHASES:
+    for schedule in schedules:
         start = time.perf_counter()
-        c = clustered_weights(x, w, k, target, final_phase=phase).numpy()
+        c = clustered_weights(x, w, k, target, **schedule).numpy()
         elapsed = time.perf_counter() - start
         keep = c > 0
-        error = abs(symmetric_value(args.function, objects[keep], c[keep], probes, d) - exact)
-        rows.append((m, k, d, phase, error, elapsed))
+        ((name, value),) = schedule.items()
+        rows.append((m, k, d, f"{name}={value:g}", error_of(objects[keep], c[keep]), elapsed))
     return rows
 
 
 def _print_curve(rows) -> None:
-    print("\nclustered error against seconds by final_phase (geometric-mean error, mean seconds)")
-    print("| m, k, d | final_phase | error | seconds |")
+    print("\nclustered error against seconds by schedule (geometric-mean error, mean seconds)")
+    print("| m, k, d | schedule | error | seconds |")
     print("|---|---|---|---|")
     keys = sorted({(m, k, d, phase) for m, k, d, phase, _, _ in rows})
     for key in keys:
         picked = [(e, s) for *rest, e, s in rows if tuple(rest) == key]
-        m, k, d, phase = key
+        m, k, d, schedule = key
         print(
-            f"| {m}, {k}, {d} | {phase:g} | {geometric_mean([e for e, _ in picked]):.2e} | "
+            f"| {m}, {k}, {d} | {schedule} | {geometric_mean([e for e, _ in picked]):.2e} | "
             f"{np.mean([s for _, s in picked]):.3f} |"
         )
 

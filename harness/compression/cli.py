@@ -26,6 +26,7 @@ for every method but kmeans (whose centroids are new points). One JSON line goes
 examples:
   polyscale compress x.npy --k 5 --size 0.1d --out x_small.npz
   polyscale compress x.npy --k 5 --size 0.1d --final-phase 1 --out x_fast.npz   # speed first
+  polyscale compress x.npy --k 4 --size "20*ln(d)^2" --round-fraction 0.25 --out x.npz   # steep at the edges
 """
 
 
@@ -51,6 +52,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="clustered only: start the nearest-neighbour phase at F x the target size (default 3, accuracy "
         "first); 1 = kd halving only, 2-4x faster with 2-4x larger function errors",
     )
+    parser.add_argument(
+        "--round-fraction",
+        type=float,
+        default=None,
+        metavar="Q",
+        help="clustered only: each nearest-neighbour round reduces at most this fraction (0, 1] of its groups, "
+        "smallest first (default 1); 0.25 keeps more points at the domain's boundary, about 3x slower",
+    )
     parser.add_argument("--out", type=Path, required=True, metavar="OUT.npz", help="where to write the result")
     parser.set_defaults(handler=run)
 
@@ -66,7 +75,14 @@ def run(args: argparse.Namespace) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = compress(
-            points, weights, k=args.k, size=size, method=args.method, seed=args.seed, final_phase=args.final_phase
+            points,
+            weights,
+            k=args.k,
+            size=size,
+            method=args.method,
+            seed=args.seed,
+            final_phase=args.final_phase,
+            round_fraction=args.round_fraction,
         )
     for warning in caught:
         print(f"polyscale compress: warning: {warning.message}", file=sys.stderr)
