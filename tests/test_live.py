@@ -223,6 +223,25 @@ def test_the_sweep_bar_counts_the_steps_of_finished_and_running_runs(tmp_path):
     assert store.progress(tmp_path, waiting) == (None, None)
 
 
+def test_the_sweep_bar_counts_an_interrupted_run_at_its_newest_checkpoint(tmp_path):
+    # A run marked running whose process is gone resumes from its newest checkpoint (15 here), not
+    # from its last record (30): the bar counts 15, so that it does not step back when it resumes.
+    gone, fresh = "e" * 12, "f" * 12
+    for run_id in (gone, fresh):
+        begin(tmp_path, run_id)
+        store.write_metrics(tmp_path, run_id, [record(0), record(10), record(20), record(30)])
+    status = store.read_json(store.status_path(tmp_path, gone))
+    store.write_json(store.status_path(tmp_path, gone), {**status, "pid": 2**22 + 1})  # above Linux's pid_max
+    checkpoints = store.checkpoint_dir(tmp_path, gone)
+    checkpoints.mkdir(parents=True)
+    for step in (5, 15):
+        store.checkpoint_path(tmp_path, gone, step).write_bytes(b"")
+    assert store.is_alive(tmp_path, gone) is False and store.is_alive(tmp_path, fresh) is True
+    steps, postfix = launch.tally_steps(tmp_path, dict.fromkeys((gone, fresh), 40), dict.fromkeys((gone, fresh)))
+    assert steps == 15 + 30
+    assert postfix == "runs 0 done, 1 running, 0 failed, 1 interrupted"
+
+
 def test_workers_of_a_coordinator_draw_no_bars(tmp_path, monkeypatch):
     started = []
     monkeypatch.setattr(launch.subprocess, "Popen", lambda command, env: started.append(env))

@@ -40,8 +40,10 @@ from harness.sweep.queue import JobRecord, RunQueue
 from harness.tracking import wandb_mirror
 from harness.tracking.store import (
     FINISHED,
+    checkpointed_step,
     error_line,
     finished_status,
+    is_alive,
     progress,
     read_status,
     read_summary,
@@ -216,11 +218,17 @@ def tally_steps(
         if rid in finished:
             steps += total
             continue
-        unfinished[status] += 1
-        if status == "running":
+        if status == "running" and is_alive(out, rid) is False:
+            # Its process is gone (a stopped sweep, an earlier session): what it keeps is its newest
+            # checkpoint, not its last record, so that the bar does not step back when it resumes.
+            status = "interrupted"
+            steps += min(checkpointed_step(out, rid), total)
+        elif status == "running":
             steps += min(progress(out, rid)[0] or 0, total)
+        unfinished[status] += 1
     losses = [loss for loss in finished.values() if loss is not None]
     postfix = f"runs {len(finished)} done, {unfinished['running']} running, {unfinished['failed']} failed"
+    postfix += f", {unfinished['interrupted']} interrupted" if unfinished["interrupted"] else ""
     return steps, postfix + (f"; test loss best {min(losses):.4g} worst {max(losses):.4g}" if losses else "")
 
 

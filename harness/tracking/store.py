@@ -89,6 +89,12 @@ def checkpoint_path(out: str | Path, run_id: str, step: int) -> Path:
     return checkpoint_dir(out, run_id) / f"step-{step:09d}.pt"
 
 
+def checkpointed_step(out: str | Path, run_id: str) -> int:
+    """The step of the run's newest checkpoint (0 without one): where it resumes."""
+    steps = [int(path.stem.removeprefix("step-")) for path in checkpoint_dir(out, run_id).glob("step-*.pt")]
+    return max(steps, default=0)
+
+
 def slurm_dir(out: str | Path) -> Path:
     return Path(out) / "slurm"
 
