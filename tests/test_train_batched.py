@@ -283,7 +283,7 @@ def test_evaluations_of_arms_together_are_reproduced_arm_by_arm(
             for key in DIFFERENCES:
                 if a.get(key) is not None:
                     assert abs(a[key] - b[key]) <= 1e-6, (arm, key)
-        if fused:
+        if fused and DEVICE == "cpu":  # elsewhere the kernels never apply
             assert alone[arm].metrics == together[arm].metrics
 
 
