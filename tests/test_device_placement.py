@@ -71,6 +71,22 @@ def test_mlp_forward_and_predict_stay_on_the_device(fake_cuda, monkeypatch):
     assert calls[0] == 4 * losses.GPU_CHUNK_SCALE and len(calls) == math.ceil(1000 / calls[0])
 
 
+@pytest.mark.parametrize("sizes", [[3, 8, 8, 2], [2, 8, 1]])
+def test_models_predicted_together_stay_on_the_device(fake_cuda, monkeypatch, sizes):
+    """Three same-shape MLPs as one stack (in chunks scaled for the device) and a wider one alone."""
+    models = [cuda_mlp(sizes) for _ in range(3)] + [cuda_mlp([sizes[0], 24, *sizes[2:]])]
+    x = torch.randn(1000, sizes[0], device=CUDA)
+    calls = []
+    call = stacked.EvaluationStack.__call__
+    monkeypatch.setattr(
+        stacked.EvaluationStack, "__call__", lambda self, rows: calls.append(len(rows)) or call(self, rows)
+    )
+    outputs = losses.predict_together(models, x, chunk_rows=4)
+    assert [out.shape for out in outputs] == [(1000, sizes[-1])] * 4 and on_cuda(*outputs)
+    # the stack's chunks: 4 x 24 // (3 x 8) rows, times GPU_CHUNK_SCALE on the device
+    assert calls[0] == 4 * losses.GPU_CHUNK_SCALE and len(calls) == math.ceil(1000 / calls[0])
+
+
 @pytest.mark.parametrize("all_ones", [True, False])
 @pytest.mark.parametrize("sizes", [[3, 8, 8, 2], [2, 8, 1]])
 def test_stacked_layers_forward_backward_and_gradients_stay_on_the_device(fake_cuda, monkeypatch, all_ones, sizes):

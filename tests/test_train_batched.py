@@ -3,6 +3,8 @@
 Every comparison runs the same configurations twice: each alone through ``run_arms`` (the loop of
 harness/train/loop.py with torch.optim), and all together through ``run_together`` (stacked MLPs,
 vectorised optimizers), then holds every number of every record at every logged step to 1e-10.
+Evaluation of a run's arms together (``predict_together``, stacks of same-shape MLPs) is held
+likewise against evaluating each arm by itself.
 """
 
 from __future__ import annotations
@@ -19,7 +21,10 @@ import pytest
 import torch
 
 from harness.config import OPTIMIZERS, Config, TrainConfig, parse_config
+from harness.config.identity import canonical
 from harness.config.sweep_spec import expand_sweep
+from harness.experiments import data as data_experiment
+from harness.experiments import units
 from harness.experiments.runner import run_arms, run_config, run_configs
 from harness.experiments.units import compress_units
 from harness.models import init_mlp, relu_kernels
@@ -29,7 +34,7 @@ from harness.sweep.launch import jobs
 from harness.sweep.options import SweepOptions
 from harness.sweep.queue import RunQueue
 from harness.sweep.worker import work
-from harness.train import batched, run_together, stacked
+from harness.train import batched, predict, predict_together, run_together, stacked
 from harness.train.optim import make_optimizer
 from harness.train.stacked_optim import StackedOptimizer
 
@@ -163,6 +168,123 @@ def test_stacked_forward_and_gradients_match_each_mlp(sizes, rows, fused, monkey
                 stack.weights_t[layer].grad[k], model.weights[layer].grad.T, rtol=1e-12, atol=1e-12
             )
             torch.testing.assert_close(stack.biases[layer].grad[k], model.biases[layer].grad, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("sizes", [[1, 30, 1], [2, 40, 1], [3, 8, 1], [3, 8, 8, 4], [5, 60, 40, 1], [2, 16, 3]])
+@pytest.mark.parametrize("fused", [True, False], ids=["fused kernels", "torch passes"])
+def test_an_evaluation_stack_gives_each_mlps_outputs_and_keeps_nan_to_its_own(sizes, fused, monkeypatch):
+    """Three MLPs (one with multiplicities, one with NaN weights, as a diverged arm has) evaluated
+    as a stack on shared inputs: the others' outputs are each MLP's own forward pass without
+    autograd, bit for bit through the fused kernels, to rounding through torch's passes."""
+    if not fused:
+        monkeypatch.setattr(relu_kernels, "applies", lambda x: False)
+    models = [init_mlp(sizes, seed=seed) for seed in range(3)]
+    models[1] = models[1].select_units(0, np.arange(sizes[1]), np.linspace(0.5, 3.0, sizes[1]))
+    with torch.no_grad():
+        models[2].weights[0][0, 0] = float("nan")
+    x = torch.randn(50, sizes[0], dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = stacked.EvaluationStack(models)(x)
+        expected = [model(x) for model in models]
+    assert out.shape == (50, 3, sizes[-1])
+    tolerance = 0.0 if fused and models[0].fits_relu_kernels else 1e-12
+    for k in (0, 1):
+        torch.testing.assert_close(out[:, k], expected[k], rtol=tolerance, atol=tolerance)
+    assert out[:, :2].isfinite().all() and out[:, 2].isnan().any()
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused kernels", "torch passes"])
+def test_predict_together_is_predict_of_each_model(fused, monkeypatch):
+    """Models of three shapes and one that is no MLP: same-shape MLPs stacked, each stack in chunks
+    holding as many activations as the widest model's (chunk_rows * 40 // (K w) rows), or of
+    chunk_rows through the fused kernels (which hold none)."""
+    if not fused:
+        monkeypatch.setattr(relu_kernels, "applies", lambda x: False)
+    models = [init_mlp([2, 40, 1], seed=0), init_mlp([2, 40, 1], seed=1), init_mlp([2, 7, 1], seed=2)]
+    models += [init_mlp([2, 15, 1], seed=seed) for seed in (3, 4, 5)] + [torch.nn.Linear(2, 1).double()]
+    models[4] = models[4].select_units(0, np.arange(15), np.linspace(0.5, 3.0, 15))
+    chunks = []
+    call = stacked.EvaluationStack.__call__
+    monkeypatch.setattr(stacked.EvaluationStack, "__call__", lambda self, x: chunks.append(len(x)) or call(self, x))
+    x = torch.randn(77, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    outputs = predict_together(models, x, chunk_rows=10)
+    # two stacks (2 x width 40: 5 rows a chunk; 3 x width 15: 8 rows), the others alone
+    assert chunks == ([10] * 7 + [7]) * 2 if fused else [5] * 15 + [2] + [8] * 9 + [5]
+    for model, out in zip(models, outputs):
+        expected = predict(model, x, 10)
+        torch.testing.assert_close(out, expected, rtol=0.0 if fused else 1e-12, atol=0.0 if fused else 1e-12)
+
+
+def per_arm(models, x, chunk_rows):
+    """Evaluation arm by arm, the reference of ``predict_together``."""
+    return [predict(model, x, chunk_rows) for model in models]
+
+
+# Records that are differences of near-equal losses, or of outputs: compared absolutely. Through
+# torch's passes in float32 the records of the two evaluations differed by at most 2.6e-8 relative
+# (losses) and 1.2e-7 absolute (gaps, output differences): the tests allow 1e-6.
+DIFFERENCES = ("train_gap", "test_gap", "max_output_diff")
+
+
+@pytest.mark.parametrize(
+    "experiment, changes, fused, stack",
+    [
+        # regression: the original (width 40) alone, the 4 compressed arms (width 15) as one stack
+        ("width", {}, True, 4),
+        ("width", {}, False, 4),
+        # layer by layer; equal widths have too many moments to compress: all 5 arms in a stack
+        ("width", {"model": {"depth": 2}}, False, 5),
+        (  # classification on 64 inputs: m = 64 + 1 + 10, N(m, 1) = 76 of 100 neurons
+            "width",
+            {
+                "task": {"name": "digits", "n_train": 200, "n_test": 100},
+                "model": {"width": 100},
+                "compression": {"k": 1, "size": 80},
+            },
+            False,
+            4,
+        ),
+        ("data", {}, True, 4),  # 4 arms of one shape: the test and full training sets in one stack
+        ("data", {}, False, 4),
+    ],
+    ids=["width fused", "width torch passes", "deep width", "digits width", "data fused", "data torch passes"],
+)
+@pytest.mark.parametrize("lockstep", [False, True], ids=["loop", "lockstep"])
+def test_evaluations_of_arms_together_are_reproduced_arm_by_arm(
+    experiment, changes, fused, stack, lockstep, monkeypatch
+):
+    """float32 runs of every arm, in the loop and in a lockstep, evaluated arm by arm and together:
+    the same records, bit for bit through the fused CPU kernels, to float32 rounding through torch's
+    passes (the GPU's)."""
+    if not fused:
+        monkeypatch.setattr(relu_kernels, "applies", lambda x: False)
+    raw = {**canonical(config(experiment, "sgd", 0.05, dtype="float32")), "device": DEVICE}
+    for section, values in changes.items():
+        raw[section] = values if section == "task" else {**raw[section], **values}
+    configuration = parse_config(raw)
+    stacks = []
+    init = stacked.EvaluationStack.__init__
+    monkeypatch.setattr(
+        stacked.EvaluationStack, "__init__", lambda self, models: stacks.append(len(models)) or init(self, models)
+    )
+
+    def run():
+        return run_together([functools.partial(run_arms, configuration)])[0] if lockstep else run_arms(configuration)
+
+    together = run()
+    assert stacks and set(stacks) == {stack}
+    for module in (units, data_experiment):
+        monkeypatch.setattr(module, "predict_together", per_arm)
+    alone = run()
+    assert len(alone) == (5 if experiment == "width" else 4)
+    assert largest_difference(alone, together, (*LOSSES, "test_accuracy")) <= 1e-6
+    for arm in alone:
+        for a, b in zip(alone[arm].metrics, together[arm].metrics):
+            for key in DIFFERENCES:
+                if a.get(key) is not None:
+                    assert abs(a[key] - b[key]) <= 1e-6, (arm, key)
+        if fused and DEVICE == "cpu":  # elsewhere the kernels never apply
+            assert alone[arm].metrics == together[arm].metrics
 
 
 @pytest.mark.parametrize("r, n, c", [(6, 1, 4), (6, 1, 9), (6, 3, 4), (6, 3, 9)])

@@ -21,7 +21,16 @@ from harness.config import Config
 from harness.data import load_task
 from harness.experiments.common import ArmResult, OnRecord, Seeds, dtype_of, final_summary, method_of, tensor
 from harness.models import init_mlp
-from harness.train import Arm, BatchSampler, accuracy, loss_for, mean_loss, predict, train_side_by_side
+from harness.train import (
+    Arm,
+    BatchSampler,
+    accuracy,
+    loss_for,
+    mean_loss,
+    predict,
+    predict_together,
+    train_side_by_side,
+)
 from harness.train.losses import chunk_rows_for
 
 
@@ -83,11 +92,14 @@ def run(
 
     def evaluate(live: list[Arm]) -> dict[str, dict]:
         records = {}
-        for arm in live:
-            test_out = predict(arm.model, x_test, chunk_rows)
+        # The test set and the full training set are every arm's: the arms (one student's copies)
+        # are evaluated on them as one stack.
+        models = [arm.model for arm in live]
+        shared = zip(predict_together(models, full_x, chunk_rows), predict_together(models, x_test, chunk_rows))
+        for arm, (full_out, test_out) in zip(live, shared):
             records[arm.name] = {
                 "train_loss": mean_loss(loss_fn, predict(arm.model, arm.x, chunk_rows), arm.y, arm.weights),
-                "full_train_loss": mean_loss(loss_fn, predict(arm.model, full_x, chunk_rows), full_y),
+                "full_train_loss": mean_loss(loss_fn, full_out, full_y),
                 "test_loss": mean_loss(loss_fn, test_out, y_test),
             }
             if data.classification:

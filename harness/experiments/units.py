@@ -35,7 +35,7 @@ from harness.data import Dataset
 from harness.errors import warn_once
 from harness.experiments import imp
 from harness.experiments.common import ArmResult, OnRecord, Seeds, dtype_of, final_summary, tensor
-from harness.train import Arm, BatchSampler, accuracy, loss_for, mean_loss, predict, train_side_by_side
+from harness.train import Arm, BatchSampler, accuracy, loss_for, mean_loss, predict_together, train_side_by_side
 
 
 def budget(d: int, m: int, k: int, size) -> int:
@@ -161,9 +161,9 @@ def run_units(
     trained = [Arm(name, models[name].to(device=device, dtype=dtype), x_train, y_train, sampler) for name in names]
 
     def evaluate(live: list[Arm]) -> dict[str, dict]:
-        outputs = {
-            arm.name: (predict(arm.model, x_train, chunk_rows), predict(arm.model, x_test, chunk_rows)) for arm in live
-        }
+        models = [arm.model for arm in live]  # the same inputs for all: same-shape arms evaluated as one stack
+        each = zip(predict_together(models, x_train, chunk_rows), predict_together(models, x_test, chunk_rows))
+        outputs = {arm.name: out for arm, out in zip(live, each)}
         records = {}
         for name, (train_out, test_out) in outputs.items():
             records[name] = {

@@ -6,7 +6,7 @@ the calls of several functions are trained together, same-shape MLPs stacked (ha
 
 from harness.train.batched import run_together
 from harness.train.loop import Arm, train_side_by_side
-from harness.train.losses import accuracy, cross_entropy, loss_for, mean_loss, predict, squared_error
+from harness.train.losses import accuracy, cross_entropy, loss_for, mean_loss, predict, predict_together, squared_error
 from harness.train.optim import make_optimizer, make_schedule
 from harness.train.sampling import BatchSampler
 
@@ -20,6 +20,7 @@ __all__ = [
     "make_schedule",
     "mean_loss",
     "predict",
+    "predict_together",
     "run_together",
     "squared_error",
     "train_side_by_side",

@@ -7,10 +7,13 @@ soft labels of k-means centroids).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+
+from harness.models import MLP
+from harness.train.stacked import EvaluationStack, shape_of
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -45,12 +48,42 @@ GPU_CHUNK_SCALE = 64
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, x: torch.Tensor, chunk_rows: int = 8192) -> torch.Tensor:
+def predict(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, chunk_rows: int = 8192) -> torch.Tensor:
     """The model's outputs on x, ``chunk_rows`` examples at a time (GPU_CHUNK_SCALE times as many
     on a CUDA device)."""
     if x.device.type == "cuda":
         chunk_rows *= GPU_CHUNK_SCALE
     return torch.cat([model(x[start : start + chunk_rows]) for start in range(0, len(x), chunk_rows)])
+
+
+@torch.no_grad()
+def predict_together(models: Sequence[torch.nn.Module], x: torch.Tensor, chunk_rows: int = 8192) -> list[torch.Tensor]:
+    """Each model's outputs on x, as ``predict`` gives them (to rounding; bit for bit through the
+    fused CPU kernels), with same-shape MLPs evaluated as one stack (harness/train/stacked.py,
+    ``EvaluationStack``): per chunk one batched pass per layer for all of them instead of one pass
+    per model, the launches a GPU waits on. Other models, and MLPs of a shape of their own, go
+    through ``predict``.
+
+    ``chunk_rows`` is what ``predict`` would be given for the widest of the models; a stack of K
+    MLPs of width w takes chunk_rows * widest // (K w) rows at a time (at least one), so that a
+    chunk holds as many activations as one of the widest model's, except through the fused CPU
+    kernels, which hold none: chunk_rows rows.
+    """
+    groups: dict[object, list[int]] = {}
+    for i, model in enumerate(models):
+        groups.setdefault(shape_of(model) if type(model) is MLP else i, []).append(i)
+    widest = max((max(model.widths) for model in models if type(model) is MLP), default=1)
+    outputs: dict[int, torch.Tensor] = {}
+    for members in groups.values():
+        if len(members) == 1:
+            outputs[members[0]] = predict(models[members[0]], x, chunk_rows)
+            continue
+        stack = EvaluationStack([models[i] for i in members])
+        rows = chunk_rows if stack.fused else max(1, chunk_rows * widest // (len(members) * stack.width))
+        together = predict(stack, x, rows)
+        for k, i in enumerate(members):
+            outputs[i] = together[:, k]
+    return [outputs[i] for i in range(len(models))]
 
 
 def mean_loss(

@@ -11,6 +11,9 @@ same sums, in another order), with its own multiplicities and the same gradient 
 
 ``bind`` makes each member MLP's parameters views of its slice, so code that evaluates a member
 (``predict(arm.model, x)``) sees the stacked training without copies.
+
+``EvaluationStack`` is the evaluation-only counterpart: same-shape MLPs given the same inputs
+(``predict_together``, harness/train/losses.py), one batched pass per layer for all of them.
 """
 
 from __future__ import annotations
@@ -109,6 +112,58 @@ class StackedMLP:
         return StackedMLP(
             [w[rows] for w in self.weights_t], [b[rows] for b in self.biases], [c[rows] for c in self.multiplicities]
         )
+
+
+class EvaluationStack:
+    """Same-shape MLPs evaluated on shared inputs: (rows, n_0) -> (rows, K, outputs), slice k what
+    MLP k's own forward pass gives without autograd (harness/models/mlp.py), to rounding.
+
+    Where the MLPs fit the fused CPU kernels, ``relu_readout`` of all K at once (the same sums as
+    MLP.forward's, bit for bit). Otherwise the activations are kept as (K, units, rows): the first
+    layers of all K models are one wide layer, a single product of their (K * n_1, n_0) weights
+    with the shared inputs, and every later layer one batched product, each hidden layer's
+    multiplicities folded into the next layer's weights (W_{l+1} diag(c_l): the same function). So
+    a chunk costs one matmul and one in-place ReLU per hidden layer plus the output's matmul for
+    all K models, where K models' own passes take four kernels each, one of them a pass over the
+    activations to multiply them by c.
+
+    The parameters are stacked (copied) when it is made: it evaluates the models as they are then.
+    """
+
+    def __init__(self, models: Sequence[MLP]) -> None:
+        if len({shape_of(m) for m in models}) != 1:
+            raise ValueError("stacked MLPs must share layer shapes, dtype and device")
+        depth = models[0].depth
+        with torch.no_grad():
+            weights = [torch.stack([m.weights[layer] for m in models]) for layer in range(depth + 1)]
+            self.biases = [torch.stack([m.biases[layer] for m in models]) for layer in range(depth + 1)]
+            c = [torch.stack([m.unit_multiplicities(layer) for m in models]) for layer in range(depth)]
+            self.fused = models[0].fits_relu_kernels
+            if self.fused:  # relu_readout's operands, as MLP.forward passes them
+                self.weight1_t = weights[0].transpose(1, 2).contiguous()
+                self.outgoing = weights[1][:, 0] * c[0]
+            # (K * n_1, n_0): the first layers side by side; (K, n_{l+1}, n_l) scaled by c_l after it.
+            self.wide = weights[0].flatten(0, 1)
+            self.later = [weights[layer + 1] * c[layer][:, None] for layer in range(depth)]
+
+    @property
+    def width(self) -> int:
+        """Units in each model's widest hidden layer."""
+        return max(b.shape[1] for b in self.biases[:-1])
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        models = len(self.biases[0])
+        if self.fused and relu_kernels.applies(x):
+            inputs = x.expand(models, *x.shape)
+            readout = relu_kernels.relu_readout(inputs, self.weight1_t, self.biases[0], self.outgoing)
+            return (readout + self.biases[1]).T[:, :, None]
+        h = torch.addmm(self.biases[0].reshape(-1, 1), self.wide, x.T).relu_().view(models, -1, len(x))
+        for layer, weight in enumerate(self.later):
+            h = torch.baddbmm(self.biases[layer + 1][:, :, None], weight, h)
+            if layer + 1 < len(self.later):
+                h.relu_()
+        return h.permute(2, 0, 1)
 
 
 def _all_ones(values: torch.Tensor) -> bool:
