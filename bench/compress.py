@@ -115,12 +115,19 @@ def main() -> None:
         "SVDs gain nothing from more, and lose much when the cores are shared)",
     )
     parser.add_argument("--reference", type=Path, help="path of the authors' compressor.py, timed on the same inputs")
+    parser.add_argument(
+        "--round-fraction", type=float, default=None, help="ours with this round_fraction (default: compress's)"
+    )
     args = parser.parse_args()
+    schedule = {} if args.round_fraction is None else {"round_fraction": args.round_fraction}
     reference = load_reference(args.reference) if args.reference else None
     retain_freed_memory()
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
-    print(f"torch {torch.__version__}, peeling on {torch.get_num_threads()} thread(s), ours on 1, float64, CPU")
+    print(
+        f"torch {torch.__version__}, peeling on {torch.get_num_threads()} thread(s), ours on 1, float64, CPU"
+        + (f"; ours with round_fraction {args.round_fraction}" if schedule else "")
+    )
     authors = (
         (" authors (s) | speed-up over the authors | kd halving only (s) | its speed-up | moment error authors |")
         if reference
@@ -131,7 +138,7 @@ def main() -> None:
     for m, k, d, target in [(3, 5, 10_000, 1_000), (2, 6, 10_000, 1_000), (3, 5, 1_000, 100)]:
         points = rng.uniform(-1, 1, (d, m))
         compress(points[:500], k=k, size=100)  # warm-up
-        ours = [compress(points, k=k, size=target) for _ in range(5)]
+        ours = [compress(points, k=k, size=target, **schedule) for _ in range(5)]
         ours_time, ours = min(result.seconds for result in ours), ours[0]
         peel_time, peel = best_time(functools.partial(plain_peel_clustered, points, k, target), 1)
         peel_error = error_of(points, peel, k)

@@ -17,7 +17,10 @@ from harness.cli import main
 from harness.compression import compress, n_moments
 from harness.compression.clustered import clustered_weights
 from harness.compression.partition import nearest_groups
+from harness.config import canonical, parse_config, run_id
 from harness.data.symmetric import symmetric_problem, symmetric_value
+from harness.errors import UsageError
+from harness.experiments.common import compress_objects
 
 
 def monomial_moments(points: np.ndarray, weights: np.ndarray, k: int) -> np.ndarray:
@@ -164,6 +167,39 @@ def test_round_fraction_through_compress_and_the_cli(tmp_path, capsys):
         assert main([*argv, *bad]) == 2
         error = capsys.readouterr().err
         assert "round_fraction" in error and error.count("\n") == 1
+
+
+E7_LIKE = {
+    "experiment": "symmetric",
+    "task": {"name": "symmetric", "function": "inverse", "n_train": 3000, "input_dim": 1},
+    "compression": {"k": 2, "size": "120*ln(d)"},
+}
+
+
+def test_round_fraction_names_the_moment_runs_alone_and_reaches_compress():
+    default = parse_config(E7_LIKE)
+    quarter = parse_config({**E7_LIKE, "compression": {**E7_LIKE["compression"], "round_fraction": 0.25}})
+    assert run_id(quarter, "moment") != run_id(default, "moment")
+    assert canonical(quarter, "moment")["compression"]["round_fraction"] == 0.25
+    for arm in ("random", "kmeans"):
+        assert run_id(quarter, arm) == run_id(default, arm)
+    objects = np.random.default_rng(4).uniform(-1.0, 1.0, (3000, 1))
+    moment = compress_objects(objects, "moment", quarter.compression, "120*ln(d)", 0, torch.device("cpu"))
+    direct = compress(objects, k=2, size="120*ln(d)", round_fraction=0.25)
+    np.testing.assert_array_equal(moment.indices, direct.indices)
+    assert not np.array_equal(moment.indices, compress(objects, k=2, size="120*ln(d)").indices)
+    # The global method has no rounds: it ignores the field rather than failing.
+    global_ = parse_config({**E7_LIKE, "compression": {"k": 2, "method": "global", "round_fraction": 0.25}})
+    assert compress_objects(objects, "moment", global_.compression, None, 0, torch.device("cpu")).size <= 3
+
+
+@pytest.mark.parametrize("value", [0, 1.5, -0.25])
+def test_a_bad_round_fraction_is_refused_in_one_line(value):
+    with pytest.raises(UsageError) as error:
+        parse_config({**E7_LIKE, "compression": {"round_fraction": value}})
+    message = str(error.value)
+    assert message.startswith("config: compression.round_fraction: expected") and "(0, 1]" in message
+    assert "\n" not in message
 
 
 @pytest.mark.parametrize(("spare", "final_phase"), [(0, 3.0), (2, 0.5)])

@@ -52,6 +52,12 @@ def method_of(arm: str, compression: CompressionConfig) -> str:
     return compression.method if arm == "moment" else arm
 
 
+def moment_options(arm: str, compression: CompressionConfig) -> dict:
+    """The schedule options compress() takes for an arm: the moment arm's round_fraction when its
+    method is the clustered one; nothing otherwise."""
+    return {"round_fraction": compression.round_fraction} if method_of(arm, compression) == "clustered" else {}
+
+
 def warm_up_compression(arms: tuple[str, ...], compression: CompressionConfig, m: int, device: torch.device) -> None:
     """One untimed compression per arm on a small random set (2 N(m,k) + 1 points), so that the
     timed ones (E1, E5, E7) exclude one-off costs such as CUDA's lazily loaded linear algebra."""
@@ -66,7 +72,8 @@ def compress_objects(
     """An arm's compression of (d, m) objects: the moment arm's linear algebra on ``device``, the
     baselines on the host (E1, E5, E7). ``size``: a size rule, None for N(m, k)."""
     points = torch.as_tensor(objects, device=device) if arm == "moment" else objects
-    return compress(points, k=compression.k, size=size, method=method_of(arm, compression), seed=seed)
+    method = method_of(arm, compression)
+    return compress(points, k=compression.k, size=size, method=method, seed=seed, **moment_options(arm, compression))
 
 
 def dtype_of(config: Config) -> torch.dtype:

@@ -19,7 +19,16 @@ import torch
 from harness.compression import compress
 from harness.config import Config
 from harness.data import load_task
-from harness.experiments.common import ArmResult, OnRecord, Seeds, dtype_of, final_summary, method_of, tensor
+from harness.experiments.common import (
+    ArmResult,
+    OnRecord,
+    Seeds,
+    dtype_of,
+    final_summary,
+    method_of,
+    moment_options,
+    tensor,
+)
 from harness.models import init_mlp
 from harness.train import (
     Arm,
@@ -65,6 +74,7 @@ def run(
                 size=config.compression.size,
                 method=method_of(arm, config.compression),
                 seed=seeds.compression,
+                **moment_options(arm, config.compression),
             )
             if result.indices is not None:
                 x, y = data.x_train[result.indices], data.y_train[result.indices]

@@ -34,7 +34,7 @@ from harness.config import CompressionConfig, Config
 from harness.data import Dataset
 from harness.errors import warn_once
 from harness.experiments import imp
-from harness.experiments.common import ArmResult, OnRecord, Seeds, dtype_of, final_summary, tensor
+from harness.experiments.common import ArmResult, OnRecord, Seeds, dtype_of, final_summary, moment_options, tensor
 from harness.train import Arm, BatchSampler, accuracy, loss_for, mean_loss, predict_together, train_side_by_side
 
 
@@ -86,7 +86,8 @@ def compress_units(
             whole.append(layer)
         elif arm == "moment":
             points = torch.as_tensor(objects, device=device)
-            result = compress(points, weights, k=k, size=target, method=compression.method, seed=seed)
+            options = moment_options(arm, compression)
+            result = compress(points, weights, k=k, size=target, method=compression.method, seed=seed, **options)
             indices, multiplicities, seconds = result.indices, result.weights, seconds + result.seconds
         elif arm == "random":
             result = compress(objects, weights, k=k, size=target, method="random", seed=seed)
