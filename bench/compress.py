@@ -36,6 +36,7 @@ from harness.allocator import retain_freed_memory
 from harness.compression import compress, n_moments, raw_moments, relative_moment_error
 from harness.compression.basis import product_features, to_box
 from harness.compression.clustered import (
+    DEFAULT_ROUND_FRACTION,
     FINAL_PHASE,
     _pick_cells,
     _pick_groups,
@@ -65,8 +66,9 @@ def plain_peel(features: np.ndarray, weights: np.ndarray, n_remove: int) -> np.n
     return c
 
 
-def plain_peel_clustered(points: np.ndarray, k: int, target: int) -> np.ndarray:
-    """The clustered schedule of harness.compression.clustered with plain peeling inside."""
+def plain_peel_clustered(points: np.ndarray, k: int, target: int, fraction: float) -> np.ndarray:
+    """The clustered schedule of harness.compression.clustered (round_fraction ``fraction``) with
+    plain peeling inside."""
     n_features = n_moments(points.shape[1], k)
     unit = to_box(torch.as_tensor(points)).numpy()
     c = np.ones(len(points))
@@ -79,7 +81,7 @@ def plain_peel_clustered(points: np.ndarray, k: int, target: int) -> np.ndarray:
             members, remove = _pick_cells(cells, unit[live], len(live) - boundary, n_features)
         else:
             spare = default_spare(n_features) * len(live) // target
-            members, remove = _pick_groups(unit[live], len(live) - target, n_features, spare)
+            members, remove = _pick_groups(unit[live], len(live) - target, n_features, spare, fraction)
         for cell, count in zip(members, remove):
             rows = live[cell]
             features = product_features(to_box(torch.as_tensor(unit[rows])), k).numpy()
@@ -140,7 +142,8 @@ def main() -> None:
         compress(points[:500], k=k, size=100)  # warm-up
         ours = [compress(points, k=k, size=target, **schedule) for _ in range(5)]
         ours_time, ours = min(result.seconds for result in ours), ours[0]
-        peel_time, peel = best_time(functools.partial(plain_peel_clustered, points, k, target), 1)
+        fraction = schedule.get("round_fraction", DEFAULT_ROUND_FRACTION)
+        peel_time, peel = best_time(functools.partial(plain_peel_clustered, points, k, target, fraction), 1)
         peel_error = error_of(points, peel, k)
         row = (
             f"| clustered m={m} k={k} d={d:.0e} -> {target} | {ours_time:.3f} | {peel_time:.2f} | "
