@@ -89,10 +89,17 @@ def checkpoint_path(out: str | Path, run_id: str, step: int) -> Path:
     return checkpoint_dir(out, run_id) / f"step-{step:09d}.pt"
 
 
+def checkpoint_step(path: Path) -> int:
+    """The step a ``checkpoint_path`` file name holds; -1 for a name that holds none."""
+    try:
+        return int(path.stem.removeprefix("step-"))
+    except ValueError:
+        return -1
+
+
 def checkpointed_step(out: str | Path, run_id: str) -> int:
     """The step of the run's newest checkpoint (0 without one): where it resumes."""
-    steps = [int(path.stem.removeprefix("step-")) for path in checkpoint_dir(out, run_id).glob("step-*.pt")]
-    return max(steps, default=0)
+    return max([0, *(checkpoint_step(path) for path in checkpoint_dir(out, run_id).glob("step-*.pt"))])
 
 
 def slurm_dir(out: str | Path) -> Path:

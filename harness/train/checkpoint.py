@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harness.tracking.store import checkpoint_dir, checkpoint_path, write_atomic_with
+from harness.tracking.store import checkpoint_dir, checkpoint_path, checkpoint_step, write_atomic_with
 
 HEADER = b"polyscale-checkpoint"
 FORMAT = 1  # raise it when the content changes: older files are then skipped, never misread
@@ -125,7 +125,7 @@ class Checkpoints:
             return None
         out, stage = self.target.out, self.target.stage
         candidates = [(path, run_id) for run_id in self.target.runs.values() for path in _files(out, run_id, stage)]
-        for path, run_id in sorted(candidates, key=lambda candidate: _step_of(candidate[0]), reverse=True):
+        for path, run_id in sorted(candidates, key=lambda candidate: checkpoint_step(candidate[0]), reverse=True):
             state, why = _load(path, run_id)
             why = why or problem(state)
             if why is None:
@@ -207,14 +207,7 @@ def _folder(out: Path, run_id: str, stage: str = "") -> Path:
 
 def _files(out: Path, run_id: str, stage: str = "") -> list[Path]:
     """The run's (or its stage's) checkpoint files, newest step first."""
-    return sorted(_folder(out, run_id, stage).glob("step-*.pt"), key=_step_of, reverse=True)
-
-
-def _step_of(path: Path) -> int:
-    try:
-        return int(path.stem.removeprefix("step-"))
-    except ValueError:
-        return -1
+    return sorted(_folder(out, run_id, stage).glob("step-*.pt"), key=checkpoint_step, reverse=True)
 
 
 def _encode(content: dict) -> bytes:
