@@ -22,6 +22,7 @@ from harness.cli import main
 from harness.config import load_configs, parse_config, run_id, to_dict
 from harness.experiments.runner import run_config, run_configs
 from harness.tracking.store import checkpoint_dir, read_status, run_dir
+from harness.train import checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 EVERY = 20  # train.checkpoint_every of the configurations here
@@ -351,3 +352,38 @@ def test_a_checkpoint_that_cannot_be_written_is_reported_and_training_goes_on(tm
         run_config(c, tmp_path / "blocked")
     assert caplog.text.count("checkpoint not written") == 2 * len(ids_of(c))  # steps 20 and 40
     assert_same_results(tmp_path / "reference", tmp_path / "blocked", ids_of(c))
+
+
+def test_an_arm_added_after_a_checkpoint_trains_apart_and_the_others_resume(tmp_path, caplog):
+    """The checkpointed arms go on from their checkpoint; the new arm starts from step 0 in a call
+    of its own (it used to take the others back to step 0 and delete their checkpoint)."""
+    raw = to_dict(config("adamw"))
+    raw.update(
+        experiment="width",
+        task={"name": "harmonic", "n_train": 200, "n_test": 100, "order": 2, "frequency": 3.0},
+        model={"width": 40},
+        compression={"k": 2, "size": 15},
+    )
+    first, added = parse_config({**raw, "arms": ["moment", "random"]}), parse_config({**raw, "arms": ["magnitude"]})
+    both = parse_config({**raw, "arms": ["moment", "random", "magnitude"]})
+    assert ids_of(both) == ids_of(first) + ids_of(added)  # the arms list names no run
+    run_config(first, tmp_path / "reference")
+    run_config(added, tmp_path / "reference")
+    stop_at(50, lambda observers: run_config(first, tmp_path / "cut", observers=observers))
+    rerun = StopAt()
+    with caplog.at_level(logging.WARNING):
+        run_config(both, tmp_path / "cut", observers=[rerun])
+    assert [rerun.first[rid] for rid in ids_of(both)] == [60, 60, 0]
+    assert not [r for r in caplog.records if "trying an older checkpoint" in r.getMessage()]
+    assert_same_results(tmp_path / "reference", tmp_path / "cut", ids_of(both))
+
+
+def test_a_sound_checkpoint_that_does_not_fit_the_call_is_kept(tmp_path, caplog):
+    c = config("adamw")
+    stop_at(50, lambda observers: run_config(c, tmp_path / "cut", observers=observers))
+    rid = ids_of(c)[0]
+    target = checkpoint.Target(tmp_path / "cut", {"original": rid})
+    with caplog.at_level(logging.WARNING):
+        assert checkpoint.Checkpoints(target).latest(lambda state: "does not fit") is None
+    assert checkpoint_steps(tmp_path / "cut", rid) == [40, 50]
+    assert sum("does not fit; trying an older checkpoint" in r.getMessage() for r in caplog.records) == 2

@@ -145,11 +145,9 @@ def run_config(
     for arm in pending:
         if problem := record_problem(out, ids[arm]):
             logger.warning("%s: not finished (%s); running it again", ids[arm], problem)
-    if pending:
+    for group in _training_calls(out, pending, ids, force):
         records.update(
-            _run_pending(
-                config, out, pending, ids, device, observers, refresh_table, force, keep_checkpoints, may_record
-            )
+            _run_pending(config, out, group, ids, device, observers, refresh_table, force, keep_checkpoints, may_record)
         )
     if refresh_table:
         rebuild_table(out)
@@ -192,6 +190,19 @@ def run_configs(
         if isinstance(result, BaseException) and not isinstance(result, Exception):
             raise result
     return results
+
+
+def _training_calls(out: Path, pending: tuple[str, ...], ids: dict[str, str], force: bool) -> list[tuple[str, ...]]:
+    """The pending arms as the training calls that run them: the arms that the newest sound
+    checkpoint among their runs holds, then the others in a call of their own. An arm added to a
+    configuration after its other arms were checkpointed (an imp arm added to a running sweep)
+    then starts from step 0 apart, instead of taking the others back to step 0 with it."""
+    if force or not pending:
+        return [pending] if pending else []
+    target = checkpoint.Target(out, {arm: ids[arm] for arm in pending})
+    state = checkpoint.Checkpoints(target).latest(lambda state: None)
+    held = tuple(arm for arm in pending if state is not None and arm in state.get("arms", {}))
+    return [group for group in (held, tuple(arm for arm in pending if arm not in held)) if group]
 
 
 def _run_pending(

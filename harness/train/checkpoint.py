@@ -11,7 +11,8 @@ for all the call's runs: a
 file cut short, with a changed byte (which torch.load alone may not notice in tensor data), of
 another format (never unpickled), of another run or that does not fit is reported in one
 warning line and deleted, and the next older one is tried: a run resumes from a sound checkpoint
-or from step 0.
+or from step 0. A sound file that does not fit the call (other arms, steps or shapes) is reported
+and kept.
 
 Optimizer states are kept per arm and per parameter, under harness/train/stacked_optim.py's
 names, so either path reads them: a run checkpointed in a batched stack can go on alone (one at a
@@ -126,12 +127,13 @@ class Checkpoints:
         out, stage = self.target.out, self.target.stage
         candidates = [(path, run_id) for run_id in self.target.runs.values() for path in _files(out, run_id, stage)]
         for path, run_id in sorted(candidates, key=lambda candidate: checkpoint_step(candidate[0]), reverse=True):
-            state, why = _load(path, run_id)
-            why = why or problem(state)
+            state, damage = _load(path, run_id)
+            why = damage or problem(state)
             if why is None:
                 return state
             logger.warning("%s: %s; trying an older checkpoint or step 0", path, why)
-            path.unlink(missing_ok=True)
+            if damage:  # a sound file that does not fit this call is kept: another call may resume from it
+                path.unlink(missing_ok=True)
         return None
 
     def restored(self, arm: str, history: list[dict]) -> None:
