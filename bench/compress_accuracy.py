@@ -11,7 +11,10 @@ PATH at run time (it is never part of this repository; it needs ``faiss`` and ``
 importable, e.g. ``PYTHONPATH=/tmp/authors/lib``), runs ``Compressor(objects).compress(k,
 dstop=d')`` on the same draws, and prints the ratio table ours / theirs (ours = the clustered
 method). Their runs take minutes at d = 32000: ``--reference-cache FILE`` keeps their results
-(keyed by function, m, k, d, d', seed) so that a rerun times ours against the cached ones.
+(keyed by function, m, k, d, d', seed, probes) so that a rerun times ours against the cached ones;
+with the cache alone (no ``--reference``) every draw must be in it.
+``results/compression/authors-reference.json`` holds their results on the draws of
+docs/performance.md's tables (20 probe sets), measured on this project's machine.
 
 ``--curve`` adds the clustered method's accuracy-speed trade-off: error and seconds for each
 ``final_phase`` of ``clustered_weights`` (the nearest-neighbour phase starts at final_phase x d'
@@ -103,7 +106,7 @@ def main() -> None:
         "--probe-sets", type=int, default=1, help="score each draw by the RMS error over this many probe sets"
     )
     parser.add_argument(
-        "--round-fraction", type=float, default=None, help="the clustered method's round_fraction (default 1)"
+        "--round-fraction", type=float, default=None, help="the clustered method's round_fraction (default 0.25)"
     )
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--reference", type=Path, help="path of the authors' compressor.py")
@@ -125,6 +128,7 @@ def main() -> None:
     draws = 3 if args.quick and args.draws == 6 else args.draws
     rule = parse_size(args.size)
     reference = load_reference(args.reference) if args.reference else None
+    comparing = reference is not None or args.reference_cache is not None
     cache = (
         json.loads(args.reference_cache.read_text()) if args.reference_cache and args.reference_cache.exists() else {}
     )
@@ -161,11 +165,16 @@ def main() -> None:
                 seconds[name].append(result.seconds)
                 if name == "clustered":
                     ours_moment.append(result.moment_error)
-            if reference is not None:
+            if comparing:
                 key = f"{args.function},{m},{k},{d},{target},{seed},{args.probes}" + (
                     f",{args.probe_sets}" if args.probe_sets > 1 else ""
                 )
                 if key not in cache:
+                    if reference is None:
+                        raise SystemExit(
+                            f"--reference-cache {args.reference_cache}: no result for {key}; "
+                            "give --reference PATH to compute it"
+                        )
                     start = time.perf_counter()
                     weights, points = reference(objects).compress(k, dstop=target)
                     elapsed = time.perf_counter() - start
@@ -188,7 +197,7 @@ def main() -> None:
             + " | ".join(f"{geometric_mean(errors[n]):.2e} | {np.mean(seconds[n]):.3f}" for n in args.methods)
             + " |"
         )
-        if reference is not None and "clustered" in errors:
+        if comparing and "clustered" in errors:
             ours = np.array(errors["clustered"])
             ratio_rows.append(
                 f"| {m}, {k}, {d} | {target} | {geometric_mean(theirs):.2e} | {geometric_mean(ours):.2e} | "

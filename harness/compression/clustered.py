@@ -52,10 +52,10 @@ WORKING_SET_BYTES = {"cpu": 8 << 20, "cuda": 1 << 30}
 # the time, 4 no better than 3.
 FINAL_PHASE = 3.0
 # The fraction of the disjoint nearest-neighbour groups a final-phase round reduces. Measured
-# against the authors' compressor (docs/performance.md): 0.25 divides E7's error by 1.8-3.6 at
-# m = 1 and 2, leaves E1's within noise, and takes 3x the time at m = 3, k = 5, d = 1e4 -> 1e3,
-# which would take that case below 300x the authors' speed; so every group by default.
-DEFAULT_ROUND_FRACTION = 1.0
+# against the authors' compressor (docs/performance.md): 0.25 divides E7's error by 1.8-3.7 at
+# m = 1 and 2 and E1's by up to 1.8, for 2.7-4x the time; accuracy first, so 0.25 by default, and
+# 1 (every group) is the fast schedule.
+DEFAULT_ROUND_FRACTION = 0.25
 
 
 @torch.inference_mode()  # thousands of small ops: skipping autograd's bookkeeping saves about 8%

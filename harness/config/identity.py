@@ -3,7 +3,9 @@
 ``run_id(config, arm)`` hashes the fields that differ from their defaults (cosmetic ones, and
 those that only other arms read, excluded) plus the arm, so adding a field with a default keeps
 every old id, and setting an arm's own field (``compression.imp_rounds``) renames that arm's runs
-alone. The price: a default must never change meaning; add a field instead.
+alone. The price: a default must never change meaning silently. A field whose default changes
+declares the value it had before (``legacy``): the id leaves out that value instead, so the runs
+made before keep their ids, and runs with the new default get new ones.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ def to_dict(config) -> dict:
 def canonical(config, arm: str | None = None) -> dict:
     """The non-default, non-cosmetic fields, nested: what identifies a configuration (with
     ``arm``: what identifies that arm's run, leaving out the fields that only other arms read).
+    A field with a ``legacy`` value is left out at that value, and kept at any other, its default
+    included.
 
     Values with several spellings are compared and stored in their normal form (size 60, "60" and
     "60*d^1"... are one size; "0.1d" and 0.1 are one rule).
@@ -44,7 +48,9 @@ def canonical(config, arm: str | None = None) -> dict:
                 out[f.name] = inner
             continue
         normal = f.metadata.get("normal") or (lambda v: v)
-        if f.default is MISSING or normal(value) != normal(f.default):
+        unnamed = f.metadata.get("legacy", MISSING)
+        unnamed = f.default if unnamed is MISSING else unnamed
+        if unnamed is MISSING or normal(value) != normal(unnamed):
             value = normal(value)
             out[f.name] = list(value) if isinstance(value, tuple) else value
     return out

@@ -67,10 +67,13 @@ def option(
     arms: tuple[str, ...] | None = None,
     factory: Callable | None = None,
     normal: Callable[[Any], Any] | None = None,
+    legacy: Any = MISSING,
 ) -> Any:
     """A schema field. ``tasks``/``experiments``: the only ones that read it (None: all).
     ``arms``: the only arms whose run id it is part of (None: all), for a field that only they read.
-    ``normal``: the form the run id hashes, for values with several spellings."""
+    ``normal``: the form the run id hashes, for values with several spellings.
+    ``legacy``: for a field whose default changed, the value every run had before; the run id
+    leaves out this value instead of the default, so older runs keep their ids and meaning."""
     metadata = {
         "check": check,
         "choices": choices,
@@ -79,6 +82,7 @@ def option(
         "experiments": experiments,
         "arms": arms,
         "normal": normal,
+        "legacy": legacy,
     }
     if factory is not None:
         return field(default_factory=factory, metadata=metadata)
