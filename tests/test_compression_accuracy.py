@@ -8,6 +8,10 @@ nearest-neighbour phase) on the same E1 draws.
 from __future__ import annotations
 
 import itertools
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +25,8 @@ from harness.config import canonical, parse_config, run_id
 from harness.data.symmetric import symmetric_problem, symmetric_value
 from harness.errors import UsageError
 from harness.experiments.common import compress_objects
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def monomial_moments(points: np.ndarray, weights: np.ndarray, k: int) -> np.ndarray:
@@ -243,3 +249,25 @@ def test_clustered_rejects_bad_schedule_options(spare, final_phase):
         clustered_weights(
             x, torch.ones(300, dtype=torch.float64), 2, n_moments(2, 2) * 3, spare=spare, final_phase=final_phase
         )
+
+
+REFERENCE = ROOT / "results" / "compression" / "authors-reference.json"
+
+
+def test_the_accuracy_benchmark_scores_ours_against_the_committed_reference_alone():
+    """bench/compress_accuracy.py with the authors' committed results and without their code: the
+    ratio row divides by their cached errors, and a draw the cache lacks is refused in one line."""
+    bench = [sys.executable, str(ROOT / "bench" / "compress_accuracy.py"), "--methods", "clustered"]
+    bench += ["--probe-sets", "20", "--settings", "2,3,2000", "--reference-cache", str(REFERENCE)]
+    done = subprocess.run([*bench, "--draws", "2"], capture_output=True, text=True, cwd=ROOT, check=True)
+    row = next(line for line in done.stdout.splitlines() if line.startswith("| 2, 3, 2000 | 200 | ") and "x |" in line)
+    theirs, ours, ratio = (float(cell) for cell in row.split("|")[3:6])
+    cached = json.loads(REFERENCE.read_text())
+    expected = np.exp(np.mean([np.log(cached[f"sigmoid,2,3,2000,200,{seed},10,20"]["error"]) for seed in (0, 1)]))
+    assert theirs == pytest.approx(expected, rel=0.01) and ratio == pytest.approx(ours / theirs, rel=0.02)
+    missing = subprocess.run([*bench, "--draws", "40"], capture_output=True, text=True, cwd=ROOT)
+    assert missing.returncode != 0
+    assert (
+        missing.stderr.strip().endswith("give --reference PATH to compute it")
+        and "sigmoid,2,3,2000,200," in missing.stderr
+    )
