@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections import Counter
@@ -206,3 +207,19 @@ def test_a_password_with_a_raw_at_sign_connects():
     url = POSTGRES_URL.replace("postgres@", "postgres:p@ss@")  # trust auth ignores the password
     queue = RunQueue(url, unique_sweep())
     assert queue.enqueue([("a", {})]) == ["a"]
+
+
+def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path, monkeypatch):
+    """A process killed while it held the journal's lock leaves the lock behind; the next one waits
+    the grace period, then takes it over. With a relative journal path it used to spin for ever:
+    optuna reads the lock's age through the link, whose relative target it could not find."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("harness.sweep.storage.STALE_LOCK_SECONDS", 1)
+    RunQueue("results/q/queue.journal", "q").enqueue([("a", {"arm": "a"})])
+    journal = tmp_path / "results" / "q" / "queue.journal"
+    (tmp_path / "results" / "q" / "queue.journal.lock").symlink_to(journal)  # as a killed holder leaves it
+    done = []
+    thread = threading.Thread(target=lambda: done.append(RunQueue("results/q/queue.journal", "q").claim()), daemon=True)
+    thread.start()
+    thread.join(timeout=30)
+    assert done and done[0] is not None and done[0].run_id == "a"

@@ -19,6 +19,10 @@ if TYPE_CHECKING:
     import optuna
     from optuna.storages import RDBStorage
 
+# Seconds a journal's lock may stay held with the journal unchanged before another process takes
+# it over (optuna's grace period): a process killed while it held the lock (kill -9, or a worker
+# ending itself after a stop signal went unanswered) must not stop every other process for good.
+STALE_LOCK_SECONDS = 30
 # The environment variable read when --storage is not given, and through which a launcher hands
 # its workers the URL (so that a password never shows in their command lines).
 STORAGE_ENV = "POLYSCALE_STORAGE"
@@ -28,7 +32,7 @@ _RDB_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql")
 def open_storage(url: str) -> optuna.storages.BaseStorage:
     """The Optuna storage for ``url``; a UsageError (with the password hidden) if it can't be opened."""
     from optuna.storages import JournalStorage, RDBStorage
-    from optuna.storages.journal import JournalFileBackend
+    from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 
     scheme = url.split(":", 1)[0].split("+", 1)[0].lower() if ":" in url else ""
     try:
@@ -36,9 +40,13 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
             return _immediate_transactions(RDBStorage(url))
         if scheme in _RDB_SCHEMES:
             return RDBStorage(_with_driver(_quote_raw_at(url), scheme), engine_kwargs={"pool_pre_ping": True})
-        path = Path(url[len("journal:") :] if scheme == "journal" else url)
+        # Absolute: the lock is a symbolic link to the journal, and optuna reads the age of a
+        # stale lock through it, which a relative target (resolved from the link's folder) breaks:
+        # the waiting process then spins for ever instead of taking the lock over.
+        path = Path(url[len("journal:") :] if scheme == "journal" else url).absolute()
         path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(path)))
+        lock = JournalFileSymlinkLock(str(path), grace_period=STALE_LOCK_SECONDS)
+        return JournalStorage(JournalFileBackend(str(path), lock_obj=lock))
     except UsageError:
         raise
     except Exception as exc:  # connection refused, bad database name, missing driver, ...
