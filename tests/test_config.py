@@ -139,11 +139,11 @@ def test_run_id_ignores_cosmetic_keys_and_explicit_defaults():
 
 
 def test_run_id_hashes_only_non_default_fields_so_new_defaulted_fields_keep_old_ids():
-    assert canonical(parse_config(BASE)) == {
-        "experiment": "width",
-        "task": {"name": "harmonic"},
-        "train": {"steps": 100},
-    }
+    before = {"experiment": "width", "task": {"name": "harmonic"}, "train": {"steps": 100}}
+    # compression.round_fraction's default changed from 1 (its legacy value) to 0.25: the id
+    # names the new default, and 1 hashes as before.
+    assert canonical(parse_config(BASE, "x", ["compression.round_fraction=1"])) == before
+    assert canonical(parse_config(BASE)) == {**before, "compression": {"round_fraction": 0.25}}
 
 
 def test_flatten_gives_dotted_scalar_columns():

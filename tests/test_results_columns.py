@@ -63,7 +63,7 @@ def test_plain_columns_that_look_like_copies_carry_their_own_values(tmp_path):
     assert epochs["steps"].tolist() == [2] and epochs["train.steps"].isna().all()  # 256 examples, batches of 128
 
 
-@pytest.mark.parametrize("folder, raw", [("e4a", DATA), ("e1", SYMMETRIC)])
+@pytest.mark.parametrize("folder, raw", [("e4a", DATA), ("e7", SYMMETRIC)])
 def test_committed_tables_read_with_the_measured_columns_of_a_fresh_one(folder, raw, tmp_path):
     old = pd.read_parquet(PAPER / folder / "runs.parquet")
     assert set(COPIED_COLUMNS) & set(old.columns)  # written before the copies were dropped
