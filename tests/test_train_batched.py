@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 import torch
 
-from harness.config import OPTIMIZERS, Config, TrainConfig, parse_config
+from harness.config import OPTIMIZERS, Config, TrainConfig, parse_config, run_id
 from harness.config.identity import canonical
 from harness.config.sweep_spec import expand_sweep
 from harness.experiments import data as data_experiment
@@ -509,3 +509,27 @@ def test_claims_take_only_compatible_waiting_jobs(tmp_path):
     assert len(more) == 3 and all(c.payload["config"]["model"]["width"] == width for c in more)
     assert len({job_id(parse_config(c.payload["config"])) for c in [first, *more]}) == 4
     assert queue.counts()["running"] == 4 and queue.counts()["waiting"] == 4
+
+
+def test_a_job_queued_before_a_default_changed_fails_instead_of_recording_unplanned_runs(tmp_path):
+    """A payload whose configuration names other runs today (queued before round_fraction's
+    default changed, leaving the key out) is refused in one line; nothing is trained or recorded."""
+    raw = {
+        "experiment": "data",
+        "task": {"name": "teacher", "n_train": 64, "n_test": 32},
+        "model": {"width": 6},
+        "compression": {"k": 2, "size": 16},
+        "train": {"optimizer": "sgd", "steps": 5, "batch_size": 16},
+        "arms": ["moment"],
+    }
+    then = parse_config({**raw, "compression": {**raw["compression"], "round_fraction": 1}})
+    queue = RunQueue(str(tmp_path / "queue.journal"), "stale", grace_seconds=60)
+    queue.enqueue([(run_id(then, "moment"), {"config": raw, "runs": {"moment": run_id(then, "moment")}})])
+    tally = work(
+        queue, SweepOptions(out=tmp_path / "out", device="cpu", wandb_mode="disabled", batch_models=1, retries=0)
+    )
+    assert tally == {"failed": 1}
+    (error,) = queue.failures().values()
+    today = run_id(parse_config(raw), "moment")
+    assert f"names run {today} today, not {run_id(then, 'moment')}: a default changed" in error.splitlines()[-1]
+    assert not (tmp_path / "out" / "runs" / today).exists()

@@ -22,7 +22,9 @@ from collections.abc import Callable
 from contextlib import ExitStack
 
 from harness import preempt
-from harness.config import parse_config
+from harness.config import Config, parse_config
+from harness.config import run_id as id_of_run
+from harness.errors import UsageError
 from harness.sweep.batching import batch_limit, claim_compatible
 from harness.sweep.options import SweepOptions
 from harness.sweep.queue import Claim, Heartbeat, RunQueue
@@ -139,6 +141,24 @@ def recorder(beats: dict[str, Heartbeat], out) -> Callable[[str], bool]:
     return may_record
 
 
+def queued_config(claim: Claim) -> Config:
+    """The configuration a claimed job was queued with, checked to name the runs it was queued as.
+
+    A job queued before a default changed (compression.round_fraction's) has a configuration
+    that names other runs today: training it would record them under ids nobody planned, so it
+    fails instead, in one line that says how to queue it afresh.
+    """
+    config = parse_config(claim.payload["config"], f"queued job {claim.run_id}")
+    for arm, queued in claim.payload["runs"].items():
+        if (today := id_of_run(config, arm)) != queued:
+            raise UsageError(
+                f"queued job {claim.run_id}: its configuration names run {today} today, not {queued}: a default "
+                "changed since it was queued; queue it afresh (for a journal queue: delete the queue file and run "
+                "the sweep again: finished runs are kept, unfinished ones resume from their checkpoints)"
+            )
+    return config
+
+
 def run_claim(queue: RunQueue, claim: Claim, options: SweepOptions, held: HeldClaims | None = None) -> str:
     """Run the unfinished arms of one claimed configuration and close the claim.
 
@@ -158,7 +178,7 @@ def run_claim(queue: RunQueue, claim: Claim, options: SweepOptions, held: HeldCl
     with Heartbeat(queue, claim, options.heartbeat_seconds) as beat:
         may_record = recorder(dict.fromkeys(claim.payload["runs"].values(), beat), options.out)
         try:
-            config = parse_config(claim.payload["config"], f"queued job {claim.run_id}")
+            config = queued_config(claim)
             statuses = execute_job(config, arms, options.out, options.device, may_record, options.keep_checkpoints)
         except preempt.Preempted as exc:
             stopped = exc
@@ -187,7 +207,7 @@ def run_batch(queue: RunQueue, claims: list[Claim], options: SweepOptions, held:
             outcomes[claim.trial_id] = "skipped"
             continue
         try:
-            jobs.append((parse_config(claim.payload["config"], f"queued job {claim.run_id}"), arms))
+            jobs.append((queued_config(claim), arms))
             running.append(claim)
         except Exception:
             outcomes[claim.trial_id] = _close(queue, claim, {}, traceback.format_exc(), options)
