@@ -10,7 +10,9 @@ float64 round-off of f, count as 1e-15) and the mean seconds of the compression.
 PATH at run time (it is never part of this repository; it needs ``faiss`` and ``scikit-learn``
 importable, e.g. ``PYTHONPATH=/tmp/authors/lib``), runs ``Compressor(objects).compress(k,
 dstop=d')`` on the same draws, and prints the ratio table ours / theirs (ours = the clustered
-method). Their runs take minutes at d = 32000: ``--reference-cache FILE`` keeps their results
+method) with a 95% interval for each row's ratio (a paired t interval on the per-draw log ratios:
+single-draw errors span two orders of magnitude, so a row is decided only when its interval
+excludes 1). Their runs take minutes at d = 32000: ``--reference-cache FILE`` keeps their results
 (keyed by function, m, k, d, d', seed, probes) so that a rerun times ours against the cached ones;
 with the cache alone (no ``--reference``) every draw must be in it.
 ``results/compression/authors-reference.json`` holds their results on the draws of
@@ -27,6 +29,8 @@ orders of magnitude. ``--probe-sets P`` scores each draw by the root mean square
 P probe sets instead (the SPEC's set first, the others drawn from the seed), for every method and
 the authors' alike: the same function family, far less noise between two compressors.
 
+``--json FILE`` also writes every draw's errors and seconds (and the authors', when compared).
+
 Run: .venv/bin/python bench/compress_accuracy.py [--quick] [--function inverse --size "20*ln(d)^2"]
      [--reference /tmp/authors/compressor.py] [--probe-sets 20] [--fractions 1 0.25]
 """
@@ -42,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy import stats
 
 from harness.allocator import retain_freed_memory
 from harness.compression import (
@@ -94,6 +99,21 @@ def geometric_mean(values) -> float:
     return float(np.exp(np.log(values).mean()))
 
 
+def ratio_interval(ours, theirs, level: float = 0.95) -> tuple[float, float]:
+    """Interval for the geometric-mean ratio ours / theirs: Student's t on the per-draw log ratios.
+
+    Paired, since both compress the same draw; single-draw errors span two orders of magnitude,
+    so a row's ratio is only as decisive as this interval is narrow. NaN for fewer than two draws.
+    """
+    logs = np.log(np.maximum(np.asarray(ours, dtype=float), ROUND_OFF)) - np.log(
+        np.maximum(np.asarray(theirs, dtype=float), ROUND_OFF)
+    )
+    if len(logs) < 2:
+        return float("nan"), float("nan")
+    half = stats.t.ppf(0.5 + level / 2, len(logs) - 1) * logs.std(ddof=1) / np.sqrt(len(logs))
+    return float(np.exp(logs.mean() - half)), float(np.exp(logs.mean() + half))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--settings", type=parse_setting, nargs="+", help="m,k,d triples (default: the issue's six)")
@@ -111,6 +131,7 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--reference", type=Path, help="path of the authors' compressor.py")
     parser.add_argument("--reference-cache", type=Path, help="JSON file keeping the authors' results between runs")
+    parser.add_argument("--json", type=Path, help="also write every draw's errors and seconds to this JSON file")
     parser.add_argument(
         "--curve",
         type=float,
@@ -147,7 +168,7 @@ def main() -> None:
     schedules += [{"round_fraction": fraction} for fraction in args.fractions or ()]
     print("| m, k, d | d' | " + " | ".join(f"{name} error | {name} s" for name in args.methods) + " |")
     print("|---|---|" + "---|---|" * len(args.methods))
-    ratio_rows, curve_rows = [], []
+    ratio_rows, curve_rows, records = [], [], []
     for m, k, d in settings:
         target = max(rule.resolve(d), n_moments(m, k))
         errors = {name: [] for name in args.methods}
@@ -190,6 +211,18 @@ def main() -> None:
                 theirs.append(cache[key]["error"])
                 theirs_seconds.append(cache[key]["seconds"])
                 theirs_moment.append(cache[key]["moment_error"])
+            records.append(
+                {
+                    "m": m,
+                    "k": k,
+                    "d": d,
+                    "size": target,
+                    "seed": seed,
+                    "error": {name: errors[name][-1] for name in args.methods},
+                    "seconds": {name: seconds[name][-1] for name in args.methods},
+                }
+                | ({"theirs_error": theirs[-1], "theirs_seconds": theirs_seconds[-1]} if comparing else {})
+            )
             if schedules:
                 curve_rows.extend(_curve(objects, error_of, k, target, schedules, m, d))
         print(
@@ -199,9 +232,10 @@ def main() -> None:
         )
         if comparing and "clustered" in errors:
             ours = np.array(errors["clustered"])
+            low, high = ratio_interval(ours, theirs)
             ratio_rows.append(
                 f"| {m}, {k}, {d} | {target} | {geometric_mean(theirs):.2e} | {geometric_mean(ours):.2e} | "
-                f"{geometric_mean(ours) / geometric_mean(theirs):.2f} | "
+                f"{geometric_mean(ours) / geometric_mean(theirs):.2f} | {low:.2f}-{high:.2f} | "
                 f"{int((ours < np.array(theirs)).sum())} of {draws} | "
                 f"{np.mean(theirs_seconds):.2f} | {np.mean(seconds['clustered']):.4f} | "
                 f"{np.mean(theirs_seconds) / np.mean(seconds['clustered']):.0f}x | "
@@ -211,13 +245,15 @@ def main() -> None:
     if ratio_rows:
         print("\nours = clustered; theirs = the authors' Compressor at the same d' on the same draws")
         print(
-            "| m, k, d | d' | theirs | ours | ours / theirs | ours lower in | theirs s | ours s | speed-up | "
-            "moment error ours (max) | theirs (max) |"
+            "| m, k, d | d' | theirs | ours | ours / theirs | 95% interval | ours lower in | theirs s | ours s | "
+            "speed-up | moment error ours (max) | theirs (max) |"
         )
-        print("|---|---|---|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
         print("\n".join(ratio_rows))
     if curve_rows:
         _print_curve(curve_rows)
+    if args.json:
+        args.json.write_text(json.dumps({"function": args.function, "probe_sets": args.probe_sets, "draws": records}))
 
 
 DEFAULT_PHASES = (1.0, 2.0, 3.0, 4.0)

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from scipy import stats
 
 from harness.cli import main
 from harness.compression import compress, n_moments
@@ -254,17 +255,29 @@ def test_clustered_rejects_bad_schedule_options(spare, final_phase):
 REFERENCE = ROOT / "results" / "compression" / "authors-reference.json"
 
 
-def test_the_accuracy_benchmark_scores_ours_against_the_committed_reference_alone():
+def test_the_accuracy_benchmark_scores_ours_against_the_committed_reference_alone(tmp_path):
     """bench/compress_accuracy.py with the authors' committed results and without their code: the
-    ratio row divides by their cached errors, and a draw the cache lacks is refused in one line."""
+    ratio row divides by their cached errors, its interval is scipy's one-sample t interval on the
+    per-draw log ratios that --json records, and a draw the cache lacks is refused in one line."""
     bench = [sys.executable, str(ROOT / "bench" / "compress_accuracy.py"), "--methods", "clustered"]
     bench += ["--probe-sets", "20", "--settings", "2,3,2000", "--reference-cache", str(REFERENCE)]
-    done = subprocess.run([*bench, "--draws", "2"], capture_output=True, text=True, cwd=ROOT, check=True)
+    draws = tmp_path / "draws.json"
+    done = subprocess.run(
+        [*bench, "--draws", "3", "--json", str(draws)], capture_output=True, text=True, cwd=ROOT, check=True
+    )
     row = next(line for line in done.stdout.splitlines() if line.startswith("| 2, 3, 2000 | 200 | ") and "x |" in line)
-    theirs, ours, ratio = (float(cell) for cell in row.split("|")[3:6])
+    cells = row.split("|")
+    theirs, ours, ratio = (float(cell) for cell in cells[3:6])
+    low, high = (float(bound) for bound in cells[6].split("-"))
     cached = json.loads(REFERENCE.read_text())
-    expected = np.exp(np.mean([np.log(cached[f"sigmoid,2,3,2000,200,{seed},10,20"]["error"]) for seed in (0, 1)]))
-    assert theirs == pytest.approx(expected, rel=0.01) and ratio == pytest.approx(ours / theirs, rel=0.02)
+    theirs_per_draw = [cached[f"sigmoid,2,3,2000,200,{seed},10,20"]["error"] for seed in (0, 1, 2)]
+    assert theirs == pytest.approx(np.exp(np.mean(np.log(theirs_per_draw))), rel=0.01)
+    assert ratio == pytest.approx(ours / theirs, rel=0.02)
+    recorded = json.loads(draws.read_text())["draws"]
+    assert [r["theirs_error"] for r in recorded] == theirs_per_draw
+    logs = np.log([r["error"]["clustered"] / r["theirs_error"] for r in recorded])
+    expected = np.exp(stats.ttest_1samp(logs, 0.0).confidence_interval(0.95))
+    assert (low, high) == pytest.approx(tuple(expected), abs=0.006)  # printed to two decimals
     missing = subprocess.run([*bench, "--draws", "40"], capture_output=True, text=True, cwd=ROOT)
     assert missing.returncode != 0
     assert (
