@@ -21,6 +21,8 @@ from analysis.load import Series, make_series
 from analysis.verdict import LEVEL, bootstrap_p_value, decide, f_statistic, lack_of_fit_p
 
 FORM_ORDER = ("power_law", "power_law_offset", "stretched_exp", "nested")
+# Relative AICc difference below which two forms fit equally well (round-off of equal optima).
+AICC_TIE = 1e-9
 TEST_FORMS = ("power_law_offset", "nested")
 INTERVAL = 0.95
 
@@ -68,9 +70,15 @@ class GroupResult:
 
     @property
     def best_form(self) -> str | None:
-        """The form with the lowest AICc."""
-        scored = [(f.aicc, name) for name, f in self.forms.items() if np.isfinite(f.aicc)]
-        return min(scored)[1] if scored else None
+        """The form with the lowest AICc; forms within AICC_TIE of it tie, and the first name wins.
+
+        stretched_exp and nested are one family in two parametrisations: when both reach the same
+        optimum their AICc differ only by round-off, which differs between CPUs."""
+        scored = {name: f.aicc for name, f in self.forms.items() if np.isfinite(f.aicc)}
+        if not scored:
+            return None
+        lowest = min(scored.values())
+        return min(name for name, aicc in scored.items() if aicc <= lowest + AICC_TIE * max(1.0, abs(lowest)))
 
 
 def fittable(forms: tuple[str, ...], n_points: int) -> tuple[str, ...]:

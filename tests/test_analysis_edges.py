@@ -3,11 +3,13 @@ a table without done runs, an output folder that cannot be written, and the help
 
 import json
 import os
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from analysis.analyse import GroupResult
 from harness.cli import build_parser, main
 from tests.analysis_fixtures import power_law, results_folder, runs_table
 
@@ -126,3 +128,19 @@ def test_plot_and_report_help_has_examples_and_explains_every_argument(command):
         if line.strip().startswith("polyscale "):
             argv = line.split("#")[0].split()[1:]
             assert parser.parse_args(argv).command == command
+
+
+def test_forms_whose_aicc_differ_by_round_off_tie_and_the_first_name_wins():
+    """stretched_exp and nested reach the same optimum in two parametrisations; which one's AICc
+    comes out lower in the last bits depends on the CPU, and the best form must not."""
+    lowest = -35.968539525271346
+    for nudge in (0.0, 1e-13, -1e-13):
+        forms = {
+            "power_law": SimpleNamespace(aicc=lowest + 3.29),
+            "stretched_exp": SimpleNamespace(aicc=lowest + nudge),
+            "nested": SimpleNamespace(aicc=lowest),
+        }
+        assert GroupResult.best_form.fget(SimpleNamespace(forms=forms)) == "nested"
+    forms["stretched_exp"] = SimpleNamespace(aicc=lowest - 1e-3)  # a real difference decides
+    assert GroupResult.best_form.fget(SimpleNamespace(forms=forms)) == "stretched_exp"
+    assert GroupResult.best_form.fget(SimpleNamespace(forms={"nested": SimpleNamespace(aicc=np.nan)})) is None
