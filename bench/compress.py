@@ -36,6 +36,7 @@ from harness.allocator import retain_freed_memory
 from harness.compression import compress, n_moments, raw_moments, relative_moment_error
 from harness.compression.basis import product_features, to_box
 from harness.compression.clustered import (
+    DEFAULT_GROUP_WIDTH,
     DEFAULT_ROUND_FRACTION,
     FINAL_PHASE,
     _pick_cells,
@@ -66,9 +67,9 @@ def plain_peel(features: np.ndarray, weights: np.ndarray, n_remove: int) -> np.n
     return c
 
 
-def plain_peel_clustered(points: np.ndarray, k: int, target: int, fraction: float) -> np.ndarray:
-    """The clustered schedule of harness.compression.clustered (round_fraction ``fraction``) with
-    plain peeling inside."""
+def plain_peel_clustered(points: np.ndarray, k: int, target: int, fraction: float, width: str) -> np.ndarray:
+    """The clustered schedule of harness.compression.clustered (round_fraction ``fraction``,
+    group_width ``width``) with plain peeling inside."""
     n_features = n_moments(points.shape[1], k)
     unit = to_box(torch.as_tensor(points)).numpy()
     c = np.ones(len(points))
@@ -81,7 +82,7 @@ def plain_peel_clustered(points: np.ndarray, k: int, target: int, fraction: floa
             members, remove = _pick_cells(cells, unit[live], len(live) - boundary, n_features)
         else:
             spare = default_spare(n_features) * len(live) // target
-            members, remove = _pick_groups(unit[live], len(live) - target, n_features, spare, fraction)
+            members, remove = _pick_groups(unit[live], len(live) - target, n_features, spare, fraction, width)
         for cell, count in zip(members, remove):
             rows = live[cell]
             features = product_features(to_box(torch.as_tensor(unit[rows])), k).numpy()
@@ -120,15 +121,25 @@ def main() -> None:
     parser.add_argument(
         "--round-fraction", type=float, default=None, help="ours with this round_fraction (default: compress's)"
     )
+    parser.add_argument(
+        "--group-width",
+        choices=("radius", "box"),
+        default=None,
+        help="ours with this group_width (default: compress's)",
+    )
     args = parser.parse_args()
-    schedule = {} if args.round_fraction is None else {"round_fraction": args.round_fraction}
+    schedule = {
+        name: value
+        for name, value in (("round_fraction", args.round_fraction), ("group_width", args.group_width))
+        if value is not None
+    }
     reference = load_reference(args.reference) if args.reference else None
     retain_freed_memory()
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
     print(
         f"torch {torch.__version__}, peeling on {torch.get_num_threads()} thread(s), ours on 1, float64, CPU"
-        + (f"; ours with round_fraction {args.round_fraction}" if schedule else "")
+        + "".join(f"; ours with {name} {value}" for name, value in schedule.items())
     )
     authors = (
         (" authors (s) | speed-up over the authors | kd halving only (s) | its speed-up | moment error authors |")
@@ -143,7 +154,8 @@ def main() -> None:
         ours = [compress(points, k=k, size=target, **schedule) for _ in range(5)]
         ours_time, ours = min(result.seconds for result in ours), ours[0]
         fraction = schedule.get("round_fraction", DEFAULT_ROUND_FRACTION)
-        peel_time, peel = best_time(functools.partial(plain_peel_clustered, points, k, target, fraction), 1)
+        width = schedule.get("group_width", DEFAULT_GROUP_WIDTH)
+        peel_time, peel = best_time(functools.partial(plain_peel_clustered, points, k, target, fraction, width), 1)
         peel_error = error_of(points, peel, k)
         row = (
             f"| clustered m={m} k={k} d={d:.0e} -> {target} | {ours_time:.3f} | {peel_time:.2f} | "

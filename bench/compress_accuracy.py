@@ -128,6 +128,12 @@ def main() -> None:
     parser.add_argument(
         "--round-fraction", type=float, default=None, help="the clustered method's round_fraction (default 0.25)"
     )
+    parser.add_argument(
+        "--group-width",
+        choices=("radius", "box"),
+        default=None,
+        help="the clustered method's group_width (default radius)",
+    )
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--reference", type=Path, help="path of the authors' compressor.py")
     parser.add_argument("--reference-cache", type=Path, help="JSON file keeping the authors' results between runs")
@@ -163,6 +169,7 @@ def main() -> None:
         + (f" (each draw: RMS over {args.probe_sets} probe sets)" if args.probe_sets > 1 else "")
         + f", seconds mean; torch {torch.__version__}, 1 thread"
         + (f"; clustered round_fraction {args.round_fraction}" if args.round_fraction else "")
+        + (f"; clustered group_width {args.group_width}" if args.group_width else "")
     )
     schedules = [{"final_phase": phase} for phase in (args.curve or DEFAULT_PHASES)] if args.curve is not None else []
     schedules += [{"round_fraction": fraction} for fraction in args.fractions or ()]
@@ -179,7 +186,16 @@ def main() -> None:
             error_of = _scorer(args.function, objects, probes, args.probe_sets, seed)
             for name in args.methods:
                 schedule = (
-                    {"round_fraction": args.round_fraction} if name == "clustered" and args.round_fraction else {}
+                    {
+                        option: value
+                        for option, value in (
+                            ("round_fraction", args.round_fraction),
+                            ("group_width", args.group_width),
+                        )
+                        if value
+                    }
+                    if name == "clustered"
+                    else {}
                 )
                 result = compress(objects, k=k, size=target, method=name, seed=seed, **schedule)
                 errors[name].append(error_of(result.points, result.weights))

@@ -13,6 +13,7 @@ from harness.compression.baselines import kmeans_centroids, random_subset
 from harness.compression.basis import n_moments, raw_moments, relative_moment_error
 from harness.compression.clustered import clustered_weights
 from harness.compression.methods import METHODS
+from harness.compression.partition import GROUP_WIDTHS
 from harness.compression.recombination import recombine
 from harness.compression.size import SizeRule, parse_size
 from harness.compression.validate import check_inputs, check_memory
@@ -66,6 +67,7 @@ def compress(
     seed: int = 0,
     final_phase: float | None = None,
     round_fraction: float | None = None,
+    group_width: str | None = None,
 ) -> Compression:
     """Compress a weighted point set to about ``size`` points with the same moments of degree <= k.
 
@@ -90,6 +92,10 @@ def compress(
             accuracy first: it spares the domain's boundary longer). 1 reduces every group: 2.7-4x
             faster, with 1.8-3.7x larger errors on E7's 1 / (A + <w, x>)
             (bench/compress_accuracy.py --fractions measures both).
+        group_width: ``clustered`` only: how the final phase measures a group's width, the
+            narrowest reduced first: ``radius`` (default; about the group's centre point, which
+            spares the domain's boundary longer) or ``box`` (the bounding box's diagonal, the
+            measure before issue 20's second change; up to 1.7x the error on E7).
 
     Raises:
         ValueError: for an unknown method, a bad size, NaN/inf, wrong shapes, negative or
@@ -98,13 +104,15 @@ def compress(
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
-    for name, value in (("final_phase", final_phase), ("round_fraction", round_fraction)):
+    for name, value in (("final_phase", final_phase), ("round_fraction", round_fraction), ("group_width", group_width)):
         if value is not None and method != "clustered":
             raise ValueError(f"{name} applies to the clustered method only; got method {method!r}")
     if final_phase is not None and not final_phase >= 1:
         raise ValueError(f"final_phase must be >= 1 (1: kd halving only); got {final_phase}")
     if round_fraction is not None and not 0 < round_fraction <= 1:
         raise ValueError(f"round_fraction must be in (0, 1] (1: every disjoint group); got {round_fraction}")
+    if group_width is not None and group_width not in GROUP_WIDTHS:
+        raise ValueError(f"group_width must be one of {', '.join(GROUP_WIDTHS)}; got {group_width!r}")
     x, w = check_inputs(points, weights, k)
     d, m = x.shape
     n_features = n_moments(m, k)
@@ -138,6 +146,8 @@ def compress(
                     for name, value in (("final_phase", final_phase), ("round_fraction", round_fraction))
                     if value is not None
                 }
+                if group_width is not None:
+                    schedule["group_width"] = group_width
                 c = clustered_weights(x, w, k, target, **schedule)
         keep = torch.nonzero(c > 0).squeeze(1)
         indices = keep.cpu().numpy()

@@ -61,6 +61,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "smallest first (default 0.25, accuracy first); 1 is 2.7-4x faster with up to 3.8x larger errors where "
         "the function is steep at the domain's boundary",
     )
+    parser.add_argument(
+        "--group-width",
+        choices=("radius", "box"),
+        default=None,
+        help="clustered only: how a nearest-neighbour group's width is measured, the narrowest reduced first: "
+        "radius about its centre (default; spares the domain's boundary longer) or its bounding box's diagonal",
+    )
     parser.add_argument("--out", type=Path, required=True, metavar="OUT.npz", help="where to write the result")
     parser.set_defaults(handler=run)
 
@@ -84,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             final_phase=args.final_phase,
             round_fraction=args.round_fraction,
+            group_width=args.group_width,
         )
     for warning in caught:
         print(f"polyscale compress: warning: {warning.message}", file=sys.stderr)

@@ -38,6 +38,7 @@ import torch
 from harness.compression.basis import n_moments, product_features, to_box
 from harness.compression.caratheodory import eliminate
 from harness.compression.partition import (
+    GROUP_WIDTHS,
     Cells,
     kd_cells,
     merge_siblings,
@@ -51,6 +52,12 @@ WORKING_SET_BYTES = {"cpu": 8 << 20, "cuda": 1 << 30}
 # nearest-neighbour groups. On the E1 settings above, 3 gave about 0.75x the error of 2 for 1.6x
 # the time, 4 no better than 3.
 FINAL_PHASE = 3.0
+# How a final-phase group's width is measured when the narrowest are reduced first
+# (``partition.nearest_groups``): the radius about its centre point spares the domain's boundary
+# longer than the box diagonal. Against the authors' compressor on 24 draws (docs/performance.md)
+# it took E7's m = 2, k = 6 row from 1.70x their error to 0.98x and m = 1, k = 2 from 0.87x to
+# 0.59x, at the same speed.
+DEFAULT_GROUP_WIDTH = "radius"
 # The fraction of the disjoint nearest-neighbour groups a final-phase round reduces. Measured
 # against the authors' compressor (docs/performance.md): 0.25 divides E7's error by 1.8-3.7 at
 # m = 1 and 2 and E1's by up to 1.8, for 2.7-4x the time; accuracy first, so 0.25 by default, and
@@ -68,6 +75,7 @@ def clustered_weights(
     spare: int | None = None,
     final_phase: float = FINAL_PHASE,
     round_fraction: float = DEFAULT_ROUND_FRACTION,
+    group_width: str = DEFAULT_GROUP_WIDTH,
 ) -> torch.Tensor:
     """Weights on the rows of x (n, m): ``target`` non-zero (fewer only on exact ties), equal moments per group.
 
@@ -83,6 +91,8 @@ def clustered_weights(
         round_fraction: in (0, 1], the fraction of the disjoint nearest-neighbour groups, smallest
             diameter first, that a final-phase round may reduce (at least one group). Smaller is
             slower, and more accurate where the function is steep at the domain's boundary.
+        group_width: ``radius`` or ``box``: how the final phase measures a group's width, the
+            narrowest first (``partition.nearest_groups``).
     """
     n_features = n_moments(x.shape[1], k)
     spare = default_spare(n_features) if spare is None else spare
@@ -90,6 +100,8 @@ def clustered_weights(
         raise ValueError(f"spare must be >= 1 and final_phase >= 1; got spare={spare}, final_phase={final_phase}")
     if not 0 < round_fraction <= 1:
         raise ValueError(f"round_fraction must be in (0, 1]; got {round_fraction}")
+    if group_width not in GROUP_WIDTHS:
+        raise ValueError(f"group_width must be one of {', '.join(GROUP_WIDTHS)}; got {group_width!r}")
     # The bookkeeping (cells, indices, weights) stays on the host in numpy, whose gathers and
     # scatters of a few thousand elements are 3-5x faster than torch's; each batch of cells goes
     # to x's device for the features and the elimination. The points are kept coordinate-major,
@@ -112,7 +124,7 @@ def clustered_weights(
             # thin out), so the groups drop more: spare x (live / target). On the E1 settings of
             # the module docstring: the same errors as spare throughout, 15-30% faster.
             members, remove = _pick_groups(
-                points, len(live) - target, n_features, spare * len(live) // target, round_fraction
+                points, len(live) - target, n_features, spare * len(live) // target, round_fraction, group_width
             )
         size = members.shape[1]
         per_batch = max(1, working_set // (8 * size * (size - n_features)))
@@ -141,12 +153,12 @@ def default_spare(n_features: int) -> int:
 
 
 def _pick_groups(
-    points: np.ndarray, excess: int, n_features: int, spare: int, fraction: float
+    points: np.ndarray, excess: int, n_features: int, spare: int, fraction: float, width: str
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Nearest-neighbour groups of N + spare live points to reduce, smallest diameter first (at
+    """Nearest-neighbour groups of N + spare live points to reduce, narrowest first (at
     most ``fraction`` of the disjoint ones, at least one), and how many points each drops (spare,
     the last one fewer, adding up to the excess when they can)."""
-    groups = nearest_groups(points, n_features + spare)
+    groups = nearest_groups(points, n_features + spare, width=width)
     capacity = groups.shape[1] - n_features
     n_picked = min(-(-excess // capacity), max(1, int(fraction * len(groups))))
     remove = np.full(n_picked, capacity)

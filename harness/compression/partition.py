@@ -111,11 +111,21 @@ def morton_order(points: np.ndarray) -> np.ndarray:
     return np.argsort(code, kind="stable")
 
 
-def nearest_groups(points: np.ndarray, size: int, *, centre_stride: int = 4, sweeps: int = 10) -> np.ndarray:
-    """Disjoint groups of ``size`` nearest neighbours, smallest diameter first: (G, size) row positions.
+GROUP_WIDTHS = ("radius", "box")
+
+
+def nearest_groups(
+    points: np.ndarray, size: int, *, width: str = "radius", centre_stride: int = 4, sweeps: int = 10
+) -> np.ndarray:
+    """Disjoint groups of ``size`` nearest neighbours, narrowest first: (G, size) row positions.
 
     Every ``centre_stride``-th point proposes itself and its size - 1 nearest neighbours; the
-    proposals are ranked by the diagonal of their bounding box. A proposal is taken when it ranks
+    proposals are ranked by ``width``: ``radius``, the distance from the centre to its farthest
+    neighbour (the R of the Taylor bound mass x R^(k+1) about the centre), or ``box``, the
+    diagonal of their bounding box. At the domain's boundary a group of as many points reaches
+    farther: its radius grows by sqrt(2) at an edge and 2 at a corner of a square, its box
+    diagonal by 1.1x and 1x, so ``radius`` spares the boundary longer, where E7's
+    1 / (A + <w, x>) is steep (docs/performance.md). A proposal is taken when it ranks
     first among all the proposals that share a point with it, so that the taken ones are
     disjoint; up to ``sweeps`` times, over the proposals that touch no taken point. This is the
     greedy smallest-diameter choice of the paper's Algorithm 1 (and of the authors' final
@@ -127,11 +137,17 @@ def nearest_groups(points: np.ndarray, size: int, *, centre_stride: int = 4, swe
     size = min(size, n)
     centres = points[::centre_stride]
     n_proposals = len(centres)
-    groups = cKDTree(points).query(centres, size)[1].reshape(n_proposals, size)
-    coordinates = np.take(np.ascontiguousarray(points.T), groups, axis=1)  # (m, G, size): contiguous rows
-    span = coordinates.max(axis=2) - coordinates.min(axis=2)
+    if width not in GROUP_WIDTHS:
+        raise ValueError(f"width must be one of {', '.join(GROUP_WIDTHS)}; got {width!r}")
+    distances, groups = cKDTree(points).query(centres, size)
+    groups = groups.reshape(n_proposals, size)
+    if width == "radius":
+        widths = distances.reshape(n_proposals, size)[:, -1]
+    else:
+        coordinates = np.take(np.ascontiguousarray(points.T), groups, axis=1)  # (m, G, size): contiguous rows
+        widths = ((coordinates.max(axis=2) - coordinates.min(axis=2)) ** 2).sum(axis=0)
     rank = np.empty(n_proposals, dtype=np.int64)
-    rank[np.argsort((span**2).sum(axis=0), kind="stable")] = np.arange(n_proposals)  # distinct: ties by position
+    rank[np.argsort(widths, kind="stable")] = np.arange(n_proposals)  # distinct: ties by position
     eligible = np.ones(n_proposals, dtype=bool)
     taken = np.zeros(n, dtype=bool)
     picked = []

@@ -53,9 +53,11 @@ def method_of(arm: str, compression: CompressionConfig) -> str:
 
 
 def moment_options(arm: str, compression: CompressionConfig) -> dict:
-    """The schedule options compress() takes for an arm: the moment arm's round_fraction when its
-    method is the clustered one; nothing otherwise."""
-    return {"round_fraction": compression.round_fraction} if method_of(arm, compression) == "clustered" else {}
+    """The schedule options compress() takes for an arm: the moment arm's round_fraction and
+    group_width when its method is the clustered one; nothing otherwise."""
+    if method_of(arm, compression) != "clustered":
+        return {}
+    return {"round_fraction": compression.round_fraction, "group_width": compression.group_width}
 
 
 def warm_up_compression(arms: tuple[str, ...], compression: CompressionConfig, m: int, device: torch.device) -> None:
