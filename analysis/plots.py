@@ -175,12 +175,15 @@ def plot_trajectories(trajectories: pd.DataFrame, metric: str, path: Path) -> tu
         f"{len(panels)} trajectory panels; only the first {MAX_PANELS} are drawn" if len(panels) > MAX_PANELS else None
     )
     panels = panels[:MAX_PANELS]
+    # One colour per arm in every panel, so that a panel lacking an arm does not recolour the rest.
+    names = sorted(data["arm"].astype(str).unique()) if "arm" in data.columns else ["all"]
+    palette = {name: f"C{i % 10}" for i, name in enumerate(names)}
     fig, axes = _figure(len(panels))
     for ax, (key, part) in zip(axes, panels):
         key = key if isinstance(key, tuple) else (key,)
         sizes = [c for c in ("d", "width") if c in part.columns and part[c].nunique() > 1]
         arms = list(part.groupby("arm", dropna=False)) if "arm" in part.columns else [("all", part)]
-        for i, (arm, arm_part) in enumerate(arms):
+        for arm, arm_part in arms:
             lines = list(arm_part.groupby(sizes)) if sizes else [((), arm_part)]
             for j, (size, runs) in enumerate(lines):
                 size = size if isinstance(size, tuple) else (size,)
@@ -190,8 +193,8 @@ def plot_trajectories(trajectories: pd.DataFrame, metric: str, path: Path) -> tu
                     " ".join([str(arm), *(f"{c}={v:g}" for c, v in zip(sizes, size))]) + f" ({n} run{'s' * (n > 1)})"
                 )
                 style = ("-", "--", ":", "-.")[j % 4]
-                ax.plot(stats.index, stats["mean"], color=f"C{i % 10}", ls=style, lw=1.5, label=label)
-                ax.fill_between(stats.index, stats["min"], stats["max"], color=f"C{i % 10}", alpha=0.12, lw=0)
+                ax.plot(stats.index, stats["mean"], color=palette[str(arm)], ls=style, lw=1.5, label=label)
+                ax.fill_between(stats.index, stats["min"], stats["max"], color=palette[str(arm)], alpha=0.12, lw=0)
         _log_axes(ax, x=False)
         ax.set_xlabel("step")
         ax.set_ylabel(f"{metric} (log scale)")

@@ -252,3 +252,35 @@ def test_a_string_where_metrics_have_a_number_is_read_as_missing_with_a_note(tmp
     printed = capsys.readouterr().out
     assert f"note: {metrics}: not a number, read as missing: test_loss='n/a' (line 3)" in printed
     assert (folder / "analysis" / "trajectories.png").is_file()
+
+
+def test_trajectory_panels_colour_each_arm_alike(tmp_path, monkeypatch):
+    """A panel lacking an arm (E3's imp, finished under one optimiser only) keeps every other arm's colour."""
+    from matplotlib.colors import to_hex
+
+    from analysis import plots
+
+    steps = np.arange(0, 50, 10)
+    rows = [
+        {
+            "experiment": "width",
+            "train.optimizer": opt,
+            "arm": arm,
+            "run_id": f"{opt}-{arm}",
+            "step": s,
+            "test_loss": 1.0 / (s + 1),
+        }
+        for opt, arms in (("adamw", ("moment", "original")), ("sgd", ("imp", "moment", "original")))
+        for arm in arms
+        for s in steps
+    ]
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or path)
+    plots.plot_trajectories(pd.DataFrame(rows), "test_loss", tmp_path / "t.png")
+    colours = {}
+    for ax in figures[0].axes:
+        for line in ax.get_lines():
+            arm = line.get_label().split(" ")[0]
+            colours.setdefault(arm, set()).add(to_hex(line.get_color()))
+    assert set(colours) == {"imp", "moment", "original"}
+    assert all(len(c) == 1 for c in colours.values()) and len(set.union(*colours.values())) == 3
