@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 # bench/ is the script's directory, so first on sys.path.
-from compress_accuracy import load_reference
+from compress_accuracy import add_schedule_arguments, load_reference, schedule_options
 
 from harness.allocator import retain_freed_memory
 from harness.compression import compress, n_moments, raw_moments, relative_moment_error
@@ -118,21 +118,9 @@ def main() -> None:
         "SVDs gain nothing from more, and lose much when the cores are shared)",
     )
     parser.add_argument("--reference", type=Path, help="path of the authors' compressor.py, timed on the same inputs")
-    parser.add_argument(
-        "--round-fraction", type=float, default=None, help="ours with this round_fraction (default: compress's)"
-    )
-    parser.add_argument(
-        "--group-width",
-        choices=("radius", "box"),
-        default=None,
-        help="ours with this group_width (default: compress's)",
-    )
+    add_schedule_arguments(parser)
     args = parser.parse_args()
-    schedule = {
-        name: value
-        for name, value in (("round_fraction", args.round_fraction), ("group_width", args.group_width))
-        if value is not None
-    }
+    schedule = schedule_options(args)
     reference = load_reference(args.reference) if args.reference else None
     retain_freed_memory()
     torch.set_num_threads(args.threads)

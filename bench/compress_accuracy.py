@@ -57,6 +57,7 @@ from harness.compression import (
     relative_moment_error,
 )
 from harness.compression.clustered import clustered_weights
+from harness.compression.methods import GROUP_WIDTHS
 from harness.data.symmetric import symmetric_problem, symmetric_value
 
 # The issue's table: (m, k, d) at d' = 0.1 d.
@@ -114,6 +115,24 @@ def ratio_interval(ours, theirs, level: float = 0.95) -> tuple[float, float]:
     return float(np.exp(logs.mean() - half)), float(np.exp(logs.mean() + half))
 
 
+def schedule_options(args: argparse.Namespace) -> dict:
+    """The clustered method's options given on the command line (--round-fraction, --group-width)."""
+    given = (("round_fraction", args.round_fraction), ("group_width", args.group_width))
+    return {name: value for name, value in given if value is not None}
+
+
+def add_schedule_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--round-fraction", type=float, default=None, help="the clustered method's round_fraction (default: compress's)"
+    )
+    parser.add_argument(
+        "--group-width",
+        choices=GROUP_WIDTHS,
+        default=None,
+        help="the clustered method's group_width (default: compress's)",
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--settings", type=parse_setting, nargs="+", help="m,k,d triples (default: the issue's six)")
@@ -125,15 +144,7 @@ def main() -> None:
     parser.add_argument(
         "--probe-sets", type=int, default=1, help="score each draw by the RMS error over this many probe sets"
     )
-    parser.add_argument(
-        "--round-fraction", type=float, default=None, help="the clustered method's round_fraction (default 0.25)"
-    )
-    parser.add_argument(
-        "--group-width",
-        choices=("radius", "box"),
-        default=None,
-        help="the clustered method's group_width (default radius)",
-    )
+    add_schedule_arguments(parser)
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--reference", type=Path, help="path of the authors' compressor.py")
     parser.add_argument("--reference-cache", type=Path, help="JSON file keeping the authors' results between runs")
@@ -159,6 +170,7 @@ def main() -> None:
     cache = (
         json.loads(args.reference_cache.read_text()) if args.reference_cache and args.reference_cache.exists() else {}
     )
+    ours_schedule = schedule_options(args)
     retain_freed_memory()
     torch.set_num_threads(1)
     compress(np.random.default_rng(0).uniform(-1, 1, (500, 2)), k=2, size=100)  # warm-up
@@ -168,8 +180,7 @@ def main() -> None:
         f"{draws} draws; |f' - f| geometric mean over draws"
         + (f" (each draw: RMS over {args.probe_sets} probe sets)" if args.probe_sets > 1 else "")
         + f", seconds mean; torch {torch.__version__}, 1 thread"
-        + (f"; clustered round_fraction {args.round_fraction}" if args.round_fraction else "")
-        + (f"; clustered group_width {args.group_width}" if args.group_width else "")
+        + "".join(f"; clustered {name} {value}" for name, value in ours_schedule.items())
     )
     schedules = [{"final_phase": phase} for phase in (args.curve or DEFAULT_PHASES)] if args.curve is not None else []
     schedules += [{"round_fraction": fraction} for fraction in args.fractions or ()]
@@ -185,18 +196,7 @@ def main() -> None:
             objects, probes = symmetric_problem(d, m, args.probes, seed)
             error_of = _scorer(args.function, objects, probes, args.probe_sets, seed)
             for name in args.methods:
-                schedule = (
-                    {
-                        option: value
-                        for option, value in (
-                            ("round_fraction", args.round_fraction),
-                            ("group_width", args.group_width),
-                        )
-                        if value
-                    }
-                    if name == "clustered"
-                    else {}
-                )
+                schedule = ours_schedule if name == "clustered" else {}
                 result = compress(objects, k=k, size=target, method=name, seed=seed, **schedule)
                 errors[name].append(error_of(result.points, result.weights))
                 seconds[name].append(result.seconds)

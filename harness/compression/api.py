@@ -12,8 +12,7 @@ import torch
 from harness.compression.baselines import kmeans_centroids, random_subset
 from harness.compression.basis import n_moments, raw_moments, relative_moment_error
 from harness.compression.clustered import clustered_weights
-from harness.compression.methods import METHODS
-from harness.compression.partition import GROUP_WIDTHS
+from harness.compression.methods import GROUP_WIDTHS, METHODS
 from harness.compression.recombination import recombine
 from harness.compression.size import SizeRule, parse_size
 from harness.compression.validate import check_inputs, check_memory

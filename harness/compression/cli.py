@@ -9,7 +9,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from harness.compression.methods import METHODS
+from harness.compression.methods import GROUP_WIDTHS, METHODS
 from harness.errors import UsageError
 
 if TYPE_CHECKING:
@@ -63,7 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--group-width",
-        choices=("radius", "box"),
+        choices=GROUP_WIDTHS,
         default=None,
         help="clustered only: how a nearest-neighbour group's width is measured, the narrowest reduced first: "
         "radius about its centre (default; spares the domain's boundary longer) or its bounding box's diagonal",

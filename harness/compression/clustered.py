@@ -37,8 +37,8 @@ import torch
 
 from harness.compression.basis import n_moments, product_features, to_box
 from harness.compression.caratheodory import eliminate
+from harness.compression.methods import GROUP_WIDTHS
 from harness.compression.partition import (
-    GROUP_WIDTHS,
     Cells,
     kd_cells,
     merge_siblings,

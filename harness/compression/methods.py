@@ -1,4 +1,6 @@
-"""The names of the compression methods (``harness.compression.compress``), in a module without
-its dependencies: the command line lists them before it imports torch."""
+"""The names of the compression methods (``harness.compression.compress``) and of the clustered
+method's group widths (``partition.nearest_groups``), in a module without dependencies: the
+command line and the configuration schema list them before anything imports torch or scipy."""
 
 METHODS = ("clustered", "global", "random", "kmeans")
+GROUP_WIDTHS = ("radius", "box")

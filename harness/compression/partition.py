@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.spatial import cKDTree
 
+from harness.compression.methods import GROUP_WIDTHS
+
 
 @dataclass(frozen=True)
 class Cells:
@@ -109,9 +111,6 @@ def morton_order(points: np.ndarray) -> np.ndarray:
         for j in range(len(dims)):
             code = (code << 1) | ((grid[:, j] >> bit) & 1)
     return np.argsort(code, kind="stable")
-
-
-GROUP_WIDTHS = ("radius", "box")
 
 
 def nearest_groups(

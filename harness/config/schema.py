@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields
 
+from harness.compression.methods import GROUP_WIDTHS
 from harness.compression.size import parse_size
 from harness.config.loader import BETAS, FRACTION, NON_NEGATIVE, POSITIVE, Check, ConfigError, option
 
@@ -132,7 +133,7 @@ class CompressionConfig:
     # boundary longer than "box", its bounding box's diagonal, and matched the authors' accuracy
     # on E7 where box did not (docs/performance.md). Every run before radius became the default
     # had box: those runs keep their ids. Read by the moment arm.
-    group_width: str = option("radius", choices=("radius", "box"), arms=("moment",), legacy="box")
+    group_width: str = option("radius", choices=GROUP_WIDTHS, arms=("moment",), legacy="box")
     # The imp arm (iterative magnitude pruning, harness/experiments/imp.py): rounds of train ->
     # prune -> rewind, each round keeping a fixed fraction of the neurons so that the last leaves
     # the moment arm's width (3 rounds from E3's 1e4 to 1e3 keep (1e3/1e4)^(1/3) = 46% each), and
