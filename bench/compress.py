@@ -45,7 +45,7 @@ from harness.compression.clustered import (
     clustered_weights,
     default_spare,
 )
-from harness.compression.partition import merge_siblings
+from harness.compression.partition import merge_siblings, nearest_groups
 
 
 def plain_peel(features: np.ndarray, weights: np.ndarray, n_remove: int) -> np.ndarray:
@@ -81,8 +81,9 @@ def plain_peel_clustered(points: np.ndarray, k: int, target: int, fraction: floa
             cells = _round_cells(cells, unit[live], n_features)
             members, remove = _pick_cells(cells, unit[live], len(live) - boundary, n_features)
         else:
-            spare = default_spare(n_features) * len(live) // target
-            members, remove = _pick_groups(unit[live], len(live) - target, n_features, spare, fraction, width)
+            size = n_features + default_spare(n_features) * len(live) // target
+            groups = nearest_groups(unit[live], size, width=width, weights=c[live], k=k)
+            members, remove = _pick_groups(groups, len(live) - target, n_features, fraction)
         for cell, count in zip(members, remove):
             rows = live[cell]
             features = product_features(to_box(torch.as_tensor(unit[rows])), k).numpy()

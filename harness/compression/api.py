@@ -91,10 +91,10 @@ def compress(
             accuracy first: it spares the domain's boundary longer). 1 reduces every group: 2.7-4x
             faster, with 1.8-3.7x larger errors on E7's 1 / (A + <w, x>)
             (bench/compress_accuracy.py --fractions measures both).
-        group_width: ``clustered`` only: how the final phase measures a group's width, the
-            narrowest reduced first: ``radius`` (default; about the group's centre point, which
-            spares the domain's boundary longer) or ``box`` (the bounding box's diagonal, the
-            measure before issue 20's second change; up to 1.7x the error on E7).
+        group_width: ``clustered`` only: how the final phase ranks its groups, the smallest
+            reduced first: ``bound`` (default; mass x radius^(k+1) about the group's centre
+            point, its term of the error bound), ``radius`` (the radius alone, up to 1.07x the
+            authors' error on E1) or ``box`` (the bounding box's diagonal, up to 1.7x on E7).
 
     Raises:
         ValueError: for an unknown method, a bad size, NaN/inf, wrong shapes, negative or

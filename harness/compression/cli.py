@@ -65,8 +65,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--group-width",
         choices=GROUP_WIDTHS,
         default=None,
-        help="clustered only: how a nearest-neighbour group's width is measured, the narrowest reduced first: "
-        "radius about its centre (default; spares the domain's boundary longer) or its bounding box's diagonal",
+        help="clustered only: how the nearest-neighbour groups are ranked, the smallest reduced first: bound, "
+        "mass x radius^(k+1) (default; the group's term of the error bound), radius about its centre, "
+        "or box, the bounding box's diagonal",
     )
     parser.add_argument("--out", type=Path, required=True, metavar="OUT.npz", help="where to write the result")
     parser.set_defaults(handler=run)

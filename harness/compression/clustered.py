@@ -14,15 +14,16 @@ in two phases:
    point or two larger than the smallest takes part with that many points, the rest waiting, so
    that one batch holds them all). Each round removes up to half of the live points.
 2. nearest-neighbour, down to d': groups of N + spare nearest live points, re-formed every round,
-   the disjoint ones of smallest diameter first (``partition.nearest_groups``), each dropping
-   spare x live / target points (``spare`` at the end): the greedy smallest-diameter choice of
-   the proof, and the authors' final phase, a batch of groups per round instead of one group.
+   the disjoint ones with the smallest term of the error bound first, mass x radius^(k+1)
+   (``partition.nearest_groups``), each dropping spare x live / target points (``spare`` at the
+   end): the greedy choice of the proof, and the authors' final phase (which ranks by diameter),
+   a batch of groups per round instead of one group.
    Measured on SPEC E1's sigmoid-sum, (m, k) = (2, 3), (3, 4), d = 2000 and 8000 -> 0.1 d (8
    draws, each scored on 100 probe sets): 2.2-4.3x smaller errors than halving all the way
    (``final_phase=1``, the fast end of the trade-off), for 2-4x the time;
    ``bench/compress_accuracy.py --curve`` shows both. With ``round_fraction`` < 1 a round
-   reduces only that fraction of the disjoint groups, the smallest, so that the wide groups wait
-   as in the proof's one-group-at-a-time greedy: groups at the domain's boundary are wide (their
+   reduces only that fraction of the disjoint groups, the smallest, so that the others wait as
+   in the proof's one-group-at-a-time greedy: groups at the domain's boundary are wide (their
    neighbours lie on one side), so the boundary keeps more points. That matters where the
    function is steep at the boundary (SPEC E7's 1 / (A + <w, x>)); see ``DEFAULT_ROUND_FRACTION``.
 
@@ -38,12 +39,7 @@ import torch
 from harness.compression.basis import n_moments, product_features, to_box
 from harness.compression.caratheodory import eliminate
 from harness.compression.methods import GROUP_WIDTHS
-from harness.compression.partition import (
-    Cells,
-    kd_cells,
-    merge_siblings,
-    nearest_groups,
-)
+from harness.compression.partition import Cells, kd_cells, merge_siblings, nearest_groups
 
 # Bytes of null vectors one batched elimination may hold. Each step updates all of them, so on a
 # CPU they should stay in cache (many small batches); a GPU wants wide batches instead.
@@ -52,12 +48,12 @@ WORKING_SET_BYTES = {"cpu": 8 << 20, "cuda": 1 << 30}
 # nearest-neighbour groups. On the E1 settings above, 3 gave about 0.75x the error of 2 for 1.6x
 # the time, 4 no better than 3.
 FINAL_PHASE = 3.0
-# How a final-phase group's width is measured when the narrowest are reduced first
-# (``partition.nearest_groups``): the radius about its centre point spares the domain's boundary
-# longer than the box diagonal. Against the authors' compressor on 24 draws (docs/performance.md)
-# it took E7's m = 2, k = 6 row from 1.70x their error to 0.98x and m = 1, k = 2 from 0.87x to
-# 0.59x, at the same speed.
-DEFAULT_GROUP_WIDTH = "radius"
+# How the final phase ranks its groups, the smallest reduced first (``partition.nearest_groups``):
+# by the group's term of the error bound, mass x radius^(k+1) about its centre point. Against the
+# authors' compressor on 24 draws (docs/performance.md) it took every E1 and E7 row of issue 20 to
+# at most 0.89x their error, at the same speed; by the radius alone E1 at m = 3, k = 4, d = 2000
+# was 1.07x, and by the box diagonal E7 at m = 2, k = 6 was 1.70x.
+DEFAULT_GROUP_WIDTH = "bound"
 # The fraction of the disjoint nearest-neighbour groups a final-phase round reduces. Measured
 # against the authors' compressor (docs/performance.md): 0.25 divides E7's error by 1.8-3.7 at
 # m = 1 and 2 and E1's by up to 1.8, for 2.7-4x the time; accuracy first, so 0.25 by default, and
@@ -91,8 +87,9 @@ def clustered_weights(
         round_fraction: in (0, 1], the fraction of the disjoint nearest-neighbour groups, smallest
             diameter first, that a final-phase round may reduce (at least one group). Smaller is
             slower, and more accurate where the function is steep at the domain's boundary.
-        group_width: ``radius`` or ``box``: how the final phase measures a group's width, the
-            narrowest first (``partition.nearest_groups``).
+        group_width: ``bound``, ``radius`` or ``box``: how the final phase ranks its groups,
+            the smallest first: mass x radius^(k+1), the radius, or the box diagonal
+            (``partition.nearest_groups``).
     """
     n_features = n_moments(x.shape[1], k)
     spare = default_spare(n_features) if spare is None else spare
@@ -123,9 +120,9 @@ def clustered_weights(
             # Early in the phase the errors are small (the bound's terms grow as the live points
             # thin out), so the groups drop more: spare x (live / target). On the E1 settings of
             # the module docstring: the same errors as spare throughout, 15-30% faster.
-            members, remove = _pick_groups(
-                points, len(live) - target, n_features, spare * len(live) // target, round_fraction, group_width
-            )
+            size = n_features + spare * len(live) // target
+            groups = nearest_groups(points, size, width=group_width, weights=c[live], k=k)
+            members, remove = _pick_groups(groups, len(live) - target, n_features, round_fraction)
         size = members.shape[1]
         per_batch = max(1, working_set // (8 * size * (size - n_features)))
         for start in range(0, len(members), per_batch):
@@ -152,13 +149,10 @@ def default_spare(n_features: int) -> int:
     return max(1, n_features // 4)
 
 
-def _pick_groups(
-    points: np.ndarray, excess: int, n_features: int, spare: int, fraction: float, width: str
-) -> tuple[np.ndarray, np.ndarray]:
-    """Nearest-neighbour groups of N + spare live points to reduce, narrowest first (at
-    most ``fraction`` of the disjoint ones, at least one), and how many points each drops (spare,
-    the last one fewer, adding up to the excess when they can)."""
-    groups = nearest_groups(points, n_features + spare, width=width)
+def _pick_groups(groups: np.ndarray, excess: int, n_features: int, fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """Which of the disjoint nearest-neighbour groups (G, N + spare), smallest first, to reduce
+    (at most ``fraction`` of them, at least one), and how many points each drops (spare, the last
+    one fewer, adding up to the excess when they can)."""
     capacity = groups.shape[1] - n_features
     n_picked = min(-(-excess // capacity), max(1, int(fraction * len(groups))))
     remove = np.full(n_picked, capacity)

@@ -3,4 +3,4 @@ method's group widths (``partition.nearest_groups``), in a module without depend
 command line and the configuration schema list them before anything imports torch or scipy."""
 
 METHODS = ("clustered", "global", "random", "kmeans")
-GROUP_WIDTHS = ("radius", "box")
+GROUP_WIDTHS = ("bound", "radius", "box")

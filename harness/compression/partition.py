@@ -3,10 +3,10 @@
 ``kd_cells`` splits every cell at the median of its widest coordinate, level by level (one
 row-wise partition per level), so the cells of one level have sizes within one of each other and
 small diameters: the groups of the paper's Algorithm 1; ``merge_siblings`` goes one level back up.
-``nearest_groups`` picks disjoint nearest-neighbour groups of small diameter (the clustered
-method's final rounds). ``morton_order`` sorts points along a Z-order curve in one argsort: a
-cheaper spatially coherent order for the global recombination, whose groups only need distinct
-barycentres.
+``nearest_groups`` picks disjoint nearest-neighbour groups of small error bound or width (the
+clustered method's final rounds). ``morton_order`` sorts points along a Z-order curve in one
+argsort: a cheaper spatially coherent order for the global recombination, whose groups only need
+distinct barycentres.
 """
 
 from __future__ import annotations
@@ -114,34 +114,52 @@ def morton_order(points: np.ndarray) -> np.ndarray:
 
 
 def nearest_groups(
-    points: np.ndarray, size: int, *, width: str = "radius", centre_stride: int = 4, sweeps: int = 10
+    points: np.ndarray,
+    size: int,
+    *,
+    width: str = "bound",
+    weights: np.ndarray | None = None,
+    k: int | None = None,
+    centre_stride: int = 4,
+    sweeps: int = 10,
 ) -> np.ndarray:
-    """Disjoint groups of ``size`` nearest neighbours, narrowest first: (G, size) row positions.
+    """Disjoint groups of ``size`` nearest neighbours, smallest first: (G, size) row positions.
 
     Every ``centre_stride``-th point proposes itself and its size - 1 nearest neighbours; the
-    proposals are ranked by ``width``: ``radius``, the distance from the centre to its farthest
-    neighbour (the R of the Taylor bound mass x R^(k+1) about the centre), or ``box``, the
-    diagonal of their bounding box. At the domain's boundary a group of as many points reaches
-    farther: its radius grows by sqrt(2) at an edge and 2 at a corner of a square, its box
-    diagonal by 1.1x and 1x, so ``radius`` spares the boundary longer, where E7's
-    1 / (A + <w, x>) is steep (docs/performance.md). A proposal is taken when it ranks
-    first among all the proposals that share a point with it, so that the taken ones are
-    disjoint; up to ``sweeps`` times, over the proposals that touch no taken point. This is the
-    greedy smallest-diameter choice of the paper's Algorithm 1 (and of the authors' final
-    nearest-neighbour phase), a batch of disjoint groups at a time instead of one group. Every
-    fourth point as a centre finds as many groups as every point (the groups of neighbouring
-    centres overlap anyway) for a quarter of the neighbour queries.
+    proposals are ranked by ``width``:
+
+    - ``bound``: the group's term of the error bound, its mass (the sum of ``weights`` over its
+      points) times R^(k+1), R the distance from the centre to its farthest neighbour: reducing
+      the group moves the function's integral by at most that much times the (k+1)-th derivative
+      (Taylor about the centre; SPEC section 3). Later in the compression the points carry
+      unequal weights, and a heavy group waits longer than a light one of the same radius.
+    - ``radius``: R alone. At the domain's boundary a group of as many points reaches farther: R
+      grows by sqrt(2) at an edge and 2 at a corner of a square, so the boundary waits longer,
+      where E7's 1 / (A + <w, x>) is steep (docs/performance.md).
+    - ``box``: the diagonal of the group's bounding box, which grows 1.1x and 1x there.
+
+    A proposal is taken when it ranks first among all the proposals that share a point with it,
+    so that the taken ones are disjoint; up to ``sweeps`` times, over the proposals that touch no
+    taken point. This is the greedy smallest-bound choice of the paper's Algorithm 1 (and of the
+    authors' final nearest-neighbour phase, by diameter), a batch of disjoint groups at a time
+    instead of one group. Every fourth point as a centre finds as many groups as every point (the
+    groups of neighbouring centres overlap anyway) for a quarter of the neighbour queries.
     """
+    if width not in GROUP_WIDTHS:
+        raise ValueError(f"width must be one of {', '.join(GROUP_WIDTHS)}; got {width!r}")
+    if width == "bound" and (weights is None or k is None):
+        raise ValueError("width 'bound' needs the points' weights and the moment order k")
     n = len(points)
     size = min(size, n)
     centres = points[::centre_stride]
     n_proposals = len(centres)
-    if width not in GROUP_WIDTHS:
-        raise ValueError(f"width must be one of {', '.join(GROUP_WIDTHS)}; got {width!r}")
     distances, groups = cKDTree(points).query(centres, size)
     groups = groups.reshape(n_proposals, size)
-    if width == "radius":
-        widths = distances.reshape(n_proposals, size)[:, -1]
+    radii = distances.reshape(n_proposals, size)[:, -1]
+    if width == "bound":
+        widths = radii ** (k + 1) * weights[groups].sum(axis=1)
+    elif width == "radius":
+        widths = radii
     else:
         coordinates = np.take(np.ascontiguousarray(points.T), groups, axis=1)  # (m, G, size): contiguous rows
         widths = ((coordinates.max(axis=2) - coordinates.min(axis=2)) ** 2).sum(axis=0)
