@@ -23,6 +23,8 @@ docs/performance.md's tables (20 probe sets), measured on this project's machine
 live points; 1 is plain kd halving all the way, the schedule before the final phase existed), and
 ``--fractions`` the same for each ``round_fraction`` (the share of the disjoint nearest-neighbour
 groups a final-phase round reduces, smallest first). ``--round-fraction`` sets it for the tables.
+``--plot PNG`` draws that trade-off, error against seconds per setting, with the authors' point
+beside it when they are compared.
 
 A single probe set makes |f' - f| a noisy statistic: it is one signed sum, and its draws span two
 orders of magnitude. ``--probe-sets P`` scores each draw by the root mean square of |f' - f| over
@@ -159,6 +161,9 @@ def main() -> None:
     parser.add_argument(
         "--fractions", type=float, nargs="+", metavar="Q", help="clustered round_fraction values to time and score"
     )
+    parser.add_argument(
+        "--plot", type=Path, metavar="PNG", help="with --curve or --fractions: draw error against seconds to this file"
+    )
     args = parser.parse_args()
     if args.probe_sets < 1:
         parser.error(f"--probe-sets must be at least 1; got {args.probe_sets}")
@@ -268,6 +273,10 @@ def main() -> None:
         print("\n".join(ratio_rows))
     if curve_rows:
         _print_curve(curve_rows)
+    if args.plot:
+        if not curve_rows:
+            parser.error("--plot draws the --curve / --fractions trade-off: give one of them")
+        _plot_curve(curve_rows, records if comparing else [], args.plot)
     if args.json:
         args.json.write_text(json.dumps({"function": args.function, "probe_sets": args.probe_sets, "draws": records}))
 
@@ -315,6 +324,44 @@ def _print_curve(rows) -> None:
             f"| {m}, {k}, {d} | {schedule} | {geometric_mean([e for e, _ in picked]):.2e} | "
             f"{np.mean([s for _, s in picked]):.3f} |"
         )
+
+
+def _plot_curve(rows, records, path: Path) -> None:
+    """Error against seconds, one line per setting through its schedules (geometric-mean error,
+    mean seconds over the draws), and the authors' compressor as a star where it was compared."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 5))
+    for colour, (m, k, d) in enumerate(sorted({row[:3] for row in rows})):
+        schedules = sorted({row[3] for row in rows if row[:3] == (m, k, d)})
+        points = []
+        for schedule in schedules:
+            picked = [(e, s) for *key, e, s in rows if tuple(key) == (m, k, d, schedule)]
+            points.append((np.mean([s for _, s in picked]), geometric_mean([e for e, _ in picked]), schedule))
+        points.sort()
+        axes.plot([p[0] for p in points], [p[1] for p in points], "o-", color=f"C{colour}", label=f"m={m} k={k} d={d}")
+        for seconds, error, schedule in points:
+            axes.annotate(schedule, (seconds, error), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        theirs = [r for r in records if (r["m"], r["k"], r["d"]) == (m, k, d)]
+        if theirs:
+            axes.plot(
+                np.mean([r["theirs_seconds"] for r in theirs]),
+                geometric_mean([r["theirs_error"] for r in theirs]),
+                "*",
+                markersize=12,
+                color=f"C{colour}",
+                label=f"authors, m={m} k={k} d={d}",
+            )
+    axes.set(xscale="log", yscale="log", xlabel="seconds per compression", ylabel="error |f' - f| (geometric mean)")
+    axes.set_title("clustered compression: accuracy against time, by schedule")
+    axes.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

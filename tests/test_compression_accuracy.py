@@ -378,3 +378,23 @@ def test_the_accuracy_benchmark_scores_ours_against_the_committed_reference_alon
         missing.stderr.strip().endswith("give --reference PATH to compute it")
         and "sigmoid,2,3,2000,200," in missing.stderr
     )
+
+
+def test_the_accuracy_benchmark_draws_the_trade_off_curve(tmp_path):
+    """--fractions with --plot: the curve's row at the default round_fraction scores the same
+    compressions as the table (the same error), and the plot is written; --plot alone is refused."""
+    bench = [sys.executable, str(ROOT / "bench" / "compress_accuracy.py"), "--methods", "clustered"]
+    bench += ["--probe-sets", "20", "--settings", "2,3,2000", "--draws", "2", "--reference-cache", str(REFERENCE)]
+    plot = tmp_path / "curve.png"
+    done = subprocess.run(
+        [*bench, "--fractions", "1", "0.25", "--plot", str(plot)], capture_output=True, text=True, cwd=ROOT, check=True
+    )
+    lines = done.stdout.splitlines()
+    table = next(line for line in lines if line.startswith("| 2, 3, 2000 | 200 | ") and "x |" not in line)
+    curve = {line.split("|")[2].strip(): line.split("|") for line in lines if line.startswith("| 2, 3, 2000 | round")}
+    assert set(curve) == {"round_fraction=1", "round_fraction=0.25"}
+    assert float(curve["round_fraction=0.25"][3]) == pytest.approx(float(table.split("|")[3]), rel=1e-6)
+    assert float(curve["round_fraction=1"][3]) != float(curve["round_fraction=0.25"][3])
+    assert plot.read_bytes()[:4] == b"\x89PNG"
+    refused = subprocess.run([*bench, "--plot", str(plot)], capture_output=True, text=True, cwd=ROOT)
+    assert refused.returncode == 2 and "--plot draws the --curve / --fractions trade-off" in refused.stderr

@@ -140,8 +140,8 @@ def nearest_groups(
 
     A proposal is taken when it ranks first among all the proposals that share a point with it,
     so that the taken ones are disjoint; up to ``sweeps`` times, over the proposals that touch no
-    taken point. This is the greedy smallest-bound choice of the paper's Algorithm 1 (and of the
-    authors' final nearest-neighbour phase, by diameter), a batch of disjoint groups at a time
+    taken point. This is the greedy choice of the paper's Algorithm 1 (smallest diameter first
+    there, as in the authors' final nearest-neighbour phase), a batch of disjoint groups at a time
     instead of one group. Every fourth point as a centre finds as many groups as every point (the
     groups of neighbouring centres overlap anyway) for a quarter of the neighbour queries.
     """
