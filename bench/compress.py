@@ -3,9 +3,9 @@
 The plain peeling is the textbook reduction as the authors' code does it: repeatedly take N+1
 live points of a group, compute one null vector of their N x (N+1) feature matrix, step until one
 weight hits zero, and drop that point. To isolate the reduction, it runs inside the same
-clustered schedule as ours (same kd cells and nearest-neighbour groups, same smallest-diameter
-picking, same Legendre features computed once per group), so the ratio measures batched
-elimination vs peeling alone.
+clustered schedule as ours (same kd cells and nearest-neighbour groups, same group ranking, same
+Legendre features computed once per group), so the ratio measures batched elimination vs peeling
+alone.
 
 ``--reference PATH`` also times the authors' own ``compressor.py`` (WHY-David/moment_compression,
 MIT; loaded from PATH at run time, never part of this repository; it needs ``faiss`` importable)
@@ -45,7 +45,7 @@ from harness.compression.clustered import (
     clustered_weights,
     default_spare,
 )
-from harness.compression.partition import merge_siblings, nearest_groups
+from harness.compression.partition import merge_siblings
 
 
 def plain_peel(features: np.ndarray, weights: np.ndarray, n_remove: int) -> np.ndarray:
@@ -81,9 +81,8 @@ def plain_peel_clustered(points: np.ndarray, k: int, target: int, fraction: floa
             cells = _round_cells(cells, unit[live], n_features)
             members, remove = _pick_cells(cells, unit[live], len(live) - boundary, n_features)
         else:
-            size = n_features + default_spare(n_features) * len(live) // target
-            groups = nearest_groups(unit[live], size, width=width, weights=c[live], k=k)
-            members, remove = _pick_groups(groups, len(live) - target, n_features, fraction)
+            spare = default_spare(n_features)
+            members, remove = _pick_groups(unit[live], c[live], k, target, spare, fraction, width)
         for cell, count in zip(members, remove):
             rows = live[cell]
             features = product_features(to_box(torch.as_tensor(unit[rows])), k).numpy()

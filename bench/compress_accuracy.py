@@ -167,6 +167,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.probe_sets < 1:
         parser.error(f"--probe-sets must be at least 1; got {args.probe_sets}")
+    if args.plot and args.curve is None and not args.fractions:
+        parser.error("--plot draws the --curve / --fractions trade-off: give one of them")
     settings = args.settings or (QUICK_SETTINGS if args.quick else SETTINGS)
     draws = 3 if args.quick and args.draws == 6 else args.draws
     rule = parse_size(args.size)
@@ -274,8 +276,6 @@ def main() -> None:
     if curve_rows:
         _print_curve(curve_rows)
     if args.plot:
-        if not curve_rows:
-            parser.error("--plot draws the --curve / --fractions trade-off: give one of them")
         _plot_curve(curve_rows, records if comparing else [], args.plot)
     if args.json:
         args.json.write_text(json.dumps({"function": args.function, "probe_sets": args.probe_sets, "draws": records}))
@@ -326,25 +326,31 @@ def _print_curve(rows) -> None:
         )
 
 
-def _plot_curve(rows, records, path: Path) -> None:
-    """Error against seconds, one line per setting through its schedules (geometric-mean error,
-    mean seconds over the draws), and the authors' compressor as a star where it was compared."""
-    import matplotlib
+def _plot_curve(rows: list[tuple], records: list[dict], path: Path) -> None:
+    """Error against seconds: per setting, one line through the final_phase schedules and one
+    through the round_fraction ones (geometric-mean error, mean seconds over the draws), and the
+    authors' compressor as a star where it was compared."""
+    import matplotlib  # only --plot needs it: the tables run without loading it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(7, 5))
     for colour, (m, k, d) in enumerate(sorted({row[:3] for row in rows})):
-        schedules = sorted({row[3] for row in rows if row[:3] == (m, k, d)})
-        points = []
-        for schedule in schedules:
-            picked = [(e, s) for *key, e, s in rows if tuple(key) == (m, k, d, schedule)]
-            points.append((np.mean([s for _, s in picked]), geometric_mean([e for e, _ in picked]), schedule))
-        points.sort()
-        axes.plot([p[0] for p in points], [p[1] for p in points], "o-", color=f"C{colour}", label=f"m={m} k={k} d={d}")
-        for seconds, error, schedule in points:
-            axes.annotate(schedule, (seconds, error), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        for kind, style in (("final_phase", "o-"), ("round_fraction", "s--")):
+            points = []
+            for schedule in sorted({row[3] for row in rows if row[:3] == (m, k, d) and row[3].startswith(kind)}):
+                picked = [(e, s) for *key, e, s in rows if tuple(key) == (m, k, d, schedule)]
+                points.append((np.mean([s for _, s in picked]), geometric_mean([e for e, _ in picked]), schedule))
+            if not points:
+                continue
+            points.sort()
+            label = f"m={m} k={k} d={d}, {kind}"
+            axes.plot([p[0] for p in points], [p[1] for p in points], style, color=f"C{colour}", label=label)
+            for seconds, error, schedule in points:
+                axes.annotate(
+                    schedule.split("=")[1], (seconds, error), fontsize=7, xytext=(3, 3), textcoords="offset points"
+                )
         theirs = [r for r in records if (r["m"], r["k"], r["d"]) == (m, k, d)]
         if theirs:
             axes.plot(
@@ -353,7 +359,7 @@ def _plot_curve(rows, records, path: Path) -> None:
                 "*",
                 markersize=12,
                 color=f"C{colour}",
-                label=f"authors, m={m} k={k} d={d}",
+                label=f"m={m} k={k} d={d}, the authors'",
             )
     axes.set(xscale="log", yscale="log", xlabel="seconds per compression", ylabel="error |f' - f| (geometric mean)")
     axes.set_title("clustered compression: accuracy against time, by schedule")

@@ -21,7 +21,7 @@ from scipy import stats
 from harness.cli import main
 from harness.compression import compress, n_moments, parse_size
 from harness.compression.clustered import clustered_weights
-from harness.compression.methods import GROUP_WIDTHS as WIDTHS
+from harness.compression.methods import GROUP_WIDTHS
 from harness.compression.partition import nearest_groups
 from harness.config import canonical, parse_config, run_id
 from harness.data.symmetric import symmetric_problem, symmetric_value
@@ -125,7 +125,9 @@ def test_nearest_groups_are_disjoint_nearest_neighbour_sets_smallest_first(width
     with pytest.raises(ValueError, match="width must be one of bound, radius, box"):
         nearest_groups(points, size, width="diameter")
     with pytest.raises(ValueError, match="width 'bound' needs the points' weights and the moment order k"):
-        nearest_groups(points, size)
+        nearest_groups(points, size, width="bound")
+    with pytest.raises(ValueError, match=r"weights must have shape \(600,\), one per point; got \(599,\)"):
+        nearest_groups(points, size, width="bound", weights=weights[:599], k=k)
 
 
 @pytest.mark.parametrize(("m", "k"), [(2, 3), (3, 4)])
@@ -192,11 +194,11 @@ def test_radius_widths_lower_the_e7_error_of_box_widths():
 
 
 def test_bound_ranking_lowers_the_e1_error_of_radius_and_box_widths():
-    # SPEC E1 at (m, k, d) = (3, 4, 2000) -> 200, the one row of issue 20's table where the radius
-    # lost to the authors (1.07x on 24 draws): there most final-phase groups touch the boundary,
-    # and the kd rounds have left unequal weights. Ranking by mass x radius^(k+1), the group's
-    # term of the error bound, reduces the light groups first. Measured on these 8 draws: 0.76x
-    # the radius's error and 0.86x the box's in geometric mean (0.85x the authors' on 24 draws).
+    # SPEC E1 at (m, k, d) = (3, 4, 2000) -> 200, where ranking by the radius alone lost to the
+    # authors' compressor (docs/performance.md): most final-phase groups touch the boundary, and
+    # the kd rounds have left unequal weights. Ranking by mass x radius^(k+1), the group's term of
+    # the error bound, reduces the light groups first. Measured on these 8 draws: 0.76x the
+    # radius's error and 0.86x the box's in geometric mean.
     d, m, k, target = 2000, 3, 4, 200
     errors = {"bound": [], "radius": [], "box": []}
     for seed in range(8):
@@ -211,7 +213,7 @@ def test_bound_ranking_lowers_the_e1_error_of_radius_and_box_widths():
             values = [symmetric_value("sigmoid", objects[c > 0], c[c > 0], p, d) for p in probe_sets]
             found.append(float(np.sqrt(np.mean((np.array(values) - exact) ** 2))))
     mean = {width: np.exp(np.log(found).mean()) for width, found in errors.items()}
-    assert mean["bound"] < 0.9 * mean["radius"] and mean["bound"] < mean["box"]
+    assert mean["bound"] < 0.9 * mean["radius"] and mean["bound"] < 0.95 * mean["box"]
 
 
 def test_the_default_schedule_lowers_the_e1_error_of_reducing_every_group():
@@ -262,14 +264,16 @@ def test_group_width_through_the_config_compress_and_the_cli(tmp_path, capsys):
     a bad value is refused in one line."""
     raw = {**E7_LIKE, "task": {**E7_LIKE["task"], "input_dim": 2}}
     default = parse_config(raw)
-    radius, box = (parse_config({**raw, "compression": {**raw["compression"], "group_width": w}}) for w in WIDTHS[1:])
+    radius, box = (
+        parse_config({**raw, "compression": {**raw["compression"], "group_width": w}}) for w in ("radius", "box")
+    )
     assert canonical(default, "moment")["compression"]["group_width"] == "bound"
     assert canonical(radius, "moment")["compression"]["group_width"] == "radius"
     assert "group_width" not in canonical(box, "moment")["compression"]
     assert run_id(default, "random") == run_id(radius, "random") == run_id(box, "random")
     objects = np.random.default_rng(6).uniform(-1.0, 1.0, (3000, 2))
     kept = {}
-    for config, width in zip((default, radius, box), WIDTHS):
+    for config, width in ((default, "bound"), (radius, "radius"), (box, "box")):
         kept[width] = compress_objects(objects, "moment", config.compression, "0.1d", 0, torch.device("cpu")).indices
         np.testing.assert_array_equal(kept[width], compress(objects, k=2, size="0.1d", group_width=width).indices)
     np.testing.assert_array_equal(kept["bound"], compress(objects, k=2, size="0.1d").indices)
@@ -277,7 +281,11 @@ def test_group_width_through_the_config_compress_and_the_cli(tmp_path, capsys):
     np.save(tmp_path / "x.npy", objects)
     out = tmp_path / "x.npz"
     argv = ["compress", str(tmp_path / "x.npy"), "--k", "2", "--size", "300", "--out", str(out)]
-    for width in WIDTHS:
+    assert main(argv) == 0  # the default
+    np.testing.assert_array_equal(
+        np.load(out)["indices"], compress(objects, k=2, size=300, group_width="bound").indices
+    )
+    for width in GROUP_WIDTHS:
         assert main([*argv, "--group-width", width]) == 0
         np.testing.assert_array_equal(
             np.load(out)["indices"], compress(objects, k=2, size=300, group_width=width).indices
@@ -382,7 +390,8 @@ def test_the_accuracy_benchmark_scores_ours_against_the_committed_reference_alon
 
 def test_the_accuracy_benchmark_draws_the_trade_off_curve(tmp_path):
     """--fractions with --plot: the curve's row at the default round_fraction scores the same
-    compressions as the table (the same error), and the plot is written; --plot alone is refused."""
+    compressions as the table (the same error), and the plot is written; --plot alone is refused
+    before any work."""
     bench = [sys.executable, str(ROOT / "bench" / "compress_accuracy.py"), "--methods", "clustered"]
     bench += ["--probe-sets", "20", "--settings", "2,3,2000", "--draws", "2", "--reference-cache", str(REFERENCE)]
     plot = tmp_path / "curve.png"
@@ -396,5 +405,6 @@ def test_the_accuracy_benchmark_draws_the_trade_off_curve(tmp_path):
     assert float(curve["round_fraction=0.25"][3]) == pytest.approx(float(table.split("|")[3]), rel=1e-6)
     assert float(curve["round_fraction=1"][3]) != float(curve["round_fraction=0.25"][3])
     assert plot.read_bytes()[:4] == b"\x89PNG"
-    refused = subprocess.run([*bench, "--plot", str(plot)], capture_output=True, text=True, cwd=ROOT)
+    # Refused before any compression: with 40 draws the cache lacks most, which would fail later.
+    refused = subprocess.run([*bench, "--draws", "40", "--plot", str(plot)], capture_output=True, text=True, cwd=ROOT)
     assert refused.returncode == 2 and "--plot draws the --curve / --fractions trade-off" in refused.stderr

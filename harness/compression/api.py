@@ -93,8 +93,8 @@ def compress(
             (bench/compress_accuracy.py --fractions measures both).
         group_width: ``clustered`` only: how the final phase ranks its groups, the smallest
             reduced first: ``bound`` (default; mass x radius^(k+1) about the group's centre
-            point, its term of the error bound), ``radius`` (the radius alone, up to 1.07x the
-            authors' error on E1) or ``box`` (the bounding box's diagonal, up to 1.7x on E7).
+            point, its term of the error bound), ``radius`` (the radius alone) or ``box`` (the
+            bounding box's diagonal); docs/performance.md compares them.
 
     Raises:
         ValueError: for an unknown method, a bad size, NaN/inf, wrong shapes, negative or

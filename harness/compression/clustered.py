@@ -49,10 +49,9 @@ WORKING_SET_BYTES = {"cpu": 8 << 20, "cuda": 1 << 30}
 # the time, 4 no better than 3.
 FINAL_PHASE = 3.0
 # How the final phase ranks its groups, the smallest reduced first (``partition.nearest_groups``):
-# by the group's term of the error bound, mass x radius^(k+1) about its centre point. Against the
-# authors' compressor on 24 draws (docs/performance.md) it took every E1 and E7 row of issue 20 to
-# at most 0.89x their error, at the same speed; by the radius alone E1 at m = 3, k = 4, d = 2000
-# was 1.07x, and by the box diagonal E7 at m = 2, k = 6 was 1.70x.
+# by the group's term of the error bound, mass x radius^(k+1) about its centre point, so that a
+# group made heavy by earlier rounds waits longer than a light one of the same radius. The most
+# accurate of the three against the authors' compressor, at the same speed (docs/performance.md).
 DEFAULT_GROUP_WIDTH = "bound"
 # The fraction of the disjoint nearest-neighbour groups a final-phase round reduces. Measured
 # against the authors' compressor (docs/performance.md): 0.25 divides E7's error by 1.8-3.7 at
@@ -85,8 +84,9 @@ def clustered_weights(
         final_phase: the nearest-neighbour phase starts at final_phase * target live points;
             above that, kd cells halve the support. Larger is (a little) more accurate and slower.
         round_fraction: in (0, 1], the fraction of the disjoint nearest-neighbour groups, smallest
-            diameter first, that a final-phase round may reduce (at least one group). Smaller is
-            slower, and more accurate where the function is steep at the domain's boundary.
+            first (``group_width``), that a final-phase round may reduce (at least one group).
+            Smaller is slower, and more accurate where the function is steep at the domain's
+            boundary.
         group_width: ``bound``, ``radius`` or ``box``: how the final phase ranks its groups,
             the smallest first: mass x radius^(k+1), the radius, or the box diagonal
             (``partition.nearest_groups``).
@@ -117,12 +117,7 @@ def clustered_weights(
             cells = _round_cells(cells, points, n_features)
             members, remove = _pick_cells(cells, points, len(live) - boundary, n_features)
         else:
-            # Early in the phase the errors are small (the bound's terms grow as the live points
-            # thin out), so the groups drop more: spare x (live / target). On the E1 settings of
-            # the module docstring: the same errors as spare throughout, 15-30% faster.
-            size = n_features + spare * len(live) // target
-            groups = nearest_groups(points, size, width=group_width, weights=c[live], k=k)
-            members, remove = _pick_groups(groups, len(live) - target, n_features, round_fraction)
+            members, remove = _pick_groups(points, c[live], k, target, spare, round_fraction, group_width)
         size = members.shape[1]
         per_batch = max(1, working_set // (8 * size * (size - n_features)))
         for start in range(0, len(members), per_batch):
@@ -149,10 +144,20 @@ def default_spare(n_features: int) -> int:
     return max(1, n_features // 4)
 
 
-def _pick_groups(groups: np.ndarray, excess: int, n_features: int, fraction: float) -> tuple[np.ndarray, np.ndarray]:
-    """Which of the disjoint nearest-neighbour groups (G, N + spare), smallest first, to reduce
-    (at most ``fraction`` of them, at least one), and how many points each drops (spare, the last
-    one fewer, adding up to the excess when they can)."""
+def _pick_groups(
+    points: np.ndarray, weights: np.ndarray, k: int, target: int, spare: int, fraction: float, width: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest-neighbour groups of the live ``points`` to reduce, smallest first by ``width`` (at
+    most ``fraction`` of the disjoint ones, at least one), and how many points each drops.
+
+    Early in the phase the errors are small (the bound's terms grow as the live points thin out),
+    so a group holds N + spare x (live / target) points and drops the spare x (live / target),
+    the last one fewer, adding up to the excess over ``target`` when they can. On the E1 settings
+    of the module docstring: the same errors as spare throughout, 15-30% faster.
+    """
+    n_features = n_moments(points.shape[1], k)
+    excess = len(points) - target
+    groups = nearest_groups(points, n_features + spare * len(points) // target, width=width, weights=weights, k=k)
     capacity = groups.shape[1] - n_features
     n_picked = min(-(-excess // capacity), max(1, int(fraction * len(groups))))
     remove = np.full(n_picked, capacity)

@@ -117,7 +117,7 @@ def nearest_groups(
     points: np.ndarray,
     size: int,
     *,
-    width: str = "bound",
+    width: str,
     weights: np.ndarray | None = None,
     k: int | None = None,
     centre_stride: int = 4,
@@ -149,6 +149,8 @@ def nearest_groups(
         raise ValueError(f"width must be one of {', '.join(GROUP_WIDTHS)}; got {width!r}")
     if width == "bound" and (weights is None or k is None):
         raise ValueError("width 'bound' needs the points' weights and the moment order k")
+    if weights is not None and np.shape(weights) != (len(points),):
+        raise ValueError(f"weights must have shape ({len(points)},), one per point; got {np.shape(weights)}")
     n = len(points)
     size = min(size, n)
     centres = points[::centre_stride]

@@ -123,17 +123,16 @@ class CompressionConfig:
     )
     method: str = option("clustered", choices=("clustered", "global"))  # the moment arm's algorithm
     # The clustered method's share of the disjoint nearest-neighbour groups that a final-phase
-    # round reduces, narrowest first (harness/compression/clustered.py); the global method ignores
-    # it. 0.25 keeps the domain's boundary denser: the authors' accuracy on SPEC E1 and E7; 1 is
-    # the faster schedule, 2.7-4x less time and up to 3.8x the error (docs/performance.md). Every
-    # run before 0.25 became the default had 1: those runs keep their ids. Read by the moment arm.
+    # round reduces, smallest first by group_width (harness/compression/clustered.py); the global
+    # method ignores it. 0.25 keeps the domain's boundary denser: the authors' accuracy on SPEC E1
+    # and E7; 1 is the faster schedule, with larger errors (docs/performance.md). Every run before
+    # 0.25 became the default had 1: those runs keep their ids. Read by the moment arm.
     round_fraction: float = option(0.25, check=UNIT_FRACTION, arms=("moment",), legacy=1.0)
     # How the clustered method's final phase ranks its groups, the smallest reduced first
     # (harness/compression/partition.py): "bound", a group's term of the error bound (mass x
-    # radius^(k+1) about its centre point), matched the authors' accuracy on every E1 and E7 row
-    # of issue 20, where "radius" alone and "box", the bounding box's diagonal, each lost one
-    # (docs/performance.md). Every run before radius became the default had box: those runs keep
-    # their ids. Read by the moment arm.
+    # radius^(k+1) about its centre point), "radius" alone, or "box", the bounding box's diagonal;
+    # bound is the most accurate against the authors' compressor (docs/performance.md). Every run
+    # before radius became the default had box: those runs keep their ids. Read by the moment arm.
     group_width: str = option("bound", choices=GROUP_WIDTHS, arms=("moment",), legacy="box")
     # The imp arm (iterative magnitude pruning, harness/experiments/imp.py): rounds of train ->
     # prune -> rewind, each round keeping a fixed fraction of the neurons so that the last leaves
