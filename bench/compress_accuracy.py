@@ -312,18 +312,21 @@ def _curve(objects, error_of, k, target, schedules, m, d):
     return rows
 
 
-def _print_curve(rows) -> None:
+def _curve_points(rows: list[tuple]) -> dict[tuple, tuple[float, float]]:
+    """(m, k, d, schedule) -> (geometric-mean error, mean seconds) over the draws."""
+    points = {}
+    for key in sorted({row[:4] for row in rows}):
+        picked = [(e, s) for *rest, e, s in rows if tuple(rest) == key]
+        points[key] = (geometric_mean([e for e, _ in picked]), float(np.mean([s for _, s in picked])))
+    return points
+
+
+def _print_curve(rows: list[tuple]) -> None:
     print("\nclustered error against seconds by schedule (geometric-mean error, mean seconds)")
     print("| m, k, d | schedule | error | seconds |")
     print("|---|---|---|---|")
-    keys = sorted({(m, k, d, phase) for m, k, d, phase, _, _ in rows})
-    for key in keys:
-        picked = [(e, s) for *rest, e, s in rows if tuple(rest) == key]
-        m, k, d, schedule = key
-        print(
-            f"| {m}, {k}, {d} | {schedule} | {geometric_mean([e for e, _ in picked]):.2e} | "
-            f"{np.mean([s for _, s in picked]):.3f} |"
-        )
+    for (m, k, d, schedule), (error, seconds) in _curve_points(rows).items():
+        print(f"| {m}, {k}, {d} | {schedule} | {error:.2e} | {seconds:.3f} |")
 
 
 def _plot_curve(rows: list[tuple], records: list[dict], path: Path) -> None:
@@ -335,13 +338,15 @@ def _plot_curve(rows: list[tuple], records: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    curve = _curve_points(rows)
     figure, axes = plt.subplots(figsize=(7, 5))
-    for colour, (m, k, d) in enumerate(sorted({row[:3] for row in rows})):
+    for colour, (m, k, d) in enumerate(sorted({key[:3] for key in curve})):
         for kind, style in (("final_phase", "o-"), ("round_fraction", "s--")):
-            points = []
-            for schedule in sorted({row[3] for row in rows if row[:3] == (m, k, d) and row[3].startswith(kind)}):
-                picked = [(e, s) for *key, e, s in rows if tuple(key) == (m, k, d, schedule)]
-                points.append((np.mean([s for _, s in picked]), geometric_mean([e for e, _ in picked]), schedule))
+            points = [
+                (seconds, error, key[3])
+                for key, (error, seconds) in curve.items()
+                if key[:3] == (m, k, d) and key[3].startswith(kind)
+            ]
             if not points:
                 continue
             points.sort()
