@@ -36,6 +36,7 @@ from harness.allocator import retain_freed_memory
 from harness.compression import compress, n_moments, raw_moments, relative_moment_error
 from harness.compression.basis import product_features, to_box
 from harness.compression.clustered import (
+    DEFAULT_FINAL_DROPS,
     DEFAULT_GROUP_WIDTH,
     DEFAULT_ROUND_FRACTION,
     FINAL_PHASE,
@@ -67,9 +68,11 @@ def plain_peel(features: np.ndarray, weights: np.ndarray, n_remove: int) -> np.n
     return c
 
 
-def plain_peel_clustered(points: np.ndarray, k: int, target: int, fraction: float, width: str) -> np.ndarray:
+def plain_peel_clustered(
+    points: np.ndarray, k: int, target: int, fraction: float, width: str, drops: str
+) -> np.ndarray:
     """The clustered schedule of harness.compression.clustered (round_fraction ``fraction``,
-    group_width ``width``) with plain peeling inside."""
+    group_width ``width``, final_drops ``drops``) with plain peeling inside."""
     n_features = n_moments(points.shape[1], k)
     unit = to_box(torch.as_tensor(points)).numpy()
     c = np.ones(len(points))
@@ -82,7 +85,7 @@ def plain_peel_clustered(points: np.ndarray, k: int, target: int, fraction: floa
             members, remove = _pick_cells(cells, unit[live], len(live) - boundary, n_features)
         else:
             spare = default_spare(n_features)
-            members, remove = _pick_groups(unit[live], c[live], k, target, spare, fraction, width)
+            members, remove = _pick_groups(unit[live], c[live], k, target, spare, fraction, width, drops)
         for cell, count in zip(members, remove):
             rows = live[cell]
             features = product_features(to_box(torch.as_tensor(unit[rows])), k).numpy()
@@ -143,7 +146,9 @@ def main() -> None:
         ours_time, ours = min(result.seconds for result in ours), ours[0]
         fraction = schedule.get("round_fraction", DEFAULT_ROUND_FRACTION)
         width = schedule.get("group_width", DEFAULT_GROUP_WIDTH)
-        peel_time, peel = best_time(functools.partial(plain_peel_clustered, points, k, target, fraction, width), 1)
+        drops = schedule.get("final_drops", DEFAULT_FINAL_DROPS)
+        peel = functools.partial(plain_peel_clustered, points, k, target, fraction, width, drops)
+        peel_time, peel = best_time(peel, 1)
         peel_error = error_of(points, peel, k)
         row = (
             f"| clustered m={m} k={k} d={d:.0e} -> {target} | {ours_time:.3f} | {peel_time:.2f} | "

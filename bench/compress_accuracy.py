@@ -59,7 +59,7 @@ from harness.compression import (
     relative_moment_error,
 )
 from harness.compression.clustered import clustered_weights
-from harness.compression.methods import GROUP_WIDTHS
+from harness.compression.methods import FINAL_DROPS, GROUP_WIDTHS
 from harness.data.symmetric import symmetric_problem, symmetric_value
 
 # The issue's table: (m, k, d) at d' = 0.1 d.
@@ -118,8 +118,13 @@ def ratio_interval(ours, theirs, level: float = 0.95) -> tuple[float, float]:
 
 
 def schedule_options(args: argparse.Namespace) -> dict:
-    """The clustered method's options given on the command line (--round-fraction, --group-width)."""
-    given = (("round_fraction", args.round_fraction), ("group_width", args.group_width))
+    """The clustered method's options given on the command line (--round-fraction, --group-width,
+    --final-drops)."""
+    given = (
+        ("round_fraction", args.round_fraction),
+        ("group_width", args.group_width),
+        ("final_drops", args.final_drops),
+    )
     return {name: value for name, value in given if value is not None}
 
 
@@ -132,6 +137,12 @@ def add_schedule_arguments(parser: argparse.ArgumentParser) -> None:
         choices=GROUP_WIDTHS,
         default=None,
         help="the clustered method's group_width (default: compress's)",
+    )
+    parser.add_argument(
+        "--final-drops",
+        choices=FINAL_DROPS,
+        default=None,
+        help="the clustered method's final_drops (default: compress's)",
     )
 
 

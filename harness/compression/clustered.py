@@ -15,9 +15,9 @@ in two phases:
    that one batch holds them all). Each round removes up to half of the live points.
 2. nearest-neighbour, down to d': groups of N + spare nearest live points, re-formed every round,
    the disjoint ones with the smallest term of the error bound first, mass x radius^(k+1)
-   (``partition.nearest_groups``), each dropping spare x live / target points (``spare`` at the
-   end): the greedy choice of the proof, and the authors' final phase (which ranks by diameter),
-   a batch of groups per round instead of one group.
+   (``partition.nearest_groups``), each dropping spare x live / target points, tapering to one
+   near the end (``final_drops``): the greedy choice of the proof, and the authors' final phase
+   (which ranks by diameter), a batch of groups per round instead of one group.
    Measured on SPEC E1's sigmoid-sum, (m, k) = (2, 3), (3, 4), d = 2000 and 8000 -> 0.1 d (8
    draws, each scored on 100 probe sets): 2.2-4.3x smaller errors than halving all the way
    (``final_phase=1``, the fast end of the trade-off), for 2-4x the time;
@@ -38,7 +38,7 @@ import torch
 
 from harness.compression.basis import n_moments, product_features, to_box
 from harness.compression.caratheodory import eliminate
-from harness.compression.methods import GROUP_WIDTHS
+from harness.compression.methods import FINAL_DROPS, GROUP_WIDTHS
 from harness.compression.partition import Cells, kd_cells, merge_siblings, nearest_groups
 
 # Bytes of null vectors one batched elimination may hold. Each step updates all of them, so on a
@@ -58,6 +58,15 @@ DEFAULT_GROUP_WIDTH = "bound"
 # m = 1 and 2 and E1's by up to 1.8, for 2.7-4x the time; accuracy first, so 0.25 by default, and
 # 1 (every group) is the fast schedule.
 DEFAULT_ROUND_FRACTION = 0.25
+# How many points a final-phase group drops (``_pick_groups``): ``taper`` (default) drops at most
+# 1 + TAPER_SLOPE x spare x (live - target) / target, so one point per group at the end, as in the
+# proof's groups of N + 1; ``scaled`` drops spare x live / target throughout. The last
+# reductions dominate the bound: where N is large against d' (SPEC E1 at m = 2 and 3, k = 6,
+# d' = 200) taper brought the error from 1.17-1.36x the authors' to 0.70-0.97x, for about 1.4x
+# the time on the SPEC's large speed cases (docs/performance.md). A slope of 4 or more left
+# (3, 6) above the authors'; 1 or 2 were slower and no better elsewhere.
+DEFAULT_FINAL_DROPS = "taper"
+TAPER_SLOPE = 3.0
 
 
 @torch.inference_mode()  # thousands of small ops: skipping autograd's bookkeeping saves about 8%
@@ -71,6 +80,7 @@ def clustered_weights(
     final_phase: float = FINAL_PHASE,
     round_fraction: float = DEFAULT_ROUND_FRACTION,
     group_width: str = DEFAULT_GROUP_WIDTH,
+    final_drops: str = DEFAULT_FINAL_DROPS,
 ) -> torch.Tensor:
     """Weights on the rows of x (n, m): ``target`` non-zero (fewer only on exact ties), equal moments per group.
 
@@ -90,6 +100,8 @@ def clustered_weights(
         group_width: ``bound``, ``radius`` or ``box``: how the final phase ranks its groups,
             the smallest first: mass x radius^(k+1), the radius, or the box diagonal
             (``partition.nearest_groups``).
+        final_drops: ``taper`` or ``scaled``: how many points a final-phase group drops, one at
+            the end (taper) or spare throughout (scaled); see ``DEFAULT_FINAL_DROPS``.
     """
     n_features = n_moments(x.shape[1], k)
     spare = default_spare(n_features) if spare is None else spare
@@ -99,6 +111,8 @@ def clustered_weights(
         raise ValueError(f"round_fraction must be in (0, 1]; got {round_fraction}")
     if group_width not in GROUP_WIDTHS:
         raise ValueError(f"group_width must be one of {', '.join(GROUP_WIDTHS)}; got {group_width!r}")
+    if final_drops not in FINAL_DROPS:
+        raise ValueError(f"final_drops must be one of {', '.join(FINAL_DROPS)}; got {final_drops!r}")
     # The bookkeeping (cells, indices, weights) stays on the host in numpy, whose gathers and
     # scatters of a few thousand elements are 3-5x faster than torch's; each batch of cells goes
     # to x's device for the features and the elimination. The points are kept coordinate-major,
@@ -117,7 +131,7 @@ def clustered_weights(
             cells = _round_cells(cells, points, n_features)
             members, remove = _pick_cells(cells, points, len(live) - boundary, n_features)
         else:
-            members, remove = _pick_groups(points, c[live], k, target, spare, round_fraction, group_width)
+            members, remove = _pick_groups(points, c[live], k, target, spare, round_fraction, group_width, final_drops)
         size = members.shape[1]
         per_batch = max(1, working_set // (8 * size * (size - n_features)))
         for start in range(0, len(members), per_batch):
@@ -145,7 +159,14 @@ def default_spare(n_features: int) -> int:
 
 
 def _pick_groups(
-    points: np.ndarray, weights: np.ndarray, k: int, target: int, spare: int, fraction: float, width: str
+    points: np.ndarray,
+    weights: np.ndarray,
+    k: int,
+    target: int,
+    spare: int,
+    fraction: float,
+    width: str,
+    drops: str,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Nearest-neighbour groups of the live ``points`` to reduce, smallest first by ``width`` (at
     most ``fraction`` of the disjoint ones, at least one), and how many points each drops.
@@ -153,11 +174,16 @@ def _pick_groups(
     Early in the phase the errors are small (the bound's terms grow as the live points thin out),
     so a group holds N + spare x (live / target) points and drops the spare x (live / target),
     the last one fewer, adding up to the excess over ``target`` when they can. On the E1 settings
-    of the module docstring: the same errors as spare throughout, 15-30% faster.
+    of the module docstring: the same errors as spare throughout, 15-30% faster. Near the end,
+    where the terms are largest, ``taper`` drops fewer: at most 1 + TAPER_SLOPE x spare x
+    (live - target) / target, the proof's one point per group of N + 1 at the target.
     """
     n_features = n_moments(points.shape[1], k)
     excess = len(points) - target
-    groups = nearest_groups(points, n_features + spare * len(points) // target, width=width, weights=weights, k=k)
+    drop = spare * len(points) // target
+    if drops == "taper":
+        drop = min(drop, round(1 + TAPER_SLOPE * spare * excess / target))
+    groups = nearest_groups(points, n_features + drop, width=width, weights=weights, k=k)
     capacity = groups.shape[1] - n_features
     n_picked = min(-(-excess // capacity), max(1, int(fraction * len(groups))))
     remove = np.full(n_picked, capacity)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields
 
-from harness.compression.methods import GROUP_WIDTHS
+from harness.compression.methods import FINAL_DROPS, GROUP_WIDTHS
 from harness.compression.size import parse_size
 from harness.config.loader import BETAS, FRACTION, NON_NEGATIVE, POSITIVE, Check, ConfigError, option
 
@@ -134,6 +134,11 @@ class CompressionConfig:
     # bound is the most accurate against the authors' compressor (docs/performance.md). Every run
     # before radius became the default had box: those runs keep their ids. Read by the moment arm.
     group_width: str = option("bound", choices=GROUP_WIDTHS, arms=("moment",), legacy="box")
+    # How many points a group of the clustered method's final phase drops: "taper", one per group
+    # at the end as in the proof (more earlier), or "scaled", N/4 x live / d' throughout; taper
+    # is the more accurate where d' is a few N (docs/performance.md). Every run before taper
+    # became the default had scaled: those runs keep their ids. Read by the moment arm.
+    final_drops: str = option("taper", choices=FINAL_DROPS, arms=("moment",), legacy="scaled")
     # The imp arm (iterative magnitude pruning, harness/experiments/imp.py): rounds of train ->
     # prune -> rewind, each round keeping a fixed fraction of the neurons so that the last leaves
     # the moment arm's width (3 rounds from E3's 1e4 to 1e3 keep (1e3/1e4)^(1/3) = 46% each), and

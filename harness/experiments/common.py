@@ -53,11 +53,15 @@ def method_of(arm: str, compression: CompressionConfig) -> str:
 
 
 def moment_options(arm: str, compression: CompressionConfig) -> dict:
-    """The schedule options compress() takes for an arm: the moment arm's round_fraction and
-    group_width when its method is the clustered one; nothing otherwise."""
+    """The schedule options compress() takes for an arm: the moment arm's round_fraction,
+    group_width and final_drops when its method is the clustered one; nothing otherwise."""
     if method_of(arm, compression) != "clustered":
         return {}
-    return {"round_fraction": compression.round_fraction, "group_width": compression.group_width}
+    return {
+        "round_fraction": compression.round_fraction,
+        "group_width": compression.group_width,
+        "final_drops": compression.final_drops,
+    }
 
 
 def warm_up_compression(arms: tuple[str, ...], compression: CompressionConfig, m: int, device: torch.device) -> None:
