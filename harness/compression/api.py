@@ -98,7 +98,7 @@ def compress(
             bounding box's diagonal); docs/performance.md compares them.
         final_drops: ``clustered`` only: how many points a final-phase group drops: ``taper``
             (default; one per group at the end, as in the proof, more earlier) or ``scaled``
-            (N/4 x live / d' throughout: about 1.4x faster where d' >> N, with larger errors
+            (N/4 x live / d' throughout: 1.1-1.2x faster on the SPEC's speed cases, larger errors
             where d' is a few N; docs/performance.md).
 
     Raises:

@@ -74,7 +74,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=FINAL_DROPS,
         default=None,
         help="clustered only: how many points a nearest-neighbour group drops: taper (default), one per group "
-        "near the end as in the proof; scaled, N/4 x live / d' throughout (about 1.4x faster where d' >> N, "
+        "near the end as in the proof; scaled, N/4 x live / d' throughout (1.1-1.2x faster, "
         "larger errors where d' is a few N)",
     )
     parser.add_argument("--out", type=Path, required=True, metavar="OUT.npz", help="where to write the result")

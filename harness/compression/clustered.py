@@ -61,10 +61,10 @@ DEFAULT_ROUND_FRACTION = 0.25
 # How many points a final-phase group drops (``_pick_groups``): ``taper`` (default) drops at most
 # 1 + TAPER_SLOPE x spare x (live - target) / target, so one point per group at the end, as in the
 # proof's groups of N + 1; ``scaled`` drops spare x live / target throughout. The last
-# reductions dominate the bound: where N is large against d' (SPEC E1 at m = 2 and 3, k = 6,
-# d' = 200) taper brought the error from 1.17-1.36x the authors' to 0.70-0.97x, for about 1.4x
-# the time on the SPEC's large speed cases (docs/performance.md). A slope of 4 or more left
-# (3, 6) above the authors'; 1 or 2 were slower and no better elsewhere.
+# reductions dominate the bound, and where d' is a few N the few groups left then are wide:
+# on SPEC E1 at k = 6, d' = 200, taper is below the authors' error where scaled is above it,
+# for a little more time (docs/performance.md, which also has the slopes tried: 3 is the
+# largest that keeps (m, k) = (3, 6) below the authors').
 DEFAULT_FINAL_DROPS = "taper"
 TAPER_SLOPE = 3.0
 
