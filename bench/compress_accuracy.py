@@ -22,7 +22,8 @@ docs/performance.md's tables (20 probe sets), measured on this project's machine
 ``final_phase`` of ``clustered_weights`` (the nearest-neighbour phase starts at final_phase x d'
 live points; 1 is plain kd halving all the way, the schedule before the final phase existed), and
 ``--fractions`` the same for each ``round_fraction`` (the share of the disjoint nearest-neighbour
-groups a final-phase round reduces, smallest first). ``--round-fraction`` sets it for the tables.
+groups a final-phase round reduces, smallest first). ``--round-fraction``, ``--group-width`` and
+``--final-drops`` set those options for the tables and for every point of the curve.
 ``--plot PNG`` draws that trade-off, error against seconds per setting, with the authors' point
 beside it when they are compared.
 
@@ -258,7 +259,7 @@ def main() -> None:
                 | ({"theirs_error": theirs[-1], "theirs_seconds": theirs_seconds[-1]} if comparing else {})
             )
             if schedules:
-                curve_rows.extend(_curve(objects, error_of, k, target, schedules, m, d))
+                curve_rows.extend(_curve(objects, error_of, k, target, schedules, ours_schedule, m, d))
         print(
             f"| {m}, {k}, {d} | {target} | "
             + " | ".join(f"{geometric_mean(errors[n]):.2e} | {np.mean(seconds[n]):.3f}" for n in args.methods)
@@ -309,13 +310,14 @@ def _scorer(function: str, objects: np.ndarray, probes: np.ndarray, probe_sets: 
     return error_of
 
 
-def _curve(objects, error_of, k, target, schedules, m, d):
-    """(m, k, d, schedule, error, seconds) of the clustered method for each schedule, on one draw."""
+def _curve(objects, error_of, k, target, schedules, fixed, m, d):
+    """(m, k, d, schedule, error, seconds) of the clustered method for each schedule, on one draw;
+    ``fixed`` holds the options given on the command line, which each schedule's value overrides."""
     rows = []
     x, w = torch.as_tensor(objects), torch.ones(len(objects), dtype=torch.float64)
     for schedule in schedules:
         start = time.perf_counter()
-        c = clustered_weights(x, w, k, target, **schedule).numpy()
+        c = clustered_weights(x, w, k, target, **{**fixed, **schedule}).numpy()
         elapsed = time.perf_counter() - start
         keep = c > 0
         ((name, value),) = schedule.items()

@@ -97,7 +97,7 @@ def compress(
             point, its term of the error bound), ``radius`` (the radius alone) or ``box`` (the
             bounding box's diagonal); docs/performance.md compares them.
         final_drops: ``clustered`` only: how many points a final-phase group drops: ``taper``
-            (default; one per group at the end, as in the proof, more earlier) or ``scaled``
+            (default; fewer as the live count nears d', toward the proof's one) or ``scaled``
             (N/4 x live / d' throughout: 1.1-1.2x faster on the SPEC's speed cases, larger errors
             where d' is a few N; docs/performance.md).
 

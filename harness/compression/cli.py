@@ -73,8 +73,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--final-drops",
         choices=FINAL_DROPS,
         default=None,
-        help="clustered only: how many points a nearest-neighbour group drops: taper (default), one per group "
-        "near the end as in the proof; scaled, N/4 x live / d' throughout (1.1-1.2x faster, "
+        help="clustered only: how many points a nearest-neighbour group drops: taper (default), fewer as the "
+        "live count nears d', toward the proof's one; scaled, N/4 x live / d' throughout (1.1-1.2x faster, "
         "larger errors where d' is a few N)",
     )
     parser.add_argument("--out", type=Path, required=True, metavar="OUT.npz", help="where to write the result")

@@ -13,11 +13,12 @@ in two phases:
    (cell size - N) covers the excess over the phase's end, the last one only partly (a cell a
    point or two larger than the smallest takes part with that many points, the rest waiting, so
    that one batch holds them all). Each round removes up to half of the live points.
-2. nearest-neighbour, down to d': groups of N + spare nearest live points, re-formed every round,
+2. nearest-neighbour, down to d': groups of N + s nearest live points, re-formed every round,
    the disjoint ones with the smallest term of the error bound first, mass x radius^(k+1)
-   (``partition.nearest_groups``), each dropping spare x live / target points, tapering to one
-   near the end (``final_drops``): the greedy choice of the proof, and the authors' final phase
-   (which ranks by diameter), a batch of groups per round instead of one group.
+   (``partition.nearest_groups``), each dropping its s points: spare x live / target, tapering
+   toward one as the live count nears the target (``final_drops``, ``_pick_groups``): the greedy
+   choice of the proof, and the authors' final phase (which ranks by diameter), a batch of
+   groups per round instead of one group.
    Measured on SPEC E1's sigmoid-sum, (m, k) = (2, 3), (3, 4), d = 2000 and 8000 -> 0.1 d (8
    draws, each scored on 100 probe sets): 2.2-4.3x smaller errors than halving all the way
    (``final_phase=1``, the fast end of the trade-off), for 2-4x the time;
@@ -58,14 +59,14 @@ DEFAULT_GROUP_WIDTH = "bound"
 # m = 1 and 2 and E1's by up to 1.8, for 2.7-4x the time; accuracy first, so 0.25 by default, and
 # 1 (every group) is the fast schedule.
 DEFAULT_ROUND_FRACTION = 0.25
-# How many points a final-phase group drops (``_pick_groups``): ``taper`` (default) drops at most
-# 1 + TAPER_SLOPE x spare x (live - target) / target, so one point per group at the end, as in the
-# proof's groups of N + 1; ``scaled`` drops spare x live / target throughout. The last
-# reductions dominate the bound, and where d' is a few N the few groups left then are wide:
-# on SPEC E1 at k = 6, d' = 200, taper is below the authors' error where scaled is above it,
-# for a little more time (docs/performance.md, which also has the slopes tried: 3 is the
-# largest that keeps (m, k) = (3, 6) below the authors').
+# How many points a final-phase group drops (``_pick_groups``): ``taper`` (default) fewer and
+# fewer as the live count nears the target, toward the proof's one point per group of N + 1;
+# ``scaled`` spare x live / target throughout. The last reductions dominate the bound, and where
+# d' is a few N the few groups left then are wide: on SPEC E1 at k = 6, d' = 200, taper is below
+# the authors' error where scaled is above it, for a little more time (docs/performance.md).
 DEFAULT_FINAL_DROPS = "taper"
+# The taper's slope (``_pick_groups``): the largest of those tried (1, 2, 3, 4, 6, 10) that keeps
+# E1 at (m, k) = (3, 6), d' = 200 below the authors' error; smaller ones take more rounds.
 TAPER_SLOPE = 3.0
 
 
@@ -88,9 +89,10 @@ def clustered_weights(
     the result is on that device.
 
     Args:
-        spare: points each nearest-neighbour group holds beyond N(m, k) at the end of the final
-            phase, so also the points it drops (spare x live / target of them before);
-            default ``default_spare(N)``. Smaller is slower, and no more accurate down to 2.
+        spare: with ``final_drops`` scaled, the points each nearest-neighbour group holds
+            beyond N(m, k), and drops, at the end of the final phase (spare x live / target of
+            them before); with taper, also the scale of the taper. Default
+            ``default_spare(N)``. Smaller is slower.
         final_phase: the nearest-neighbour phase starts at final_phase * target live points;
             above that, kd cells halve the support. Larger is (a little) more accurate and slower.
         round_fraction: in (0, 1], the fraction of the disjoint nearest-neighbour groups, smallest
@@ -100,8 +102,9 @@ def clustered_weights(
         group_width: ``bound``, ``radius`` or ``box``: how the final phase ranks its groups,
             the smallest first: mass x radius^(k+1), the radius, or the box diagonal
             (``partition.nearest_groups``).
-        final_drops: ``taper`` or ``scaled``: how many points a final-phase group drops, one at
-            the end (taper) or spare throughout (scaled); see ``DEFAULT_FINAL_DROPS``.
+        final_drops: ``taper`` or ``scaled``: how many points a final-phase group drops, fewer
+            toward one as the live count nears the target (taper) or spare x live / target
+            throughout (scaled); see ``_pick_groups``.
     """
     n_features = n_moments(x.shape[1], k)
     spare = default_spare(n_features) if spare is None else spare
@@ -150,7 +153,8 @@ def clustered_weights(
 
 
 def default_spare(n_features: int) -> int:
-    """Points a final-phase group drops by default: N / 4, at least 1. On the E1 settings above,
+    """Points a final-phase group drops at the end with ``final_drops`` scaled, and the taper's
+    scale: N / 4, at least 1. On the E1 settings above,
     2, N / 8 and N / 4 gave errors within 10% of each other, and N / 4 takes the fewest rounds.
     Closer to the proof's one point per group of N + 1, one group per neighbourhood at a time,
     the error was about 0.6x for 4-26x the time. For N < 8 (m = 1) that is the proof's one point
@@ -175,8 +179,9 @@ def _pick_groups(
     so a group holds N + spare x (live / target) points and drops the spare x (live / target),
     the last one fewer, adding up to the excess over ``target`` when they can. On the E1 settings
     of the module docstring: the same errors as spare throughout, 15-30% faster. Near the end,
-    where the terms are largest, ``taper`` drops fewer: at most 1 + TAPER_SLOPE x spare x
-    (live - target) / target, the proof's one point per group of N + 1 at the target.
+    where the terms are largest, ``taper`` drops fewer: at most the nearest integer to
+    1 + TAPER_SLOPE x spare x (live - target) / target, which falls toward the proof's one point
+    per group of N + 1 as the live count nears the target.
     """
     n_features = n_moments(points.shape[1], k)
     excess = len(points) - target

@@ -134,8 +134,8 @@ class CompressionConfig:
     # bound is the most accurate against the authors' compressor (docs/performance.md). Every run
     # before radius became the default had box: those runs keep their ids. Read by the moment arm.
     group_width: str = option("bound", choices=GROUP_WIDTHS, arms=("moment",), legacy="box")
-    # How many points a group of the clustered method's final phase drops: "taper", one per group
-    # at the end as in the proof (more earlier), or "scaled", N/4 x live / d' throughout; taper
+    # How many points a group of the clustered method's final phase drops: "taper", fewer as the
+    # live count nears d', toward the proof's one, or "scaled", N/4 x live / d' throughout; taper
     # is the more accurate where d' is a few N (docs/performance.md). Every run before taper
     # became the default had scaled: those runs keep their ids. Read by the moment arm.
     final_drops: str = option("taper", choices=FINAL_DROPS, arms=("moment",), legacy="scaled")
