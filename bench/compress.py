@@ -147,8 +147,8 @@ def main() -> None:
         fraction = schedule.get("round_fraction", DEFAULT_ROUND_FRACTION)
         width = schedule.get("group_width", DEFAULT_GROUP_WIDTH)
         drops = schedule.get("final_drops", DEFAULT_FINAL_DROPS)
-        peel = functools.partial(plain_peel_clustered, points, k, target, fraction, width, drops)
-        peel_time, peel = best_time(peel, 1)
+        peeling = functools.partial(plain_peel_clustered, points, k, target, fraction, width, drops)
+        peel_time, peel = best_time(peeling, 1)
         peel_error = error_of(points, peel, k)
         row = (
             f"| clustered m={m} k={k} d={d:.0e} -> {target} | {ours_time:.3f} | {peel_time:.2f} | "

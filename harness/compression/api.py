@@ -12,7 +12,7 @@ import torch
 from harness.compression.baselines import kmeans_centroids, random_subset
 from harness.compression.basis import n_moments, raw_moments, relative_moment_error
 from harness.compression.clustered import clustered_weights
-from harness.compression.methods import FINAL_DROPS, GROUP_WIDTHS, METHODS
+from harness.compression.methods import FINAL_DROPS, GROUP_WIDTHS, METHODS, check_choice
 from harness.compression.recombination import recombine
 from harness.compression.size import SizeRule, parse_size
 from harness.compression.validate import check_inputs, check_memory
@@ -106,8 +106,7 @@ def compress(
             all-zero weights, k < 0, or more moments than memory allows (checked before
             anything of size N(m, k) is allocated).
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
+    check_choice("method", method, METHODS)
     options = {
         "final_phase": final_phase,
         "round_fraction": round_fraction,
@@ -121,10 +120,9 @@ def compress(
         raise ValueError(f"final_phase must be >= 1 (1: kd halving only); got {final_phase}")
     if round_fraction is not None and not 0 < round_fraction <= 1:
         raise ValueError(f"round_fraction must be in (0, 1] (1: every disjoint group); got {round_fraction}")
-    if group_width is not None and group_width not in GROUP_WIDTHS:
-        raise ValueError(f"group_width must be one of {', '.join(GROUP_WIDTHS)}; got {group_width!r}")
-    if final_drops is not None and final_drops not in FINAL_DROPS:
-        raise ValueError(f"final_drops must be one of {', '.join(FINAL_DROPS)}; got {final_drops!r}")
+    for name, choices in (("group_width", GROUP_WIDTHS), ("final_drops", FINAL_DROPS)):
+        if options[name] is not None:
+            check_choice(name, options[name], choices)
     x, w = check_inputs(points, weights, k)
     d, m = x.shape
     n_features = n_moments(m, k)

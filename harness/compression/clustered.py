@@ -39,7 +39,7 @@ import torch
 
 from harness.compression.basis import n_moments, product_features, to_box
 from harness.compression.caratheodory import eliminate
-from harness.compression.methods import FINAL_DROPS, GROUP_WIDTHS
+from harness.compression.methods import FINAL_DROPS, GROUP_WIDTHS, check_choice
 from harness.compression.partition import Cells, kd_cells, merge_siblings, nearest_groups
 
 # Bytes of null vectors one batched elimination may hold. Each step updates all of them, so on a
@@ -112,10 +112,8 @@ def clustered_weights(
         raise ValueError(f"spare must be >= 1 and final_phase >= 1; got spare={spare}, final_phase={final_phase}")
     if not 0 < round_fraction <= 1:
         raise ValueError(f"round_fraction must be in (0, 1]; got {round_fraction}")
-    if group_width not in GROUP_WIDTHS:
-        raise ValueError(f"group_width must be one of {', '.join(GROUP_WIDTHS)}; got {group_width!r}")
-    if final_drops not in FINAL_DROPS:
-        raise ValueError(f"final_drops must be one of {', '.join(FINAL_DROPS)}; got {final_drops!r}")
+    check_choice("group_width", group_width, GROUP_WIDTHS)
+    check_choice("final_drops", final_drops, FINAL_DROPS)
     # The bookkeeping (cells, indices, weights) stays on the host in numpy, whose gathers and
     # scatters of a few thousand elements are 3-5x faster than torch's; each batch of cells goes
     # to x's device for the features and the elimination. The points are kept coordinate-major,

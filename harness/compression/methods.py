@@ -1,8 +1,15 @@
 """The names of the compression methods (``harness.compression.compress``), of the clustered
 method's group widths (``partition.nearest_groups``) and of its final-phase drop schedules
 (``clustered._pick_groups``), in a module without dependencies: the command line and the
-configuration schema list them before anything imports torch or scipy."""
+configuration schema list them before anything imports torch or scipy; and the one check of a
+value against such a list."""
 
 METHODS = ("clustered", "global", "random", "kmeans")
 GROUP_WIDTHS = ("bound", "radius", "box")
 FINAL_DROPS = ("taper", "scaled")
+
+
+def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    """Raise ValueError naming ``name``, the choices and ``value`` unless ``value`` is one of them."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.spatial import cKDTree
 
-from harness.compression.methods import GROUP_WIDTHS
+from harness.compression.methods import GROUP_WIDTHS, check_choice
 
 
 @dataclass(frozen=True)
@@ -145,8 +145,7 @@ def nearest_groups(
     instead of one group. Every fourth point as a centre finds as many groups as every point (the
     groups of neighbouring centres overlap anyway) for a quarter of the neighbour queries.
     """
-    if width not in GROUP_WIDTHS:
-        raise ValueError(f"width must be one of {', '.join(GROUP_WIDTHS)}; got {width!r}")
+    check_choice("width", width, GROUP_WIDTHS)
     if width == "bound" and (weights is None or k is None):
         raise ValueError("width 'bound' needs the points' weights and the moment order k")
     if weights is not None and np.shape(weights) != (len(points),):
