@@ -391,13 +391,22 @@ def test_a_bad_round_fraction_is_refused_in_one_line(value):
     assert "\n" not in message
 
 
-@pytest.mark.parametrize(("spare", "final_phase"), [(0, 3.0), (2, 0.5)])
-def test_clustered_rejects_bad_schedule_options(spare, final_phase):
+@pytest.mark.parametrize(
+    ("option", "expected"),
+    [
+        ({"spare": 0}, "spare must be >= 1"),
+        ({"final_phase": 0.5}, "final_phase must be >= 1"),
+        ({"round_fraction": 0.0}, r"round_fraction must be in \(0, 1\]"),
+        ({"round_fraction": float("nan")}, r"round_fraction must be in \(0, 1\]"),
+        ({"group_width": "diameter"}, "group_width"),
+        ({"final_drops": "all"}, "final_drops"),
+    ],
+)
+def test_clustered_rejects_bad_schedule_options(option, expected):
     x = torch.as_tensor(np.random.default_rng(0).uniform(-1.0, 1.0, (300, 2)))
-    with pytest.raises(ValueError, match="spare must be >= 1 and final_phase >= 1"):
-        clustered_weights(
-            x, torch.ones(300, dtype=torch.float64), 2, n_moments(2, 2) * 3, spare=spare, final_phase=final_phase
-        )
+    with pytest.raises(ValueError, match=expected) as error:
+        clustered_weights(x, torch.ones(300, dtype=torch.float64), 2, n_moments(2, 2) * 3, **option)
+    assert "\n" not in str(error.value)
 
 
 REFERENCE = ROOT / "results" / "compression" / "authors-reference.json"

@@ -22,10 +22,12 @@ percentiles RANK further in and further out.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from analysis import analyse as analyse_module
@@ -170,3 +172,40 @@ def test_fits_match_the_committed_table_whole(path: Path, monkeypatch):
 
     got, bracket = _recomputed(monkeypatch, table)
     _same(got, records, path.parent.parent.name, bracket, n_boot)
+
+
+PAIRED = sorted(ROOT.glob("*/paired.csv"))
+
+
+def _summarise_module():
+    spec = importlib.util.spec_from_file_location("summarise", ROOT / "summarise.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _test_losses(folder: Path, arm: str, optimizer: str, seed: int) -> dict[int, float]:
+    """step -> test loss of the run of that arm, optimiser and seed, read straight from its files."""
+    for config in folder.glob("runs/*/config.json"):
+        identity = json.loads(config.read_text())
+        run = identity["config"]
+        if (identity["arm"], run["train"]["optimizer"], run["seed"]) == (arm, optimizer, seed):
+            lines = (config.parent / "metrics.jsonl").read_text().splitlines()
+            return {record["step"]: record["test_loss"] for record in map(json.loads, lines)}
+    raise AssertionError(f"{folder}: no {arm} run for {optimizer}, seed {seed}")
+
+
+@pytest.mark.parametrize("path", PAIRED, ids=[p.parent.name for p in PAIRED])
+def test_paired_trajectories_match_the_committed_table(path: Path):
+    """paired.csv (summarise.py --baseline) is what the committed metrics give, and its ratios are
+    the test losses at the row's step in the two runs' metrics.jsonl."""
+    committed = pd.read_csv(path)
+    baseline = ROOT / committed["baseline"].iloc[0]
+    recomputed = _summarise_module().paired_trajectories(path.parent, baseline)
+    pd.testing.assert_frame_equal(recomputed, committed, rtol=1e-5, check_dtype=False)
+    for row in committed.to_dict("records"):
+        ours = _test_losses(path.parent, row["arm"], row["train.optimizer"], row["seed"])
+        original = _test_losses(baseline, "original", row["train.optimizer"], row["seed"])
+        step = row["step"]
+        assert step == max(set(ours) & set(original))
+        assert row["ratio_to_original"] == pytest.approx(ours[step] / original[step], rel=1e-5)

@@ -11,8 +11,8 @@ import torch
 
 from harness.compression.baselines import kmeans_centroids, random_subset
 from harness.compression.basis import n_moments, raw_moments, relative_moment_error
-from harness.compression.clustered import clustered_weights
-from harness.compression.methods import FINAL_DROPS, GROUP_WIDTHS, METHODS, check_choice
+from harness.compression.clustered import check_schedule, clustered_weights
+from harness.compression.methods import METHODS, check_choice
 from harness.compression.recombination import recombine
 from harness.compression.size import SizeRule, parse_size
 from harness.compression.validate import check_inputs, check_memory
@@ -116,13 +116,7 @@ def compress(
     for name, value in options.items():
         if value is not None and method != "clustered":
             raise ValueError(f"{name} applies to the clustered method only; got method {method!r}")
-    if final_phase is not None and not final_phase >= 1:
-        raise ValueError(f"final_phase must be >= 1 (1: kd halving only); got {final_phase}")
-    if round_fraction is not None and not 0 < round_fraction <= 1:
-        raise ValueError(f"round_fraction must be in (0, 1] (1: every disjoint group); got {round_fraction}")
-    for name, choices in (("group_width", GROUP_WIDTHS), ("final_drops", FINAL_DROPS)):
-        if options[name] is not None:
-            check_choice(name, options[name], choices)
+    check_schedule(**options)
     x, w = check_inputs(points, weights, k)
     d, m = x.shape
     n_features = n_moments(m, k)

@@ -106,14 +106,15 @@ def clustered_weights(
             toward one as the live count nears the target (taper) or spare x live / target
             throughout (scaled); see ``_pick_groups``.
     """
+    check_schedule(
+        spare=spare,
+        final_phase=final_phase,
+        round_fraction=round_fraction,
+        group_width=group_width,
+        final_drops=final_drops,
+    )
     n_features = n_moments(x.shape[1], k)
     spare = default_spare(n_features) if spare is None else spare
-    if spare < 1 or final_phase < 1:
-        raise ValueError(f"spare must be >= 1 and final_phase >= 1; got spare={spare}, final_phase={final_phase}")
-    if not 0 < round_fraction <= 1:
-        raise ValueError(f"round_fraction must be in (0, 1]; got {round_fraction}")
-    check_choice("group_width", group_width, GROUP_WIDTHS)
-    check_choice("final_drops", final_drops, FINAL_DROPS)
     # The bookkeeping (cells, indices, weights) stays on the host in numpy, whose gathers and
     # scatters of a few thousand elements are 3-5x faster than torch's; each batch of cells goes
     # to x's device for the features and the elimination. The points are kept coordinate-major,
@@ -148,6 +149,28 @@ def clustered_weights(
             cells = merge_siblings(cells, survivors)
         live = live[survivors]
     return torch.as_tensor(c, device=x.device)
+
+
+def check_schedule(
+    *,
+    spare: int | None = None,
+    final_phase: float | None = None,
+    round_fraction: float | None = None,
+    group_width: str | None = None,
+    final_drops: str | None = None,
+) -> None:
+    """Raise a one-line ValueError for the first option of ``clustered_weights`` out of its range
+    (None: the default, which is fine)."""
+    if spare is not None and not spare >= 1:
+        raise ValueError(f"spare must be >= 1 (1: the proof's one point per group); got {spare}")
+    if final_phase is not None and not final_phase >= 1:
+        raise ValueError(f"final_phase must be >= 1 (1: kd halving only); got {final_phase}")
+    if round_fraction is not None and not 0 < round_fraction <= 1:
+        raise ValueError(f"round_fraction must be in (0, 1] (1: every disjoint group); got {round_fraction}")
+    if group_width is not None:
+        check_choice("group_width", group_width, GROUP_WIDTHS)
+    if final_drops is not None:
+        check_choice("final_drops", final_drops, FINAL_DROPS)
 
 
 def default_spare(n_features: int) -> int:

@@ -1,14 +1,16 @@
 """Per-arm summaries of the committed paper results (the numbers results/paper/README.md quotes beside fits.json).
 
     .venv/bin/python results/paper/summarise.py        # writes results/paper/<exp>/summary.csv
+    .venv/bin/python results/paper/summarise.py results/paper/e3-full-taper --baseline results/paper/e3-full
 
 For every results folder with a runs.parquet: per (setting, arm), over seeds, the mean, median and
 range (min, max) of the final test loss, of its ratio to the original arm of the same seed and
 setting (paired: same data, same initialisation, same batches), and of the arm's largest
 trajectory gap to the original (width and attention experiments), or of the compression error
-(symmetric experiments). Only finished ('done') runs. For runtime (E5) folders also
-runtime_slopes.csv (the log-log slope of time against d) and runtime.png; for a folder
-that varies train.sampling, sampling_pairs.csv (paired loss ratios of the two modes).
+(symmetric experiments). Only finished ('done') runs. With --baseline, also paired.csv: a one-arm
+rerun's runs beside the baseline sweep's original and same-arm runs of their seed, finished or
+not. For runtime (E5) folders also runtime_slopes.csv (the log-log slope of time against d) and
+runtime.png; for a folder that varies train.sampling, sampling_pairs.csv (paired loss ratios of the two modes).
 """
 
 from __future__ import annotations
@@ -153,9 +155,63 @@ def sampling_pairs(table: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> pd
     return pd.DataFrame(rows)
 
 
-def main(folders: list[str]) -> int:
-    paths = [Path(f) for f in folders] or sorted(p.parent for p in ROOT.glob("*/runs.parquet"))
+def paired_trajectories(folder: Path, baseline: Path) -> pd.DataFrame:
+    """A one-arm rerun against its baseline sweep: each run of ``folder`` beside the baseline's
+    original and its run of the same arm, matched by (optimiser, lr, seed): the same data, initial
+    net and batches. At the last step all three have recorded (finished or not): each arm's test
+    loss over the original's, and its initial and worst |test loss / original's - 1| up to there.
+    The rows read metrics.jsonl, so they cover unfinished runs, which runs.parquet leaves out."""
+    from harness.tracking.store import read_identity, read_metrics, run_ids
+
+    def trajectories(out: Path) -> dict[tuple, pd.Series]:
+        found = {}
+        for run_id in run_ids(out):
+            identity = read_identity(out, run_id) or {}
+            config = identity.get("config", {})
+            train = config.get("train", {})
+            key = (identity.get("arm"), train.get("optimizer"), train.get("lr"), config.get("seed"))
+            records = read_metrics(out, run_id)[0]
+            found[key] = pd.Series({r["step"]: r.get("test_loss") for r in records}, dtype=float)
+        return found
+
+    runs, base = trajectories(folder), trajectories(baseline)
+    rows = []
+    for (arm, optimizer, lr, seed), loss in sorted(runs.items(), key=str):
+        original, same_arm = base.get(("original", optimizer, lr, seed)), base.get((arm, optimizer, lr, seed))
+        if original is None or same_arm is None:
+            continue
+        steps = loss.index.intersection(original.index).intersection(same_arm.index)
+        gap = (loss[steps] / original[steps] - 1).abs()
+        baseline_gap = (same_arm[steps] / original[steps] - 1).abs()
+        rows.append(
+            {
+                "baseline": baseline.name,
+                "arm": arm,
+                "train.optimizer": optimizer,
+                "train.lr": lr,
+                "seed": seed,
+                "step": steps.max(),
+                "ratio_to_original": loss[steps.max()] / original[steps.max()],
+                "baseline_ratio_to_original": same_arm[steps.max()] / original[steps.max()],
+                "initial_gap": gap[steps.min()],
+                "baseline_initial_gap": baseline_gap[steps.min()],
+                "max_test_gap": gap.max(),
+                "baseline_max_test_gap": baseline_gap.max(),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def main(arguments: list[str]) -> int:
+    baseline = None
+    if "--baseline" in arguments:
+        at = arguments.index("--baseline")
+        baseline, arguments = Path(arguments[at + 1]), arguments[:at] + arguments[at + 2 :]
+    paths = [Path(f) for f in arguments] or sorted(p.parent for p in ROOT.glob("*/runs.parquet"))
     for folder in paths:
+        if baseline is not None:
+            paired_trajectories(folder, baseline).to_csv(folder / "paired.csv", index=False, float_format="%.6g")
+            print(f"{folder}/paired.csv")
         table = pd.read_parquet(folder / "runs.parquet")
         frame = summarise(table)
         frame.to_csv(folder / "summary.csv", index=False, float_format="%.6g")
