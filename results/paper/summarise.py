@@ -155,26 +155,28 @@ def sampling_pairs(table: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> pd
     return pd.DataFrame(rows)
 
 
+def test_loss_trajectories(out: Path) -> dict[tuple, pd.Series]:
+    """(arm, optimiser, lr, seed) -> test loss by step, from each run's metrics.jsonl (finished or not)."""
+    from harness.tracking.store import read_identity, read_metrics, run_ids
+
+    found = {}
+    for run_id in run_ids(out):
+        identity = read_identity(out, run_id) or {}
+        config = identity.get("config", {})
+        train = config.get("train", {})
+        key = (identity.get("arm"), train.get("optimizer"), train.get("lr"), config.get("seed"))
+        records = read_metrics(out, run_id)[0]
+        found[key] = pd.Series({r["step"]: r.get("test_loss") for r in records}, dtype=float)
+    return found
+
+
 def paired_trajectories(folder: Path, baseline: Path) -> pd.DataFrame:
     """A one-arm rerun against its baseline sweep: each run of ``folder`` beside the baseline's
     original and its run of the same arm, matched by (optimiser, lr, seed): the same data, initial
     net and batches. At the last step all three have recorded (finished or not): each arm's test
     loss over the original's, and its initial and worst |test loss / original's - 1| up to there.
     The rows read metrics.jsonl, so they cover unfinished runs, which runs.parquet leaves out."""
-    from harness.tracking.store import read_identity, read_metrics, run_ids
-
-    def trajectories(out: Path) -> dict[tuple, pd.Series]:
-        found = {}
-        for run_id in run_ids(out):
-            identity = read_identity(out, run_id) or {}
-            config = identity.get("config", {})
-            train = config.get("train", {})
-            key = (identity.get("arm"), train.get("optimizer"), train.get("lr"), config.get("seed"))
-            records = read_metrics(out, run_id)[0]
-            found[key] = pd.Series({r["step"]: r.get("test_loss") for r in records}, dtype=float)
-        return found
-
-    runs, base = trajectories(folder), trajectories(baseline)
+    runs, base = test_loss_trajectories(folder), test_loss_trajectories(baseline)
     rows = []
     for (arm, optimizer, lr, seed), loss in sorted(runs.items(), key=str):
         original, same_arm = base.get(("original", optimizer, lr, seed)), base.get((arm, optimizer, lr, seed))
@@ -202,6 +204,48 @@ def paired_trajectories(folder: Path, baseline: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def paired_plot(folder: Path, baseline: Path, path: Path) -> None:
+    """Test loss over the original's of the same seed along training, one column per optimiser: on
+    top the rerun's arm (``folder``) and every arm of the baseline sweep (log scale), below the
+    rerun's arm and the baseline's run of the same arm alone (linear); the line is the geometric
+    mean over seeds, the band the min-max."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs, base = test_loss_trajectories(folder), test_loss_trajectories(baseline)
+    arms = {f"{key[0]} ({folder.name})": (runs, key[0]) for key in runs}
+    arms |= {f"{key[0]} ({baseline.name})": (base, key[0]) for key in base if key[0] != "original"}
+    rerun_arms = {key[0] for key in runs}
+    settings = sorted({key[1:3] for key in runs}, key=str)
+    fig, axes = plt.subplots(
+        2, len(settings), figsize=(5.5 * len(settings), 7.5), constrained_layout=True, squeeze=False
+    )
+    for column, (optimiser, lr) in enumerate(settings):
+        for label, (source, arm) in arms.items():
+            ratios = [
+                loss / base[("original", optimiser, lr, seed)]
+                for (a, o, r, seed), loss in source.items()
+                if (a, o, r) == (arm, optimiser, lr) and ("original", o, r, seed) in base
+            ]
+            if not ratios:
+                continue
+            frame = pd.concat(ratios, axis=1).dropna()
+            for ax in axes[:, column] if arm in rerun_arms else axes[:1, column]:
+                mean = np.exp(np.log(frame).mean(axis=1))
+                line = ax.plot(frame.index, mean, label=label, lw=2 if source is runs else 1.2)[0]
+                ax.fill_between(frame.index, frame.min(axis=1), frame.max(axis=1), color=line.get_color(), alpha=0.2)
+        for row, ax in enumerate(axes[:, column]):
+            ax.axhline(1.0, color="black", lw=0.8)
+            ax.set(xlabel="step", ylabel="test loss / original's (same seed)", title=f"{optimiser} {lr:g}")
+            ax.set_yscale("log" if row == 0 else "linear")
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=8)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(arguments: list[str]) -> int:
     baseline = None
     if "--baseline" in arguments:
@@ -211,7 +255,8 @@ def main(arguments: list[str]) -> int:
     for folder in paths:
         if baseline is not None:
             paired_trajectories(folder, baseline).to_csv(folder / "paired.csv", index=False, float_format="%.6g")
-            print(f"{folder}/paired.csv")
+            paired_plot(folder, baseline, folder / "analysis" / "paired.png")
+            print(f"{folder}/paired.csv, {folder}/analysis/paired.png")
         table = pd.read_parquet(folder / "runs.parquet")
         frame = summarise(table)
         frame.to_csv(folder / "summary.csv", index=False, float_format="%.6g")
