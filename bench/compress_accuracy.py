@@ -22,8 +22,9 @@ docs/performance.md's tables (20 probe sets), measured on this project's machine
 ``final_phase`` of ``clustered_weights`` (the nearest-neighbour phase starts at final_phase x d'
 live points; 1 is plain kd halving all the way, the schedule before the final phase existed), and
 ``--fractions`` the same for each ``round_fraction`` (the share of the disjoint nearest-neighbour
-groups a final-phase round reduces, smallest first). ``--round-fraction``, ``--group-width`` and
-``--final-drops`` set those options for the tables and for every point of the curve.
+groups a final-phase round reduces, smallest first). ``--final-phase``, ``--round-fraction``,
+``--group-width`` and ``--final-drops`` set those options for the tables and for every point of
+the curve (a curve's own value overrides the option's).
 ``--plot PNG`` draws that trade-off, error against seconds per setting, with the authors' point
 beside it when they are compared.
 
@@ -119,9 +120,10 @@ def ratio_interval(ours, theirs, level: float = 0.95) -> tuple[float, float]:
 
 
 def schedule_options(args: argparse.Namespace) -> dict:
-    """The clustered method's options given on the command line (--round-fraction, --group-width,
-    --final-drops)."""
+    """The clustered method's options given on the command line (--final-phase, --round-fraction,
+    --group-width, --final-drops)."""
     given = (
+        ("final_phase", args.final_phase),
         ("round_fraction", args.round_fraction),
         ("group_width", args.group_width),
         ("final_drops", args.final_drops),
@@ -130,6 +132,12 @@ def schedule_options(args: argparse.Namespace) -> dict:
 
 
 def add_schedule_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--final-phase",
+        type=float,
+        default=None,
+        help="the clustered method's final_phase (default: compress's; d / d' or more: nearest-neighbour groups only)",
+    )
     parser.add_argument(
         "--round-fraction", type=float, default=None, help="the clustered method's round_fraction (default: compress's)"
     )
