@@ -201,7 +201,10 @@ def test_paired_trajectories_match_the_committed_table(path: Path):
     the test losses at the row's step in the two runs' metrics.jsonl."""
     committed = pd.read_csv(path)
     baseline = ROOT / committed["baseline"].iloc[0]
-    recomputed = _summarise_module().paired_trajectories(path.parent, baseline)
+    summarise = _summarise_module()
+    recomputed = summarise.paired_trajectories(
+        summarise.test_loss_trajectories(path.parent), summarise.test_loss_trajectories(baseline), baseline.name
+    )
     pd.testing.assert_frame_equal(recomputed, committed, rtol=1e-5, check_dtype=False)
     for row in committed.to_dict("records"):
         ours = _test_losses(path.parent, row["arm"], row["train.optimizer"], row["seed"])

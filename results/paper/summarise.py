@@ -15,6 +15,7 @@ runtime.png; for a folder that varies train.sampling, sampling_pairs.csv (paired
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -170,13 +171,13 @@ def test_loss_trajectories(out: Path) -> dict[tuple, pd.Series]:
     return found
 
 
-def paired_trajectories(folder: Path, baseline: Path) -> pd.DataFrame:
-    """A one-arm rerun against its baseline sweep: each run of ``folder`` beside the baseline's
-    original and its run of the same arm, matched by (optimiser, lr, seed): the same data, initial
-    net and batches. At the last step all three have recorded (finished or not): each arm's test
-    loss over the original's, and its initial and worst |test loss / original's - 1| up to there.
-    The rows read metrics.jsonl, so they cover unfinished runs, which runs.parquet leaves out."""
-    runs, base = test_loss_trajectories(folder), test_loss_trajectories(baseline)
+def paired_trajectories(runs: dict[tuple, pd.Series], base: dict[tuple, pd.Series], baseline: str) -> pd.DataFrame:
+    """A one-arm rerun against its baseline sweep (``test_loss_trajectories`` of each; ``baseline``
+    names the sweep's folder): each run beside the baseline's original and its run of the same
+    arm, matched by (optimiser, lr, seed): the same data, initial net and batches. At the last step
+    all three have recorded (finished or not): each arm's test loss over the original's, and its
+    initial and worst |test loss / original's - 1| up to there. The trajectories come from
+    metrics.jsonl, so they cover unfinished runs, which runs.parquet leaves out."""
     rows = []
     for (arm, optimizer, lr, seed), loss in sorted(runs.items(), key=str):
         original, same_arm = base.get(("original", optimizer, lr, seed)), base.get((arm, optimizer, lr, seed))
@@ -187,7 +188,7 @@ def paired_trajectories(folder: Path, baseline: Path) -> pd.DataFrame:
         baseline_gap = (same_arm[steps] / original[steps] - 1).abs()
         rows.append(
             {
-                "baseline": baseline.name,
+                "baseline": baseline,
                 "arm": arm,
                 "train.optimizer": optimizer,
                 "train.lr": lr,
@@ -204,9 +205,10 @@ def paired_trajectories(folder: Path, baseline: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def paired_plot(folder: Path, baseline: Path, path: Path) -> None:
+def paired_plot(runs: dict[tuple, pd.Series], base: dict[tuple, pd.Series], names: tuple[str, str], path: Path) -> None:
     """Test loss over the original's of the same seed along training, one column per optimiser: on
-    top the rerun's arm (``folder``) and every arm of the baseline sweep (log scale), below the
+    top the rerun's arm and every arm of the baseline sweep (log scale; ``names`` of the two
+    folders in the legend), below the
     rerun's arm and the baseline's run of the same arm alone (linear); the line is the geometric
     mean over seeds, the band the min-max."""
     import matplotlib
@@ -214,9 +216,8 @@ def paired_plot(folder: Path, baseline: Path, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs, base = test_loss_trajectories(folder), test_loss_trajectories(baseline)
-    arms = {f"{key[0]} ({folder.name})": (runs, key[0]) for key in runs}
-    arms |= {f"{key[0]} ({baseline.name})": (base, key[0]) for key in base if key[0] != "original"}
+    arms = {f"{key[0]} ({names[0]})": (runs, key[0]) for key in runs}
+    arms |= {f"{key[0]} ({names[1]})": (base, key[0]) for key in base if key[0] != "original"}
     rerun_arms = {key[0] for key in runs}
     settings = sorted({key[1:3] for key in runs}, key=str)
     fig, axes = plt.subplots(
@@ -247,15 +248,20 @@ def paired_plot(folder: Path, baseline: Path, path: Path) -> None:
 
 
 def main(arguments: list[str]) -> int:
-    baseline = None
-    if "--baseline" in arguments:
-        at = arguments.index("--baseline")
-        baseline, arguments = Path(arguments[at + 1]), arguments[:at] + arguments[at + 2 :]
-    paths = [Path(f) for f in arguments] or sorted(p.parent for p in ROOT.glob("*/runs.parquet"))
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folders", nargs="*", type=Path, help="results folders (default: every one here)")
+    parser.add_argument("--baseline", type=Path, help="the sweep a one-arm rerun pairs with (writes paired.csv)")
+    args = parser.parse_args(arguments)
+    if args.baseline is not None and not (args.baseline / "runs").is_dir():
+        parser.error(f"--baseline {args.baseline}: no runs/ folder there")
+    base = test_loss_trajectories(args.baseline) if args.baseline is not None else None
+    paths = args.folders or sorted(p.parent for p in ROOT.glob("*/runs.parquet"))
     for folder in paths:
-        if baseline is not None:
-            paired_trajectories(folder, baseline).to_csv(folder / "paired.csv", index=False, float_format="%.6g")
-            paired_plot(folder, baseline, folder / "analysis" / "paired.png")
+        if base is not None:
+            runs = test_loss_trajectories(folder)
+            table = paired_trajectories(runs, base, args.baseline.name)
+            table.to_csv(folder / "paired.csv", index=False, float_format="%.6g")
+            paired_plot(runs, base, (folder.name, args.baseline.name), folder / "analysis" / "paired.png")
             print(f"{folder}/paired.csv, {folder}/analysis/paired.png")
         table = pd.read_parquet(folder / "runs.parquet")
         frame = summarise(table)
