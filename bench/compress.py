@@ -39,11 +39,11 @@ from harness.compression.clustered import (
     DEFAULT_FINAL_DROPS,
     DEFAULT_GROUP_WIDTH,
     DEFAULT_ROUND_FRACTION,
-    FINAL_PHASE,
     _pick_cells,
     _pick_groups,
     _round_cells,
     clustered_weights,
+    default_final_phase,
     default_spare,
 )
 from harness.compression.partition import merge_siblings
@@ -77,7 +77,7 @@ def plain_peel_clustered(
     unit = to_box(torch.as_tensor(points)).numpy()
     c = np.ones(len(points))
     live = np.arange(len(points))
-    boundary = max(target, int(FINAL_PHASE * target))
+    boundary = max(target, int(min(default_final_phase(n_features) * target, len(points))))
     cells = None
     while len(live) > target:
         if len(live) > boundary:

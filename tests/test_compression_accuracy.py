@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -52,6 +53,8 @@ def monomial_moments(points: np.ndarray, weights: np.ndarray, k: int) -> np.ndar
         (3, 6, 2000, 200, 3.0, 0.25, "bound", "taper"),  # d' = 2.4 N: one or two groups per round
         (3, 6, 2000, 200, 3.0, 0.25, "bound", "scaled"),
         (2, 4, 3000, 300, 3.0, 0.25, "bound", "scaled"),
+        (2, 2, 3000, 300, None, 0.25, "bound", "taper"),  # N = 6 < 8: nearest-neighbour groups from the first round
+        (1, 1, 2000, 7, math.inf, 0.25, "bound", "taper"),  # d' a few N, no halving
     ],
 )
 def test_clustered_keeps_exactly_target_points_with_exact_moments(
@@ -196,9 +199,9 @@ def test_a_quarter_of_the_groups_per_round_lowers_the_e7_error():
     # E7's 1 / (1.05 + w x) is steep where w and x are near opposite ends of [-1, 1]: the groups
     # there are the wide, one-sided ones that a smaller round fraction reduces last.
     d, k, target = 4000, 2, 995  # SPEC E7's d' = 120 ln(d)
-    mean = mean_error_by_option("inverse", 1, k, d, target, "round_fraction", (1.0, 0.25), draws=4)
-    # Measured: 2.9x smaller in geometric mean, lower in 3 of the 4 draws.
-    assert mean[0.25] < 0.6 * mean[1.0]
+    mean = mean_error_by_option("inverse", 1, k, d, target, "round_fraction", (1.0, 0.25))
+    # Measured on these 8 draws: 0.54x in geometric mean (0.32x with kd halving down to 3 d').
+    assert mean[0.25] < 0.7 * mean[1.0]
 
 
 def test_radius_widths_lower_the_e7_error_of_box_widths():
@@ -263,6 +266,55 @@ def test_final_drops_through_the_config_compress_and_the_cli(tmp_path, capsys):
     with pytest.raises(SystemExit) as refused:
         main([*argv, "--final-drops", "all"])
     assert refused.value.code == 2 and "--final-drops: invalid choice: 'all'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("m", "k", "d"), [(1, 1, 1000), (4, 1, 4000)])
+def test_nearest_neighbour_groups_from_the_first_round_lower_the_e1_error_where_n_is_small(m, k, d):
+    # SPEC E1 where N(m, k) < 8 (2 and 5 here): kd halving reduces cells of 2N + 2 points, whose
+    # widths vary widely in a uniform sample, all at once, while the nearest-neighbour phase
+    # reduces the narrowest groups first. With halving down to 3 d', (1, 1, 1000) was decided
+    # above the authors' error (1.64x on 24 draws; docs/performance.md). Measured on these 8
+    # draws: the default (None: no halving here) has 0.49x and 0.66x halving's error.
+    mean = mean_error_by_option("sigmoid", m, k, d, d // 10, "final_phase", (None, 3.0))
+    assert mean[None] < 0.8 * mean[3.0]
+
+
+def test_final_phase_through_the_config_compress_and_the_cli(tmp_path, capsys):
+    """null, the default, is named in the moment run's id and 3, the schedule before, is not (its
+    runs keep their ids); null starts the nearest-neighbour phase at the first round where
+    N(m, k) < 8 and at 3 d' otherwise; each reaches compress() and the CLI, and a bad value is
+    refused in one line."""
+    default = parse_config(E7_LIKE)  # m = 1, k = 2: N = 3
+    legacy = parse_config({**E7_LIKE, "compression": {**E7_LIKE["compression"], "final_phase": 3}})
+    assert canonical(default, "moment")["compression"]["final_phase"] is None
+    assert "final_phase" not in canonical(legacy, "moment")["compression"]
+    assert run_id(default, "random") == run_id(legacy, "random")
+    rng = np.random.default_rng(7)
+    objects = rng.uniform(-1.0, 1.0, (3000, 1))
+    cpu = torch.device("cpu")
+    kept = {
+        name: compress_objects(objects, "moment", config.compression, "120*ln(d)", 0, cpu).indices
+        for name, config in (("default", default), ("legacy", legacy))
+    }
+    np.testing.assert_array_equal(
+        kept["default"], compress(objects, k=2, size="120*ln(d)", final_phase=math.inf).indices
+    )
+    np.testing.assert_array_equal(kept["legacy"], compress(objects, k=2, size="120*ln(d)", final_phase=3).indices)
+    assert not np.array_equal(kept["default"], kept["legacy"])
+    wide = rng.uniform(-1.0, 1.0, (3000, 2))  # k = 3: N = 10, halving down to 3 d' as before
+    np.testing.assert_array_equal(
+        compress(wide, k=3, size=300).indices, compress(wide, k=3, size=300, final_phase=3).indices
+    )
+    np.save(tmp_path / "x.npy", objects)
+    out = tmp_path / "x.npz"
+    argv = ["compress", str(tmp_path / "x.npy"), "--k", "2", "--size", "120*ln(d)", "--out", str(out)]
+    assert main([*argv, "--final-phase", "3"]) == 0
+    np.testing.assert_array_equal(np.load(out)["indices"], kept["legacy"])
+    with pytest.raises(UsageError) as error:
+        parse_config({**E7_LIKE, "compression": {"final_phase": 0.5}})
+    message = str(error.value)
+    assert message.startswith("config: compression.final_phase: expected") and ">= 1" in message
+    assert "\n" not in message
 
 
 def test_the_default_schedule_lowers_the_e1_error_of_reducing_every_group():

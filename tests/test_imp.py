@@ -249,9 +249,9 @@ def test_imp_settings_are_only_read_by_the_width_experiment():
 def test_the_imp_defaults_keep_every_committed_run_id():
     """New fields with defaults hash nothing: every run of every committed sweep is still planned
     under its id by the sweep file it came from, and only imp runs are new. (round_fraction's,
-    group_width's and final_drops' defaults changed: their legacy values, which the sweep files
-    of the committed runs pin, hash nothing.)"""
-    legacy = {"round_fraction": 1, "group_width": "box", "final_drops": "scaled"}
+    group_width's, final_drops' and final_phase's defaults changed: their legacy values, which the
+    sweep files of the committed runs pin, hash nothing.)"""
+    legacy = {"round_fraction": 1, "group_width": "box", "final_drops": "scaled", "final_phase": 3}
     assert canonical(small(compression=legacy))["compression"] == {"k": 2, "size": "15"}
     for path in sorted(ROOT.glob("results/paper/*/sweep.json")):
         recorded = json.loads(path.read_text())

@@ -85,8 +85,9 @@ def compress(
             weights total/d') or ``kmeans`` (weighted centroids; new points).
         seed: seeds the baselines (the moment methods are deterministic).
         final_phase: ``clustered`` only: the nearest-neighbour phase starts at final_phase * d'
-            live points (default 3, accuracy first); 1 skips it (kd halving only: 2-4x
-            faster, 2-4x larger function errors; bench/compress_accuracy.py --curve measures both).
+            live points (default 3, accuracy first, and from the start where N(m, k) < 8:
+            ``clustered.default_final_phase``); 1 skips it (kd halving only: 2-4x faster, 2-4x
+            larger function errors; bench/compress_accuracy.py --curve measures both).
         round_fraction: ``clustered`` only: the fraction in (0, 1] of the disjoint
             nearest-neighbour groups a final-phase round reduces, smallest first (default 0.25,
             accuracy first: it spares the domain's boundary longer). 1 reduces every group: 2.7-4x

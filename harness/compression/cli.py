@@ -50,7 +50,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         metavar="F",
         help="clustered only: start the nearest-neighbour phase at F x the target size (default 3, accuracy "
-        "first); 1 = kd halving only, 2-4x faster with 2-4x larger function errors",
+        "first, and from the start where N(m, k) < 8); 1 = kd halving only, 2-4x faster with 2-4x larger "
+        "function errors",
     )
     parser.add_argument(
         "--round-fraction",

@@ -6,7 +6,8 @@ section 3). The bound is a sum over the reduced groups of (mass) x (diameter)^(k
 last rounds dominate it: by then the live points are few, heavy and far apart. So the rounds come
 in two phases:
 
-1. halving, down to ``final_phase`` x d' live points: kd cells of about 2N live points; the first
+1. halving, down to ``final_phase`` x d' live points (``default_final_phase``: 3, none where
+   N < 8): kd cells of about 2N live points; the first
    round splits all the points, and a round that reduced every cell leaves about N points in
    each, so the next one merges each cell with its kd sibling instead of splitting again. The
    cells are ordered by diameter and the smallest ones picked until their combined capacity
@@ -34,6 +35,8 @@ Every picked group is reduced at once with the batched Caratheodory elimination,
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -46,9 +49,11 @@ from harness.compression.partition import Cells, kd_cells, merge_siblings, neare
 # CPU they should stay in cache (many small batches); a GPU wants wide batches instead.
 WORKING_SET_BYTES = {"cpu": 8 << 20, "cuda": 1 << 30}
 # Live points, as a multiple of the target, below which the reduction switches from kd cells to
-# nearest-neighbour groups. On the E1 settings above, 3 gave about 0.75x the error of 2 for 1.6x
-# the time, 4 no better than 3.
+# nearest-neighbour groups (where N >= SMALL_N, ``default_final_phase``). On the E1 settings
+# above, 3 gave about 0.75x the error of 2 for 1.6x the time, 4 no better than 3.
 FINAL_PHASE = 3.0
+# Below this many moments the nearest-neighbour phase runs from the first round (``default_final_phase``).
+SMALL_N = 8
 # How the final phase ranks its groups, the smallest reduced first (``partition.nearest_groups``):
 # by the group's term of the error bound, mass x radius^(k+1) about its centre point, so that a
 # group made heavy by earlier rounds waits longer than a light one of the same radius. The most
@@ -78,7 +83,7 @@ def clustered_weights(
     target: int,
     *,
     spare: int | None = None,
-    final_phase: float = FINAL_PHASE,
+    final_phase: float | None = None,
     round_fraction: float = DEFAULT_ROUND_FRACTION,
     group_width: str = DEFAULT_GROUP_WIDTH,
     final_drops: str = DEFAULT_FINAL_DROPS,
@@ -94,7 +99,9 @@ def clustered_weights(
             them before); with taper, also the scale of the taper. Default
             ``default_spare(N)``. Smaller is slower.
         final_phase: the nearest-neighbour phase starts at final_phase * target live points;
-            above that, kd cells halve the support. Larger is (a little) more accurate and slower.
+            above that, kd cells halve the support. Larger is (a little) more accurate and slower;
+            d / target or more (``math.inf``) skips the halving. Default
+            ``default_final_phase(N)``.
         round_fraction: in (0, 1], the fraction of the disjoint nearest-neighbour groups, smallest
             first (``group_width``), that a final-phase round may reduce (at least one group).
             Smaller is slower, and more accurate where the function is steep at the domain's
@@ -115,6 +122,7 @@ def clustered_weights(
     )
     n_features = n_moments(x.shape[1], k)
     spare = default_spare(n_features) if spare is None else spare
+    final_phase = default_final_phase(n_features) if final_phase is None else final_phase
     # The bookkeeping (cells, indices, weights) stays on the host in numpy, whose gathers and
     # scatters of a few thousand elements are 3-5x faster than torch's; each batch of cells goes
     # to x's device for the features and the elimination. The points are kept coordinate-major,
@@ -124,7 +132,7 @@ def clustered_weights(
     columns = to_box(coordinate_major.T).T.numpy()  # to_box takes (n, m) and keeps the layout
     c = weights.cpu().numpy().copy()
     live = np.flatnonzero(c > 0)
-    boundary = max(target, int(final_phase * target))
+    boundary = max(target, int(min(final_phase * target, len(live))))
     cells = None
     working_set = WORKING_SET_BYTES.get(x.device.type, WORKING_SET_BYTES["cpu"])
     while len(live) > target:
@@ -181,6 +189,16 @@ def default_spare(n_features: int) -> int:
     the error was about 0.6x for 4-26x the time. For N < 8 (m = 1) that is the proof's one point
     per group of N + 1: on E7 at m = 1, k = 2 (N = 3) its error was half that of dropping 2."""
     return max(1, n_features // 4)
+
+
+def default_final_phase(n_features: int) -> float:
+    """Where the nearest-neighbour phase starts, as a multiple of the target: FINAL_PHASE, or the
+    first round (inf) where N < SMALL_N. With so few moments a kd cell holds 2N + 2 <= 16 points,
+    whose widths vary widely in a uniform sample, and halving reduces them all at once, while the
+    nearest-neighbour phase reduces the narrowest groups first. On SPEC E1, d = 1000-8000 -> 0.1 d
+    (24 draws), that gave the lower error in 16 of the 17 (m, k) settings with N < 8 measured,
+    for 1.1-2.6x the time; at N >= 10 it was no better (docs/performance.md)."""
+    return math.inf if n_features < SMALL_N else FINAL_PHASE
 
 
 def _pick_groups(

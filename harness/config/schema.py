@@ -55,6 +55,7 @@ def _size_problem(value) -> str | None:
 
 
 UNIT_FRACTION = Check(lambda v: 0 < v <= 1, suffix="in (0, 1]")
+AT_LEAST_ONE = Check(lambda v: v >= 1, suffix=">= 1")
 SIZE_RULE = Check(lambda v: _size_problem(v) is None, explain=_size_problem)
 # SPEC 2: k is the highest degree of the moments matched; degree 0 alone is only the total weight.
 DEGREE = Check(
@@ -122,6 +123,12 @@ class CompressionConfig:
         "0.1d", check=SIZE_RULE, normal=lambda v: None if v is None else str(parse_size(v))
     )
     method: str = option("clustered", choices=("clustered", "global"))  # the moment arm's algorithm
+    # Where the clustered method's nearest-neighbour phase starts, as a multiple of d' live points
+    # (kd cells halve the support above it; harness/compression/clustered.py); null: 3, or the
+    # first round where N(m, k) < 8, where the nearest-neighbour groups alone are the more
+    # accurate against the authors' compressor (docs/performance.md); 1: kd halving only. Every
+    # run before null became the default had 3: those runs keep their ids. Read by the moment arm.
+    final_phase: float | None = option(None, check=AT_LEAST_ONE, arms=("moment",), legacy=3.0)
     # The clustered method's share of the disjoint nearest-neighbour groups that a final-phase
     # round reduces, smallest first by group_width (harness/compression/clustered.py); the global
     # method ignores it. 0.25 keeps the domain's boundary denser: the authors' accuracy on SPEC E1

@@ -53,11 +53,13 @@ def method_of(arm: str, compression: CompressionConfig) -> str:
 
 
 def moment_options(arm: str, compression: CompressionConfig) -> dict:
-    """The schedule options compress() takes for an arm: the moment arm's round_fraction,
-    group_width and final_drops when its method is the clustered one; nothing otherwise."""
+    """The schedule options compress() takes for an arm: the moment arm's final_phase,
+    round_fraction, group_width and final_drops when its method is the clustered one; nothing
+    otherwise."""
     if method_of(arm, compression) != "clustered":
         return {}
     return {
+        "final_phase": compression.final_phase,
         "round_fraction": compression.round_fraction,
         "group_width": compression.group_width,
         "final_drops": compression.final_drops,
