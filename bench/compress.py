@@ -45,6 +45,7 @@ from harness.compression.clustered import (
     clustered_weights,
     default_final_phase,
     default_spare,
+    halving_end,
 )
 from harness.compression.partition import merge_siblings
 
@@ -77,7 +78,7 @@ def plain_peel_clustered(
     unit = to_box(torch.as_tensor(points)).numpy()
     c = np.ones(len(points))
     live = np.arange(len(points))
-    boundary = max(target, int(min(default_final_phase(n_features) * target, len(points))))
+    boundary = halving_end(len(points), target, default_final_phase(n_features))
     cells = None
     while len(live) > target:
         if len(live) > boundary:

@@ -132,7 +132,7 @@ def clustered_weights(
     columns = to_box(coordinate_major.T).T.numpy()  # to_box takes (n, m) and keeps the layout
     c = weights.cpu().numpy().copy()
     live = np.flatnonzero(c > 0)
-    boundary = max(target, int(min(final_phase * target, len(live))))
+    boundary = halving_end(len(live), target, final_phase)
     cells = None
     working_set = WORKING_SET_BYTES.get(x.device.type, WORKING_SET_BYTES["cpu"])
     while len(live) > target:
@@ -189,6 +189,12 @@ def default_spare(n_features: int) -> int:
     the error was about 0.6x for 4-26x the time. For N < 8 (m = 1) that is the proof's one point
     per group of N + 1: on E7 at m = 1, k = 2 (N = 3) its error was half that of dropping 2."""
     return max(1, n_features // 4)
+
+
+def halving_end(n_live: int, target: int, final_phase: float) -> int:
+    """The live count at which kd halving gives way to nearest-neighbour groups: final_phase x
+    target, at least the target and at most ``n_live`` (inf: nearest-neighbour groups throughout)."""
+    return max(target, int(min(final_phase * target, n_live)))
 
 
 def default_final_phase(n_features: int) -> float:

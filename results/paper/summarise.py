@@ -233,8 +233,8 @@ def paired_plot(runs: dict[tuple, pd.Series], base: dict[tuple, pd.Series], name
             if not ratios:
                 continue
             frame = pd.concat(ratios, axis=1).dropna()
+            mean = np.exp(np.log(frame).mean(axis=1))
             for ax in axes[:, column] if arm in rerun_arms else axes[:1, column]:
-                mean = np.exp(np.log(frame).mean(axis=1))
                 line = ax.plot(frame.index, mean, label=label, lw=2 if source is runs else 1.2)[0]
                 ax.fill_between(frame.index, frame.min(axis=1), frame.max(axis=1), color=line.get_color(), alpha=0.2)
         for row, ax in enumerate(axes[:, column]):
