@@ -36,13 +36,13 @@ from harness.allocator import retain_freed_memory
 from harness.compression import compress, n_moments, raw_moments, relative_moment_error
 from harness.compression.basis import product_features, to_box
 from harness.compression.clustered import (
-    DEFAULT_FINAL_DROPS,
     DEFAULT_GROUP_WIDTH,
     DEFAULT_ROUND_FRACTION,
     _pick_cells,
     _pick_groups,
     _round_cells,
     clustered_weights,
+    default_final_drops,
     default_final_phase,
     default_spare,
     halving_end,
@@ -147,7 +147,7 @@ def main() -> None:
         ours_time, ours = min(result.seconds for result in ours), ours[0]
         fraction = schedule.get("round_fraction", DEFAULT_ROUND_FRACTION)
         width = schedule.get("group_width", DEFAULT_GROUP_WIDTH)
-        drops = schedule.get("final_drops", DEFAULT_FINAL_DROPS)
+        drops = schedule.get("final_drops") or default_final_drops(n_moments(m, k))
         peeling = functools.partial(plain_peel_clustered, points, k, target, fraction, width, drops)
         peel_time, peel = best_time(peeling, 1)
         peel_error = error_of(points, peel, k)

@@ -98,9 +98,11 @@ def compress(
             point, its term of the error bound), ``radius`` (the radius alone) or ``box`` (the
             bounding box's diagonal); docs/performance.md compares them.
         final_drops: ``clustered`` only: how many points a final-phase group drops: ``taper``
-            (default; fewer as the live count nears d', toward the proof's one) or ``scaled``
-            (N/4 x live / d' throughout: 1.1-1.2x faster on the SPEC's speed cases, larger errors
-            where d' is a few N; docs/performance.md).
+            (fewer as the live count nears d', toward the proof's one), ``scaled`` (N/4 x live /
+            d' throughout: 1.1-1.2x faster on the SPEC's speed cases, larger errors where d' is a
+            few N) or ``balanced`` (one point of N + 1, at the vertex that keeps the running
+            change of the next moments smallest: the groups' errors cancel); default balanced
+            where N(m, k) < 8, else taper (``clustered.default_final_drops``; docs/performance.md).
 
     Raises:
         ValueError: for an unknown method, a bad size, NaN/inf, wrong shapes, negative or

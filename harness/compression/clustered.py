@@ -28,6 +28,9 @@ in two phases:
    in the proof's one-group-at-a-time greedy: groups at the domain's boundary are wide (their
    neighbours lie on one side), so the boundary keeps more points. That matters where the
    function is steep at the boundary (SPEC E7's 1 / (A + <w, x>)); see ``DEFAULT_ROUND_FRACTION``.
+   Where N < SMALL_N every group holds N + 1 points and drops one, at whichever of its two
+   vertices keeps the running change of the degree k + 1 and k + 2 moments smallest, so that the
+   groups' errors cancel instead of adding up (``balance.py``, ``default_final_drops``).
 
 Every picked group is reduced at once with the batched Caratheodory elimination, each in its own
 [-1, 1]^m box and Legendre basis (so the moments of each group are preserved exactly).
@@ -40,6 +43,7 @@ import math
 import numpy as np
 import torch
 
+from harness.compression.balance import balanced_drop, higher_features
 from harness.compression.basis import n_moments, product_features, to_box
 from harness.compression.caratheodory import eliminate
 from harness.compression.methods import FINAL_DROPS, GROUP_WIDTHS, check_choice
@@ -52,7 +56,8 @@ WORKING_SET_BYTES = {"cpu": 8 << 20, "cuda": 1 << 30}
 # nearest-neighbour groups (where N >= SMALL_N, ``default_final_phase``). On the E1 settings
 # above, 3 gave about 0.75x the error of 2 for 1.6x the time, 4 no better than 3.
 FINAL_PHASE = 3.0
-# Below this many moments the nearest-neighbour phase runs from the first round (``default_final_phase``).
+# Below this many moments the nearest-neighbour phase runs from the first round
+# (``default_final_phase``) and its groups drop one point each, balanced (``default_final_drops``).
 SMALL_N = 8
 # How the final phase ranks its groups, the smallest reduced first (``partition.nearest_groups``):
 # by the group's term of the error bound, mass x radius^(k+1) about its centre point, so that a
@@ -64,12 +69,13 @@ DEFAULT_GROUP_WIDTH = "bound"
 # m = 1 and 2 and E1's by up to 1.8, for 2.7-4x the time; accuracy first, so 0.25 by default, and
 # 1 (every group) is the fast schedule.
 DEFAULT_ROUND_FRACTION = 0.25
-# How many points a final-phase group drops (``_pick_groups``): ``taper`` (default) fewer and
-# fewer as the live count nears the target, toward the proof's one point per group of N + 1;
-# ``scaled`` spare x live / target throughout. The last reductions dominate the bound, and where
-# d' is a few N the few groups left then are wide: on SPEC E1 at k = 6, d' = 200, taper is below
-# the authors' error where scaled is above it, for a little more time (docs/performance.md).
-DEFAULT_FINAL_DROPS = "taper"
+# How many points a final-phase group drops (``_pick_groups``) where N >= SMALL_N
+# (``default_final_drops``): ``taper``, fewer and fewer as the live count nears the target, toward
+# the proof's one point per group of N + 1; ``scaled``, spare x live / target throughout. The
+# last reductions dominate the bound, and where d' is a few N the few groups left then are wide:
+# on SPEC E1 at k = 6, d' = 200, taper is below the authors' error where scaled is above it, for
+# a little more time (docs/performance.md). ``balanced`` (below SMALL_N) is ``balance.py``'s.
+FINAL_DROPS_FROM_SMALL_N = "taper"
 # The taper's slope (``_pick_groups``): the largest of those tried (1, 2, 3, 4, 6, 10) that keeps
 # E1 at (m, k) = (3, 6), d' = 200 below the authors' error; smaller ones take more rounds.
 TAPER_SLOPE = 3.0
@@ -86,7 +92,7 @@ def clustered_weights(
     final_phase: float | None = None,
     round_fraction: float = DEFAULT_ROUND_FRACTION,
     group_width: str = DEFAULT_GROUP_WIDTH,
-    final_drops: str = DEFAULT_FINAL_DROPS,
+    final_drops: str | None = None,
 ) -> torch.Tensor:
     """Weights on the rows of x (n, m): ``target`` non-zero (fewer only on exact ties), equal moments per group.
 
@@ -109,9 +115,11 @@ def clustered_weights(
         group_width: ``bound``, ``radius`` or ``box``: how the final phase ranks its groups,
             the smallest first: mass x radius^(k+1), the radius, or the box diagonal
             (``partition.nearest_groups``).
-        final_drops: ``taper`` or ``scaled``: how many points a final-phase group drops, fewer
-            toward one as the live count nears the target (taper) or spare x live / target
-            throughout (scaled); see ``_pick_groups``.
+        final_drops: ``taper``, ``scaled`` or ``balanced``: how many points a final-phase group
+            drops, fewer toward one as the live count nears the target (taper), spare x live /
+            target throughout (scaled; see ``_pick_groups``), or one of N + 1 at the vertex that
+            balances the next moments' running change (balanced; ``balance.py``). Default
+            ``default_final_drops(N)``.
     """
     check_schedule(
         spare=spare,
@@ -123,6 +131,7 @@ def clustered_weights(
     n_features = n_moments(x.shape[1], k)
     spare = default_spare(n_features) if spare is None else spare
     final_phase = default_final_phase(n_features) if final_phase is None else final_phase
+    final_drops = default_final_drops(n_features) if final_drops is None else final_drops
     # The bookkeeping (cells, indices, weights) stays on the host in numpy, whose gathers and
     # scatters of a few thousand elements are 3-5x faster than torch's; each batch of cells goes
     # to x's device for the features and the elimination. The points are kept coordinate-major,
@@ -134,26 +143,35 @@ def clustered_weights(
     live = np.flatnonzero(c > 0)
     boundary = halving_end(len(live), target, final_phase)
     cells = None
+    running = None  # balanced drops: the running change of the higher moments (balance.py)
     working_set = WORKING_SET_BYTES.get(x.device.type, WORKING_SET_BYTES["cpu"])
     while len(live) > target:
         points = np.take(columns, live, axis=1).T
-        if len(live) > boundary:
+        halving = len(live) > boundary
+        if halving:
             cells = _round_cells(cells, points, n_features)
             members, remove = _pick_cells(cells, points, len(live) - boundary, n_features)
         else:
             members, remove = _pick_groups(points, c[live], k, target, spare, round_fraction, group_width, final_drops)
+        balanced = not halving and final_drops == "balanced"
         size = members.shape[1]
         per_batch = max(1, working_set // (8 * size * (size - n_features)))
         for start in range(0, len(members), per_batch):
             rows = live[members[start : start + per_batch]]
             cell_points = torch.as_tensor(np.take(columns, rows, axis=1), device=x.device).permute(1, 2, 0)
             features = product_features(to_box(cell_points), k)
-            cut = torch.as_tensor(remove[start : start + per_batch], device=x.device)
-            c[rows] = eliminate(features, torch.as_tensor(c[rows], device=x.device), cut).cpu().numpy()
+            group_weights = torch.as_tensor(c[rows], device=x.device)
+            if balanced:
+                higher = higher_features(cell_points, k)  # in the whole set's box, as the columns
+                running = np.zeros(higher.shape[2]) if running is None else running
+                c[rows] = balanced_drop(features, group_weights, higher, running).cpu().numpy()
+            else:
+                cut = torch.as_tensor(remove[start : start + per_batch], device=x.device)
+                c[rows] = eliminate(features, group_weights, cut).cpu().numpy()
         survivors = c[live] > 0
         if survivors.all():
             raise RuntimeError("clustered compression made no progress; please report this input")
-        if len(live) > boundary:
+        if halving:
             cells = merge_siblings(cells, survivors)
         live = live[survivors]
     return torch.as_tensor(c, device=x.device)
@@ -207,6 +225,15 @@ def default_final_phase(n_features: int) -> float:
     return math.inf if n_features < SMALL_N else FINAL_PHASE
 
 
+def default_final_drops(n_features: int) -> str:
+    """How a final-phase group drops its points: ``balanced`` where N < SMALL_N (one point per
+    group of N + 1, at the vertex that keeps the running change of the next moments smallest,
+    ``balance.py``), else FINAL_DROPS_FROM_SMALL_N. On SPEC E1 at N < 8, d = 1000-8000 -> 0.1 d,
+    balanced gave 0.1-0.7x taper's error for about twice the time; at N = 10-35 (d = 2000) 0.6-1.2x
+    for 5-30x the time, its rounds dropping one point per group (docs/performance.md)."""
+    return "balanced" if n_features < SMALL_N else FINAL_DROPS_FROM_SMALL_N
+
+
 def _pick_groups(
     points: np.ndarray,
     weights: np.ndarray,
@@ -226,11 +253,12 @@ def _pick_groups(
     of the module docstring: the same errors as spare throughout, 15-30% faster. Near the end,
     where the terms are largest, ``taper`` drops fewer: at most the nearest integer to
     1 + TAPER_SLOPE x spare x (live - target) / target, which falls toward the proof's one point
-    per group of N + 1 as the live count nears the target.
+    per group of N + 1 as the live count nears the target. ``balanced`` drops that one point from
+    every group, throughout.
     """
     n_features = n_moments(points.shape[1], k)
     excess = len(points) - target
-    drop = spare * len(points) // target
+    drop = 1 if drops == "balanced" else spare * len(points) // target
     if drops == "taper":
         drop = min(drop, round(1 + TAPER_SLOPE * spare * excess / target))
     groups = nearest_groups(points, n_features + drop, width=width, weights=weights, k=k)

@@ -6,7 +6,7 @@ value against such a list."""
 
 METHODS = ("clustered", "global", "random", "kmeans")
 GROUP_WIDTHS = ("bound", "radius", "box")
-FINAL_DROPS = ("taper", "scaled")
+FINAL_DROPS = ("taper", "scaled", "balanced")
 
 
 def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:

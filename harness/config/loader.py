@@ -196,7 +196,7 @@ def _validate(value: Any, hint, f, key: str):
         result = coerce(value, hint)
     except TypeError:
         result = _INVALID
-    if choices is not None and result is not _INVALID and result not in choices:
+    if choices is not None and result not in (_INVALID, None) and result not in choices:
         raise ConfigError(key, f"expected one of {', '.join(choices)}, got {value!r}")
     fails = result is not _INVALID and check is not None and result is not None and not check.holds(result)
     if fails and check.explain is not None:

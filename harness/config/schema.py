@@ -142,10 +142,13 @@ class CompressionConfig:
     # before radius became the default had box: those runs keep their ids. Read by the moment arm.
     group_width: str = option("bound", choices=GROUP_WIDTHS, arms=("moment",), legacy="box")
     # How many points a group of the clustered method's final phase drops: "taper", fewer as the
-    # live count nears d', toward the proof's one, or "scaled", N/4 x live / d' throughout; taper
-    # is the more accurate where d' is a few N (docs/performance.md). Every run before taper
-    # became the default had scaled: those runs keep their ids. Read by the moment arm.
-    final_drops: str = option("taper", choices=FINAL_DROPS, arms=("moment",), legacy="scaled")
+    # live count nears d', toward the proof's one, "scaled", N/4 x live / d' throughout, or
+    # "balanced", one point of N + 1 at the vertex that keeps the running change of the next
+    # moments smallest (harness/compression/balance.py); null: balanced where N(m, k) < 8, else
+    # taper, the more accurate against the authors' compressor (docs/performance.md). Every run
+    # before taper became the default had scaled, and every run from then until null did had
+    # taper, which its id names: both keep their ids. Read by the moment arm.
+    final_drops: str | None = option(None, choices=FINAL_DROPS, arms=("moment",), legacy="scaled")
     # The imp arm (iterative magnitude pruning, harness/experiments/imp.py): rounds of train ->
     # prune -> rewind, each round keeping a fixed fraction of the neurons so that the last leaves
     # the moment arm's width (3 rounds from E3's 1e4 to 1e3 keep (1e3/1e4)^(1/3) = 46% each), and
