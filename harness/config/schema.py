@@ -146,8 +146,9 @@ class CompressionConfig:
     # "balanced", one point of N + 1 at the vertex that keeps the running change of the next
     # moments smallest (harness/compression/balance.py); null: balanced where N(m, k) < 8, else
     # taper, the more accurate against the authors' compressor (docs/performance.md). Every run
-    # before taper became the default had scaled, and every run from then until null did had
-    # taper, which its id names: both keep their ids. Read by the moment arm.
+    # before taper became the default had scaled, which its id leaves out; every run from then
+    # until null did had taper, which its id names: a config naming taper plans it again under
+    # its id. Read by the moment arm.
     final_drops: str | None = option(None, choices=FINAL_DROPS, arms=("moment",), legacy="scaled")
     # The imp arm (iterative magnitude pruning, harness/experiments/imp.py): rounds of train ->
     # prune -> rewind, each round keeping a fixed fraction of the neurons so that the last leaves
