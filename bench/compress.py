@@ -73,7 +73,9 @@ def plain_peel_clustered(
     points: np.ndarray, k: int, target: int, fraction: float, width: str, drops: str
 ) -> np.ndarray:
     """The clustered schedule of harness.compression.clustered (round_fraction ``fraction``,
-    group_width ``width``, final_drops ``drops``) with plain peeling inside."""
+    group_width ``width``, final_drops ``drops``) with plain peeling inside. With ``balanced``
+    drops it peels one point per group of N + 1 without choosing the vertex (the SPEC's speed
+    cases, N >= 28, use taper)."""
     n_features = n_moments(points.shape[1], k)
     unit = to_box(torch.as_tensor(points)).numpy()
     c = np.ones(len(points))

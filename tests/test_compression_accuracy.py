@@ -20,7 +20,7 @@ import torch
 from scipy import stats
 
 from harness.cli import main
-from harness.compression import compress, n_moments, parse_size
+from harness.compression import clustered, compress, n_moments, parse_size
 from harness.compression.balance import balanced_drop, higher_features
 from harness.compression.basis import exponents, product_features, to_box
 from harness.compression.clustered import clustered_weights
@@ -340,6 +340,29 @@ def test_balanced_drop_takes_the_vertex_that_keeps_the_running_change_smaller():
         assert (new[b] == 0).sum() == 1
         np.testing.assert_allclose(monomial_moments(points[b], new[b], k), monomial_moments(points[b], weights[b], k))
     np.testing.assert_allclose(found, expected_running, rtol=1e-9, atol=1e-15)
+
+
+def test_balanced_drops_carry_the_running_change_across_batches(monkeypatch):
+    """The running change passes from batch to batch in group order: batches of 3 groups give
+    the weights of one batch per round."""
+    points = np.random.default_rng(12).uniform(-1.0, 1.0, (1500, 2))
+    x, w = torch.as_tensor(points), torch.ones(1500, dtype=torch.float64)
+    whole = clustered_weights(x, w, 1, 150).numpy()  # N = 3: balanced, groups of 4
+    monkeypatch.setitem(clustered.WORKING_SET_BYTES, "cpu", 8 * 4 * 3)
+    batched = clustered_weights(x, w, 1, 150).numpy()
+    np.testing.assert_array_equal(batched > 0, whole > 0)
+    np.testing.assert_allclose(batched, whole, rtol=1e-12)
+
+
+def test_balanced_drops_keep_exact_moments_on_repeated_points():
+    # Every point five times: groups of N + 1 with repeated rows have rank-deficient features.
+    rng = np.random.default_rng(13)
+    for m, k in ((1, 2), (2, 1)):
+        points = np.repeat(rng.uniform(-1.0, 1.0, (300, m)), 5, axis=0)
+        result = compress(points, k=k, size=150)
+        assert result.size == 150 and (result.weights > 0).all()
+        reference = monomial_moments(points, np.ones(len(points)), k)
+        np.testing.assert_allclose(monomial_moments(result.points, result.weights, k), reference, rtol=1e-12)
 
 
 def monomial_matrix(points: np.ndarray, k: int) -> np.ndarray:

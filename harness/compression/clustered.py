@@ -43,7 +43,7 @@ import math
 import numpy as np
 import torch
 
-from harness.compression.balance import balanced_drop, higher_features
+from harness.compression.balance import BALANCE_DEGREES, balanced_drop, higher_features
 from harness.compression.basis import n_moments, product_features, to_box
 from harness.compression.caratheodory import eliminate
 from harness.compression.methods import FINAL_DROPS, GROUP_WIDTHS, check_choice
@@ -75,7 +75,7 @@ DEFAULT_ROUND_FRACTION = 0.25
 # last reductions dominate the bound, and where d' is a few N the few groups left then are wide:
 # on SPEC E1 at k = 6, d' = 200, taper is below the authors' error where scaled is above it, for
 # a little more time (docs/performance.md). ``balanced`` (below SMALL_N) is ``balance.py``'s.
-FINAL_DROPS_FROM_SMALL_N = "taper"
+LARGE_N_FINAL_DROPS = "taper"
 # The taper's slope (``_pick_groups``): the largest of those tried (1, 2, 3, 4, 6, 10) that keeps
 # E1 at (m, k) = (3, 6), d' = 200 below the authors' error; smaller ones take more rounds.
 TAPER_SLOPE = 3.0
@@ -143,7 +143,9 @@ def clustered_weights(
     live = np.flatnonzero(c > 0)
     boundary = halving_end(len(live), target, final_phase)
     cells = None
-    running = None  # balanced drops: the running change of the higher moments (balance.py)
+    # Balanced drops: the running change of the higher moments (balance.py), from the first
+    # balanced round on; kd halving before it (a finite final_phase) is not counted.
+    running = np.zeros(n_moments(x.shape[1], k + BALANCE_DEGREES) - n_features)
     working_set = WORKING_SET_BYTES.get(x.device.type, WORKING_SET_BYTES["cpu"])
     while len(live) > target:
         points = np.take(columns, live, axis=1).T
@@ -163,7 +165,6 @@ def clustered_weights(
             group_weights = torch.as_tensor(c[rows], device=x.device)
             if balanced:
                 higher = higher_features(cell_points, k)  # in the whole set's box, as the columns
-                running = np.zeros(higher.shape[2]) if running is None else running
                 c[rows] = balanced_drop(features, group_weights, higher, running).cpu().numpy()
             else:
                 cut = torch.as_tensor(remove[start : start + per_batch], device=x.device)
@@ -228,10 +229,10 @@ def default_final_phase(n_features: int) -> float:
 def default_final_drops(n_features: int) -> str:
     """How a final-phase group drops its points: ``balanced`` where N < SMALL_N (one point per
     group of N + 1, at the vertex that keeps the running change of the next moments smallest,
-    ``balance.py``), else FINAL_DROPS_FROM_SMALL_N. On SPEC E1 at N < 8, d = 1000-8000 -> 0.1 d,
-    balanced gave 0.1-0.7x taper's error for about twice the time; at N = 10-35 (d = 2000) 0.6-1.2x
-    for 5-30x the time, its rounds dropping one point per group (docs/performance.md)."""
-    return "balanced" if n_features < SMALL_N else FINAL_DROPS_FROM_SMALL_N
+    ``balance.py``), else LARGE_N_FINAL_DROPS. On SPEC E1 at N < 8, d = 1000-8000 -> 0.1 d (24
+    draws), balanced gave 0.1-0.8x taper's error for up to 2.9x the time; at N = 10-35 (d = 2000)
+    0.6-1.2x for 5-30x the time, its rounds dropping one point per group (docs/performance.md)."""
+    return "balanced" if n_features < SMALL_N else LARGE_N_FINAL_DROPS
 
 
 def _pick_groups(

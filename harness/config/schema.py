@@ -147,8 +147,8 @@ class CompressionConfig:
     # moments smallest (harness/compression/balance.py); null: balanced where N(m, k) < 8, else
     # taper, the more accurate against the authors' compressor (docs/performance.md). Every run
     # before taper became the default had scaled, which its id leaves out; every run from then
-    # until null did had taper, which its id names: a config naming taper plans it again under
-    # its id. Read by the moment arm.
+    # until null became the default had taper, which its id names: a config naming taper plans
+    # it again under its id. Read by the moment arm.
     final_drops: str | None = option(None, choices=FINAL_DROPS, arms=("moment",), legacy="scaled")
     # The imp arm (iterative magnitude pruning, harness/experiments/imp.py): rounds of train ->
     # prune -> rewind, each round keeping a fixed fraction of the neurons so that the last leaves
