@@ -34,11 +34,19 @@ from harness.experiments.common import compress_objects
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def multi_indices(m: int, k: int) -> list[tuple[int, ...]]:
+    """Every multi-index a in N^m with |a| <= k, graded (degree 0 first), by brute force."""
+    return sorted((a for a in itertools.product(range(k + 1), repeat=m) if sum(a) <= k), key=sum)
+
+
+def monomial_matrix(points: np.ndarray, indices: list) -> np.ndarray:
+    """prod_j x_ij^a_j for every point and every multi-index a of ``indices``: (n, len(indices))."""
+    return np.stack([np.prod(points ** np.array(a), axis=1) for a in indices], axis=1)
+
+
 def monomial_moments(points: np.ndarray, weights: np.ndarray, k: int) -> np.ndarray:
     """sum_i w_i prod_j x_ij^a_j for every multi-index a with |a| <= k, by brute force."""
-    m = points.shape[1]
-    indices = [a for a in itertools.product(range(k + 1), repeat=m) if sum(a) <= k]
-    return np.array([weights @ np.prod(points ** np.array(a), axis=1) for a in indices])
+    return weights @ monomial_matrix(points, multi_indices(points.shape[1], k))
 
 
 @pytest.mark.parametrize(
@@ -323,16 +331,14 @@ def test_balanced_drop_takes_the_vertex_that_keeps_the_running_change_smaller():
     expected_running = running.copy()
     # running's entries follow basis.exponents' order of the multi-indices of degree k + 1, k + 2
     higher_indices = [tuple(a) for a in exponents(m, k + 2) if k < sum(a)]
-    graded = sorted((a for a in itertools.product(range(k + 3), repeat=m) if k < sum(a) <= k + 2), key=sum)
-    order = [graded.index(a) for a in higher_indices]
     for b in range(groups):
-        moments = monomial_matrix(points[b], k) * weights[b][:, None]  # (N + 1, N)
+        moments = monomial_matrix(points[b], multi_indices(m, k)) * weights[b][:, None]  # (N + 1, N)
         null = np.linalg.svd(moments.T)[2][-1]  # the ratio u = new / old moves along it
         vertices = []
         for t in (np.min(-1.0 / null[null < 0]), np.max(-1.0 / null[null > 0])):
             ratio = np.clip(1.0 + t * null, 0.0, None)
             ratio[np.argmin(ratio)] = 0.0
-            change = (weights[b] * (ratio - 1.0)) @ monomial_matrix(points[b], k + 2)[:, n_features:][:, order]
+            change = (weights[b] * (ratio - 1.0)) @ monomial_matrix(points[b], higher_indices)
             vertices.append((np.sum((expected_running + change) ** 2) + np.sum(change**2), ratio, change))
         _, ratio, change = min(vertices, key=lambda vertex: vertex[0])
         expected_running += change
@@ -363,14 +369,6 @@ def test_balanced_drops_keep_exact_moments_on_repeated_points():
         assert result.size == 150 and (result.weights > 0).all()
         reference = monomial_moments(points, np.ones(len(points)), k)
         np.testing.assert_allclose(monomial_moments(result.points, result.weights, k), reference, rtol=1e-12)
-
-
-def monomial_matrix(points: np.ndarray, k: int) -> np.ndarray:
-    """prod_j x_ij^a_j for every point and every multi-index a with |a| <= k, graded (degree 0
-    first), by brute force: (n, N(m, k))."""
-    m = points.shape[1]
-    indices = sorted((a for a in itertools.product(range(k + 1), repeat=m) if sum(a) <= k), key=sum)
-    return np.stack([np.prod(points ** np.array(a), axis=1) for a in indices], axis=1)
 
 
 @pytest.mark.parametrize(("m", "k", "d"), [(1, 1, 1000), (4, 1, 4000)])
