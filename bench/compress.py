@@ -42,10 +42,10 @@ from harness.compression.clustered import (
     _pick_groups,
     _round_cells,
     clustered_weights,
-    default_final_drops,
     default_final_phase,
     default_spare,
     halving_end,
+    resolve_final_drops,
 )
 from harness.compression.partition import merge_siblings
 
@@ -74,8 +74,7 @@ def plain_peel_clustered(
 ) -> np.ndarray:
     """The clustered schedule of harness.compression.clustered (round_fraction ``fraction``,
     group_width ``width``, final_drops ``drops``) with plain peeling inside. With ``balanced``
-    drops it peels one point per group of N + 1 without choosing the vertex (the SPEC's speed
-    cases, N >= 28, use taper)."""
+    drops it peels one point per group of N + 1 as they do, without choosing the vertex."""
     n_features = n_moments(points.shape[1], k)
     unit = to_box(torch.as_tensor(points)).numpy()
     c = np.ones(len(points))
@@ -149,7 +148,7 @@ def main() -> None:
         ours_time, ours = min(result.seconds for result in ours), ours[0]
         fraction = schedule.get("round_fraction", DEFAULT_ROUND_FRACTION)
         width = schedule.get("group_width", DEFAULT_GROUP_WIDTH)
-        drops = schedule.get("final_drops") or default_final_drops(n_moments(m, k))
+        drops = resolve_final_drops(schedule.get("final_drops"), n_moments(m, k), target)
         peeling = functools.partial(plain_peel_clustered, points, k, target, fraction, width, drops)
         peel_time, peel = best_time(peeling, 1)
         peel_error = error_of(points, peel, k)

@@ -141,9 +141,10 @@ def test_run_id_ignores_cosmetic_keys_and_explicit_defaults():
 def test_run_id_hashes_only_non_default_fields_so_new_defaulted_fields_keep_old_ids():
     before = {"experiment": "width", "task": {"name": "harmonic"}, "train": {"steps": 100}}
     # compression.round_fraction's default changed from 1 (its legacy value) to 0.25, and
-    # group_width's from box to radius and then bound, final_drops' from scaled to taper and then
-    # null, final_phase's from 3 to null: the id names the new defaults (and taper, which the runs
-    # between its two changes name), and the legacy values hash as before, each on its own.
+    # group_width's from box to radius and then bound, final_drops' from scaled to taper, then
+    # null (balanced below N = 8) and then auto, final_phase's from 3 to null: the id names the
+    # new defaults (and taper and null, which the runs between the changes name), and the legacy
+    # values hash as before, each on its own.
     legacy = [
         "compression.round_fraction=1",
         "compression.group_width=box",
@@ -158,15 +159,17 @@ def test_run_id_hashes_only_non_default_fields_so_new_defaulted_fields_keep_old_
     }
     assert canonical(parse_config(BASE, "x", legacy[3:])) == {
         **before,
-        "compression": {"round_fraction": 0.25, "group_width": "bound", "final_drops": None},
+        "compression": {"round_fraction": 0.25, "group_width": "bound", "final_drops": "auto"},
     }
-    assert canonical(parse_config(BASE, "x", [*legacy[3:], "compression.final_drops=taper"])) == {
-        **before,
-        "compression": {"round_fraction": 0.25, "group_width": "bound", "final_drops": "taper"},
-    }
+    for drops in ("taper", "null", "balanced_below_8"):
+        named = None if drops in ("null", "balanced_below_8") else drops  # one id for the two spellings
+        assert canonical(parse_config(BASE, "x", [*legacy[3:], f"compression.final_drops={drops}"])) == {
+            **before,
+            "compression": {"round_fraction": 0.25, "group_width": "bound", "final_drops": named},
+        }
     assert canonical(parse_config(BASE)) == {
         **before,
-        "compression": {"round_fraction": 0.25, "group_width": "bound", "final_drops": None, "final_phase": None},
+        "compression": {"round_fraction": 0.25, "group_width": "bound", "final_drops": "auto", "final_phase": None},
     }
 
 

@@ -97,12 +97,13 @@ def compress(
             reduced first: ``bound`` (default; mass x radius^(k+1) about the group's centre
             point, its term of the error bound), ``radius`` (the radius alone) or ``box`` (the
             bounding box's diagonal); docs/performance.md compares them.
-        final_drops: ``clustered`` only: how many points a final-phase group drops: ``taper``
-            (fewer as the live count nears d', toward the proof's one), ``scaled`` (N/4 x live /
-            d' throughout: 1.1-1.2x faster on the SPEC's speed cases, larger errors where d' is a
-            few N) or ``balanced`` (one point of N + 1, at the vertex that keeps the running
-            change of the next moments smallest: the groups' errors cancel); default balanced
-            where N(m, k) < 8, else taper (``clustered.default_final_drops``; docs/performance.md).
+        final_drops: ``clustered`` only: how many points a final-phase group drops: ``balanced``
+            (one point of N + 1, at the vertex that keeps the running change of the next
+            moments smallest: the groups' errors cancel), ``taper`` (fewer as the live count
+            nears d', toward the proof's one: 2-50x faster where N >= 10), ``scaled`` (N/4 x
+            live / d' throughout), ``auto`` (default: balanced where N(m, k) < 8 or d' < 4 N,
+            else taper) or ``balanced_below_8`` (balanced where N(m, k) < 8, else taper);
+            docs/performance.md compares them.
 
     Raises:
         ValueError: for an unknown method, a bad size, NaN/inf, wrong shapes, negative or

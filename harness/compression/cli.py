@@ -74,10 +74,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--final-drops",
         choices=FINAL_DROPS,
         default=None,
-        help="clustered only: how many points a nearest-neighbour group drops: taper, fewer as the live count "
-        "nears d', toward the proof's one; scaled, N/4 x live / d' throughout (1.1-1.2x faster, larger errors "
-        "where d' is a few N); balanced, one of N + 1 at the vertex that keeps the next moments' running change "
-        "smallest (default: balanced where N(m, k) < 8, else taper)",
+        help="clustered only: how many points a nearest-neighbour group drops: balanced, one of N + 1 at the vertex "
+        "that keeps the next moments' running change smallest; taper, fewer as the live count nears d', toward "
+        "the proof's one (2-50x faster where N >= 10); scaled, N/4 x live / d' throughout; auto (default), "
+        "balanced where N(m, k) < 8 or d' < 4 N, else taper; balanced_below_8, balanced where N(m, k) < 8, "
+        "else taper",
     )
     parser.add_argument("--out", type=Path, required=True, metavar="OUT.npz", help="where to write the result")
     parser.set_defaults(handler=run)

@@ -14,12 +14,16 @@ in two phases:
    (cell size - N) covers the excess over the phase's end, the last one only partly (a cell a
    point or two larger than the smallest takes part with that many points, the rest waiting, so
    that one batch holds them all). Each round removes up to half of the live points.
-2. nearest-neighbour, down to d': groups of N + s nearest live points, re-formed every round,
-   the disjoint ones with the smallest term of the error bound first, mass x radius^(k+1)
-   (``partition.nearest_groups``), each dropping its s points: spare x live / target, tapering
-   toward one as the live count nears the target (``final_drops``, ``_pick_groups``): the greedy
-   choice of the proof, and the authors' final phase (which ranks by diameter), a batch of
-   groups per round instead of one group.
+2. nearest-neighbour, down to d': groups of nearest live points, re-formed every round, the
+   disjoint ones with the smallest term of the error bound first, mass x radius^(k+1)
+   (``partition.nearest_groups``): the greedy choice of the proof, and the authors' final phase
+   (which ranks by diameter), a batch of groups per round instead of one group. With
+   ``final_drops`` balanced every group holds N + 1 points and drops one, at whichever of its
+   two vertices keeps the running change of the degree k + 1 and k + 2 moments smallest, so that
+   the groups' errors cancel instead of adding up (``balance.py``). With ``taper``, the faster
+   schedule, a group of N + s points drops s: spare x live / target, fewer toward one as the live
+   count nears the target (``_pick_groups``). The default, ``auto``, is balanced where N < 8 or
+   d' < 4 N, taper elsewhere (``resolve_final_drops``).
    Measured on SPEC E1's sigmoid-sum, (m, k) = (2, 3), (3, 4), d = 2000 and 8000 -> 0.1 d (8
    draws, each scored on 100 probe sets): 2.2-4.3x smaller errors than halving all the way
    (``final_phase=1``, the fast end of the trade-off), for 2-4x the time;
@@ -28,9 +32,6 @@ in two phases:
    in the proof's one-group-at-a-time greedy: groups at the domain's boundary are wide (their
    neighbours lie on one side), so the boundary keeps more points. That matters where the
    function is steep at the boundary (SPEC E7's 1 / (A + <w, x>)); see ``DEFAULT_ROUND_FRACTION``.
-   Where N < SMALL_N every group holds N + 1 points and drops one, at whichever of its two
-   vertices keeps the running change of the degree k + 1 and k + 2 moments smallest, so that the
-   groups' errors cancel instead of adding up (``balance.py``, ``default_final_drops``).
 
 Every picked group is reduced at once with the batched Caratheodory elimination, each in its own
 [-1, 1]^m box and Legendre basis (so the moments of each group are preserved exactly).
@@ -57,7 +58,7 @@ WORKING_SET_BYTES = {"cpu": 8 << 20, "cuda": 1 << 30}
 # above, 3 gave about 0.75x the error of 2 for 1.6x the time, 4 no better than 3.
 FINAL_PHASE = 3.0
 # Below this many moments the nearest-neighbour phase runs from the first round
-# (``default_final_phase``) and its groups drop one point each, balanced (``default_final_drops``).
+# (``default_final_phase``) and its groups drop one point each, balanced (``resolve_final_drops``).
 SMALL_N = 8
 # How the final phase ranks its groups, the smallest reduced first (``partition.nearest_groups``):
 # by the group's term of the error bound, mass x radius^(k+1) about its centre point, so that a
@@ -69,13 +70,16 @@ DEFAULT_GROUP_WIDTH = "bound"
 # m = 1 and 2 and E1's by up to 1.8, for 2.7-4x the time; accuracy first, so 0.25 by default, and
 # 1 (every group) is the fast schedule.
 DEFAULT_ROUND_FRACTION = 0.25
-# How many points a final-phase group drops (``_pick_groups``) where N >= SMALL_N
-# (``default_final_drops``): ``taper``, fewer and fewer as the live count nears the target, toward
-# the proof's one point per group of N + 1; ``scaled``, spare x live / target throughout. The
-# last reductions dominate the bound, and where d' is a few N the few groups left then are wide:
-# on SPEC E1 at k = 6, d' = 200, taper is below the authors' error where scaled is above it, for
-# a little more time (docs/performance.md). ``balanced`` (below SMALL_N) is ``balance.py``'s.
-LARGE_N_FINAL_DROPS = "taper"
+# ``final_drops`` auto, the default (``resolve_final_drops``): balanced drops where N < SMALL_N or
+# the target is below BALANCED_SIZE x N, taper elsewhere. Against the authors' compressor on SPEC
+# E1 (docs/performance.md), balanced drops gave 0.13-0.49x their error where N < 8 (taper
+# 0.41-1.22x); at N >= 10 0.35-0.94x where taper gave 0.47-1.07x, for 2-50x taper's time. Where
+# d' < 4 N taper's margin was thin (0.70-1.07x, 0.84 or more in 12 of 13 rows; above 1 only at
+# d' < 2 N), balanced's 0.52-0.94x.
+# Where d' is more N, taper's groups are narrower, its errors were 0.47-1.00x the authors', and it
+# is the faster schedule; on E7 at (m, k, d) = (2, 6, 8000), d' = 58 N, balanced drops gave
+# 1.07x the authors' error [0.70, 1.64] where taper gave 0.86x.
+BALANCED_SIZE = 4
 # The taper's slope (``_pick_groups``): the largest of those tried (1, 2, 3, 4, 6, 10) that keeps
 # E1 at (m, k) = (3, 6), d' = 200 below the authors' error; smaller ones take more rounds.
 TAPER_SLOPE = 3.0
@@ -115,11 +119,12 @@ def clustered_weights(
         group_width: ``bound``, ``radius`` or ``box``: how the final phase ranks its groups,
             the smallest first: mass x radius^(k+1), the radius, or the box diagonal
             (``partition.nearest_groups``).
-        final_drops: ``taper``, ``scaled`` or ``balanced``: how many points a final-phase group
-            drops, fewer toward one as the live count nears the target (taper), spare x live /
-            target throughout (scaled; see ``_pick_groups``), or one of N + 1 at the vertex that
-            balances the next moments' running change (balanced; ``balance.py``). Default
-            ``default_final_drops(N)``.
+        final_drops: ``auto``, ``balanced``, ``taper``, ``scaled`` or ``balanced_below_8``: how
+            many points a final-phase group drops: one of N + 1 at the vertex that balances the
+            next moments' running change (balanced; ``balance.py``), fewer toward one as the
+            live count nears the target (taper), spare x live / target throughout (scaled; see
+            ``_pick_groups``); auto (None: the default) and balanced_below_8 choose between
+            balanced and taper by N and the target (``resolve_final_drops``).
     """
     check_schedule(
         spare=spare,
@@ -131,7 +136,7 @@ def clustered_weights(
     n_features = n_moments(x.shape[1], k)
     spare = default_spare(n_features) if spare is None else spare
     final_phase = default_final_phase(n_features) if final_phase is None else final_phase
-    final_drops = default_final_drops(n_features) if final_drops is None else final_drops
+    final_drops = resolve_final_drops(final_drops, n_features, target)
     # The bookkeeping (cells, indices, weights) stays on the host in numpy, whose gathers and
     # scatters of a few thousand elements are 3-5x faster than torch's; each batch of cells goes
     # to x's device for the features and the elimination. The points are kept coordinate-major,
@@ -226,13 +231,18 @@ def default_final_phase(n_features: int) -> float:
     return math.inf if n_features < SMALL_N else FINAL_PHASE
 
 
-def default_final_drops(n_features: int) -> str:
-    """How a final-phase group drops its points: ``balanced`` where N < SMALL_N (one point per
-    group of N + 1, at the vertex that keeps the running change of the next moments smallest,
-    ``balance.py``), else LARGE_N_FINAL_DROPS. On SPEC E1 at N < 8, d = 1000-8000 -> 0.1 d (24
-    draws), balanced gave 0.1-0.8x taper's error for up to 2.9x the time; at N = 10-35 (d = 2000)
-    0.6-1.2x for 5-30x the time, its rounds dropping one point per group (docs/performance.md)."""
-    return "balanced" if n_features < SMALL_N else LARGE_N_FINAL_DROPS
+def resolve_final_drops(final_drops: str | None, n_features: int, target: int) -> str:
+    """The drop schedule a final phase runs, balanced, taper or scaled: ``final_drops`` itself;
+    for ``auto`` (or None) balanced where N < SMALL_N or the target is below BALANCED_SIZE x N,
+    else taper; for ``balanced_below_8`` balanced where N < SMALL_N, else taper. That was the
+    default from the first measurement of balanced drops (at N < 8: 0.1-0.8x taper's E1 error for
+    up to 2.9x the time) until they were measured at N >= 10 (docs/performance.md); the
+    configurations that name it keep their runs."""
+    if final_drops in (None, "auto"):
+        return "balanced" if n_features < SMALL_N or target < BALANCED_SIZE * n_features else "taper"
+    if final_drops == "balanced_below_8":
+        return "balanced" if n_features < SMALL_N else "taper"
+    return final_drops
 
 
 def _pick_groups(

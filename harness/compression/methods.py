@@ -6,7 +6,7 @@ value against such a list."""
 
 METHODS = ("clustered", "global", "random", "kmeans")
 GROUP_WIDTHS = ("bound", "radius", "box")
-FINAL_DROPS = ("taper", "scaled", "balanced")
+FINAL_DROPS = ("auto", "balanced", "taper", "scaled", "balanced_below_8")
 
 
 def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:

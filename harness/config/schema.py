@@ -141,15 +141,22 @@ class CompressionConfig:
     # bound is the most accurate against the authors' compressor (docs/performance.md). Every run
     # before radius became the default had box: those runs keep their ids. Read by the moment arm.
     group_width: str = option("bound", choices=GROUP_WIDTHS, arms=("moment",), legacy="box")
-    # How many points a group of the clustered method's final phase drops: "taper", fewer as the
-    # live count nears d', toward the proof's one, "scaled", N/4 x live / d' throughout, or
-    # "balanced", one point of N + 1 at the vertex that keeps the running change of the next
-    # moments smallest (harness/compression/balance.py); null: balanced where N(m, k) < 8, else
-    # taper, the more accurate against the authors' compressor (docs/performance.md). Every run
-    # before taper became the default had scaled, which its id leaves out; every run from then
-    # until null became the default had taper, which its id names: a config naming taper plans
-    # it again under its id. Read by the moment arm.
-    final_drops: str | None = option(None, choices=FINAL_DROPS, arms=("moment",), legacy="scaled")
+    # How many points a group of the clustered method's final phase drops: "balanced", one point of
+    # N + 1 at the vertex that keeps the running change of the next moments smallest
+    # (harness/compression/balance.py); "taper", fewer as the live count nears d', toward the
+    # proof's one, the faster schedule; "scaled", N/4 x live / d' throughout; "auto", balanced
+    # where N(m, k) < 8 or d' < 4 N(m, k), else taper, the most accurate against the authors'
+    # compressor (docs/performance.md); "balanced_below_8", balanced where N(m, k) < 8, else taper.
+    # Every run before taper became the default had scaled, which its id leaves out; the runs from
+    # then on name theirs. null is balanced_below_8, which it meant while it was the default: the
+    # two are one id. Read by the moment arm.
+    final_drops: str | None = option(
+        "auto",
+        choices=FINAL_DROPS,
+        arms=("moment",),
+        legacy="scaled",
+        normal=lambda v: None if v == "balanced_below_8" else v,
+    )
     # The imp arm (iterative magnitude pruning, harness/experiments/imp.py): rounds of train ->
     # prune -> rewind, each round keeping a fixed fraction of the neurons so that the last leaves
     # the moment arm's width (3 rounds from E3's 1e4 to 1e3 keep (1e3/1e4)^(1/3) = 46% each), and

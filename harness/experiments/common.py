@@ -62,7 +62,9 @@ def moment_options(arm: str, compression: CompressionConfig) -> dict:
         "final_phase": compression.final_phase,
         "round_fraction": compression.round_fraction,
         "group_width": compression.group_width,
-        "final_drops": compression.final_drops,
+        # A config's null names balanced_below_8, the default it meant when its runs were made
+        # (CompressionConfig.final_drops); compress()'s None is today's default.
+        "final_drops": "balanced_below_8" if compression.final_drops is None else compression.final_drops,
     }
 
 
