@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -115,14 +116,22 @@ def node_state() -> str:
     return done.stdout.strip()
 
 
-def accounting(array: str) -> list[tuple[str, str]] | None:
+def accounting(array: str, timeout: float = 60.0) -> list[tuple[str, str]] | None:
     """(task, state) rows of ``sacct`` for the array, each requeue of a task a row of its own;
-    None where the cluster keeps no accounting database."""
+    None where the cluster keeps no accounting database. slurmctld reports a job's end to
+    slurmdbd asynchronously, so on a busy machine sacct can still show RUNNING for a task that
+    squeue no longer lists: the rows are read again until none is pending or running (up to
+    ``timeout`` seconds; then the last read)."""
     command = ["sacct", "--noheader", "--parsable2", "--allocations", "--duplicates", f"--jobs={array}"]
-    done = subprocess.run([*command, "--format=JobID,State"], capture_output=True, text=True)
-    if done.returncode != 0:
-        return None
-    return [tuple(line.split("|")) for line in done.stdout.splitlines() if line]
+    start = time.monotonic()
+    while True:
+        done = subprocess.run([*command, "--format=JobID,State"], capture_output=True, text=True)
+        if done.returncode != 0:
+            return None
+        rows = [tuple(line.split("|")) for line in done.stdout.splitlines() if line]
+        if not any(state in ("PENDING", "RUNNING") for _, state in rows) or time.monotonic() - start > timeout:
+            return rows
+        time.sleep(1.0)
 
 
 def run_outcomes(results: Path, name: str) -> Counter:

@@ -75,10 +75,9 @@ DEFAULT_ROUND_FRACTION = 0.25
 # E1 (docs/performance.md), balanced drops gave 0.13-0.49x their error where N < 8 (taper
 # 0.41-1.22x); at N >= 10 0.35-0.94x where taper gave 0.47-1.07x, for 2-50x taper's time. Where
 # d' < 4 N taper's margin was thin (0.70-1.07x, 0.84 or more in 12 of 13 rows; above 1 only at
-# d' < 2 N), balanced's 0.52-0.94x.
-# Where d' is more N, taper's groups are narrower, its errors were 0.47-1.00x the authors', and it
-# is the faster schedule; on E7 at (m, k, d) = (2, 6, 8000), d' = 58 N, balanced drops gave
-# 1.07x the authors' error [0.70, 1.64] where taper gave 0.86x.
+# d' < 2 N), balanced's 0.52-0.94x. Where d' is more N, taper's groups are narrower, its errors
+# were 0.47-1.00x the authors', and it is the faster schedule; on E7 at (m, k, d) = (2, 6, 8000),
+# d' = 58 N, balanced drops gave 1.07x the authors' error [0.70, 1.64] where taper gave 0.86x.
 BALANCED_SIZE = 4
 # The taper's slope (``_pick_groups``): the largest of those tried (1, 2, 3, 4, 6, 10) that keeps
 # E1 at (m, k) = (3, 6), d' = 200 below the authors' error; smaller ones take more rounds.

@@ -145,8 +145,9 @@ class CompressionConfig:
     # N + 1 at the vertex that keeps the running change of the next moments smallest
     # (harness/compression/balance.py); "taper", fewer as the live count nears d', toward the
     # proof's one, the faster schedule; "scaled", N/4 x live / d' throughout; "auto", balanced
-    # where N(m, k) < 8 or d' < 4 N(m, k), else taper, the most accurate against the authors'
-    # compressor (docs/performance.md); "balanced_below_8", balanced where N(m, k) < 8, else taper.
+    # where N(m, k) < 8 or d' < 4 N(m, k), else taper, at most the authors' compressor's error on
+    # every setting measured (docs/performance.md); "balanced_below_8", balanced where N(m, k) < 8,
+    # else taper.
     # Every run before taper became the default had scaled, which its id leaves out; the runs from
     # then on name theirs. null is balanced_below_8, which it meant while it was the default: the
     # two are one id. Read by the moment arm.
