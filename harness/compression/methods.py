@@ -7,6 +7,8 @@ value against such a list."""
 METHODS = ("clustered", "global", "random", "kmeans")
 GROUP_WIDTHS = ("bound", "radius", "box")
 FINAL_DROPS = ("auto", "balanced", "taper", "scaled", "balanced_below_8")
+# What a config's null final_drops means: the default when its runs were made (config/schema.py).
+NULL_FINAL_DROPS = "balanced_below_8"
 
 
 def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:

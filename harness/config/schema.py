@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields
 
-from harness.compression.methods import FINAL_DROPS, GROUP_WIDTHS
+from harness.compression.methods import FINAL_DROPS, GROUP_WIDTHS, NULL_FINAL_DROPS
 from harness.compression.size import parse_size
 from harness.config.loader import BETAS, FRACTION, NON_NEGATIVE, POSITIVE, Check, ConfigError, option
 
@@ -156,7 +156,7 @@ class CompressionConfig:
         choices=FINAL_DROPS,
         arms=("moment",),
         legacy="scaled",
-        normal=lambda v: None if v == "balanced_below_8" else v,
+        normal=lambda v: None if v == NULL_FINAL_DROPS else v,
     )
     # The imp arm (iterative magnitude pruning, harness/experiments/imp.py): rounds of train ->
     # prune -> rewind, each round keeping a fixed fraction of the neurons so that the last leaves

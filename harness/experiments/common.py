@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from harness.compression import Compression, compress, n_moments
+from harness.compression.methods import NULL_FINAL_DROPS
 from harness.config import CompressionConfig, Config
 
 # Called with (arm, record) at every evaluation of a training experiment, as it happens.
@@ -62,9 +63,8 @@ def moment_options(arm: str, compression: CompressionConfig) -> dict:
         "final_phase": compression.final_phase,
         "round_fraction": compression.round_fraction,
         "group_width": compression.group_width,
-        # A config's null names balanced_below_8, the default it meant when its runs were made
-        # (CompressionConfig.final_drops); compress()'s None is today's default.
-        "final_drops": "balanced_below_8" if compression.final_drops is None else compression.final_drops,
+        # compress()'s None is today's default; a config's null is the default its runs were made with.
+        "final_drops": NULL_FINAL_DROPS if compression.final_drops is None else compression.final_drops,
     }
 
 
