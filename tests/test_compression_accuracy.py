@@ -31,6 +31,7 @@ from harness.config.sweep_spec import load_sweep
 from harness.data.symmetric import symmetric_problem, symmetric_value
 from harness.errors import UsageError
 from harness.experiments.common import compress_objects
+from harness.experiments.units import budget
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -325,8 +326,7 @@ def test_auto_drops_are_balanced_below_8_at_every_run_of_the_committed_e7_eviden
     assert len(runs) == 720
     for run in runs:
         m, k, d = run.config.task.input_dim, run.config.compression.k, run.config.task.n_train
-        n = n_moments(m, k)
-        target = max(parse_size(run.config.compression.size).resolve(d), n)
+        n, target = n_moments(m, k), budget(d, m, k, run.config.compression.size)
         assert resolve_final_drops("auto", n, target) == resolve_final_drops("balanced_below_8", n, target)
     assert resolve_final_drops("auto", 15, 59) == "balanced" and resolve_final_drops("auto", 15, 60) == "taper"
     assert (
