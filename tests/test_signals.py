@@ -312,3 +312,39 @@ def test_a_stop_signal_that_comes_while_another_is_noted_is_noted_too_without_a_
     assert nested and preempt._signals == ["SIGUSR2", "SIGUSR1"]
     assert preempt.stop_requested() and preempt.stop_reason() == "SIGUSR2" and preempt.signalled() == "SIGUSR2"
     assert not preempt._overdue.is_set()  # only a second Ctrl-C means: stop now
+
+
+HAND_BACK_CUT_SHORT = """
+import sys, threading, time
+from harness.sweep.queue import RunQueue
+from harness.sweep.worker import HeldClaims, stop_now
+
+queue = RunQueue(sys.argv[1], "cut")
+queue.enqueue([("run-a", {})])
+held = HeldClaims(queue)
+claim = queue.claim()
+held.hold([claim])
+write = queue.storage.set_trial_state_values
+inside = threading.Event()
+
+def slow_write(*args, **kwargs):  # a starved CPU: the hand-back's state change takes a while
+    inside.set()
+    time.sleep(1.0)
+    return write(*args, **kwargs)
+
+queue.storage.set_trial_state_values = slow_write
+threading.Thread(target=held.release, args=(claim,)).start()  # training stopped: the main thread hands back
+inside.wait()
+stop_now(held, quiet=True)  # the stop's deadline passes meanwhile and ends the process
+"""
+
+
+def test_a_stop_that_ends_the_process_waits_for_a_hand_back_under_way(tmp_path):
+    """The worker's main thread is handing its job back (its trial marked preempted, not yet
+    failed and queued again) when the stop's deadline ends the process from another thread: the
+    job still ends up back in the queue, once, as an uninterrupted hand-back leaves it."""
+    journal = tmp_path / "queue.journal"
+    done = subprocess.run([sys.executable, "-c", HAND_BACK_CUT_SHORT, str(journal)], capture_output=True, text=True)
+    assert done.returncode == preempt.exit_code(), done.stderr
+    assert RunQueue(str(journal), "cut").counts() == Counter(preempted=1, waiting=1)
+    assert not Path(f"{journal}.lock").exists()  # no lock left for the next process to wait out

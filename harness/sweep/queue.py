@@ -14,6 +14,8 @@ The queue only says who runs what. Whether a run is finished is decided by the r
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import threading
 import time
@@ -63,11 +65,26 @@ class JobRecord:
     results_at: str | None = None
 
 
+def _one_writer(method):
+    """Run a method that writes to the queue under the queue object's write lock (``writes_held``)."""
+
+    @functools.wraps(method)
+    def locked(self: RunQueue, *args, **kwargs):
+        with self._writing:
+            return method(self, *args, **kwargs)
+
+    return locked
+
+
 class RunQueue:
     """Pending runs of one sweep, stored as trials of the Optuna study named after the sweep.
 
     ``results_at`` (``host:folder``) is recorded with each run this queue object finishes, so that
     a coordinator on another machine can say where the results are.
+
+    The threads of a process that share a queue object (a worker's main thread, its heartbeats, a
+    stop that hands the claims back) write one method at a time, so that a hand-back's three
+    writes are never interleaved with, or cut short by, another thread's (``writes_held``).
     """
 
     def __init__(
@@ -79,7 +96,20 @@ class RunQueue:
         self.results_at = results_at
         self.study = optuna.create_study(study_name=sweep, storage=self.storage, load_if_exists=True)
         self._study_id = self.storage.get_study_id_from_name(sweep)
+        self._writing = threading.RLock()
 
+    @contextlib.contextmanager
+    def writes_held(self, timeout: float):
+        """A block in which no other thread of this process writes to the queue: entered once a
+        write under way has ended, or after ``timeout`` seconds if it has not (a hung storage)."""
+        acquired = self._writing.acquire(timeout=timeout)
+        try:
+            yield
+        finally:
+            if acquired:
+                self._writing.release()
+
+    @_one_writer
     def enqueue(self, runs: Iterable[tuple[str, dict]], *, attempt: int = 1) -> list[str]:
         """Queue each ``(run_id, payload)`` not already waiting or running; return the ids queued."""
         active = self._active_run_ids()
@@ -101,6 +131,7 @@ class RunQueue:
         claims = self.claim_matching(lambda payload: True, 1)
         return claims[0] if claims else None
 
+    @_one_writer
     def claim_matching(self, wanted: Callable[[dict], bool], limit: int) -> list[Claim]:
         """Take up to ``limit`` waiting runs whose payload ``wanted`` accepts, in queue order.
 
@@ -125,14 +156,17 @@ class RunQueue:
             claims.append(Claim(attrs[RUN_ID], trial_id, int(attrs.get(ATTEMPT, 1)), attrs.get(PAYLOAD, {})))
         return claims
 
+    @_one_writer
     def retry(self, claim: Claim) -> None:
         """Queue a failed run again as its next attempt."""
         self._add(claim.run_id, claim.payload, claim.attempt + 1)
 
+    @_one_writer
     def beat(self, trial_id: int) -> None:
         """Record that the worker owning this trial is alive."""
         self.storage.set_trial_user_attr(trial_id, HEARTBEAT, time.time())
 
+    @_one_writer
     def renew(self, claim: Claim) -> bool:
         """Beat for a claim and say whether it is still this worker's: False once its trial was
         closed by another (taken as stale after a stall longer than the grace period, and queued
@@ -143,6 +177,7 @@ class RunQueue:
             return False
         return self.storage.get_trial(claim.trial_id).state == TrialState.RUNNING
 
+    @_one_writer
     def release(self, claim: Claim) -> bool:
         """Hand a claimed run back unfinished (its worker was stopped): the trial ends FAIL with
         outcome ``preempted`` and the run is queued again at once as the same attempt (a stop is
@@ -155,6 +190,7 @@ class RunQueue:
         self._add(claim.run_id, claim.payload, claim.attempt)
         return True
 
+    @_one_writer
     def finish(self, claim: Claim, outcome: str, error: str | None = None) -> None:
         """Close a claimed run with its outcome: done, diverged or skipped (COMPLETE), failed (FAIL).
 
@@ -174,6 +210,7 @@ class RunQueue:
         except optuna.exceptions.UpdateFinishedTrialError:
             logger.warning("run %s: its trial was already closed as stale; the result is kept", claim.run_id)
 
+    @_one_writer
     def requeue_stale(self) -> list[str]:
         """Fail the RUNNING trials whose heartbeat is older than the grace period; queue them again.
 

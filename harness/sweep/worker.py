@@ -35,6 +35,10 @@ from harness.tracking.store import finished_status, run_error
 logger = logging.getLogger(__name__)
 
 POLL_SECONDS = 2.0  # between looks at a queue whose runs are all taken by others
+# How long a stop that ends the process waits for another thread's write to the queue to end:
+# longer than a write takes on a starved CPU, short enough that an unreachable queue can't keep
+# a stopped worker alive.
+WRITE_WAIT_SECONDS = 30.0
 
 
 class HeldClaims:
@@ -57,12 +61,15 @@ class HeldClaims:
             self._claims.pop(claim.trial_id, None)
 
     def release(self, claim: Claim) -> None:
-        """Hand one claim back to the queue (nothing if it is no longer this worker's)."""
-        self.let_go(claim)
+        """Hand one claim back to the queue (nothing if it is no longer this worker's).
+
+        Held until it is back: a stop from another thread meanwhile (``stop_now``) still finds it
+        and hands it back itself, and the queue lets only one of the two do it."""
         self.queue.release(claim)
+        self.let_go(claim)
 
     def release_all(self) -> int:
-        """Hand every held claim back; how many went back."""
+        """Hand every held claim back; how many went back by this call."""
         with self._lock:
             claims, self._claims = list(self._claims.values()), {}
         return sum(self.queue.release(claim) for claim in claims)
@@ -79,7 +86,10 @@ def stop_now(held: HeldClaims, quiet: bool = False) -> None:
             print(f"worker: stopped by {preempt.signalled()}; {count} job(s) went back to the queue", file=sys.stderr)
     finally:
         sys.stderr.flush()
-        os._exit(preempt.exit_code())
+        # Not in the middle of another thread's write: ending it half done would lose a hand-back
+        # already under way, and would leave a journal file's lock held for every other process.
+        with held.queue.writes_held(timeout=WRITE_WAIT_SECONDS):
+            os._exit(preempt.exit_code())
 
 
 def work(queue: RunQueue, options: SweepOptions, held: HeldClaims | None = None) -> dict[str, int]:
