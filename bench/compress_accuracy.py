@@ -22,11 +22,13 @@ docs/performance.md's tables (20 probe sets), measured on this project's machine
 ``final_phase`` of ``clustered_weights`` (the nearest-neighbour phase starts at final_phase x d'
 live points; 1 is plain kd halving all the way, the schedule before the final phase existed), and
 ``--fractions`` the same for each ``round_fraction`` (the share of the disjoint nearest-neighbour
-groups a final-phase round reduces, smallest first). ``--final-phase``, ``--round-fraction``,
-``--group-width`` and ``--final-drops`` set those options for the tables and for every point of
-the curve (a curve's own value overrides the option's).
-``--plot PNG`` draws that trade-off, error against seconds per setting, with the authors' point
-beside it when they are compared.
+groups a final-phase round reduces, smallest first), and ``--drops`` the same for each
+``final_drops`` (balanced drops are the accurate and the slow end where d' < 4 N: the SPEC's
+third case, 1e3 -> 1e2 at m = 3, k = 5, is where the trade-off is sharpest). ``--final-phase``,
+``--round-fraction``, ``--group-width`` and ``--final-drops`` set those options for the tables
+and for every point of the curve (a curve's own value overrides the option's).
+``--plot PNG`` draws that trade-off, error against seconds, one panel per setting, with the
+default schedule ringed and the authors' point beside it when they are compared.
 
 A single probe set makes |f' - f| a noisy statistic: it is one signed sum, and its draws span two
 orders of magnitude. ``--probe-sets P`` scores each draw by the root mean square of |f' - f| over
@@ -37,6 +39,7 @@ the authors' alike: the same function family, far less noise between two compres
 
 Run: .venv/bin/python bench/compress_accuracy.py [--quick] [--function inverse --size "20*ln(d)^2"]
      [--reference /tmp/authors/compressor.py] [--probe-sets 20] [--fractions 1 0.25]
+     [--drops balanced taper --plot drops.png]
 """
 
 from __future__ import annotations
@@ -182,13 +185,23 @@ def main() -> None:
         "--fractions", type=float, nargs="+", metavar="Q", help="clustered round_fraction values to time and score"
     )
     parser.add_argument(
-        "--plot", type=Path, metavar="PNG", help="with --curve or --fractions: draw error against seconds to this file"
+        "--drops",
+        choices=FINAL_DROPS,
+        nargs="+",
+        metavar="DROPS",
+        help="clustered final_drops values to time and score",
+    )
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        metavar="PNG",
+        help="with --curve, --fractions or --drops: draw error against seconds to this file",
     )
     args = parser.parse_args()
     if args.probe_sets < 1:
         parser.error(f"--probe-sets must be at least 1; got {args.probe_sets}")
-    if args.plot and args.curve is None and not args.fractions:
-        parser.error("--plot draws the --curve / --fractions trade-off: give one of them")
+    if args.plot and args.curve is None and not args.fractions and not args.drops:
+        parser.error("--plot draws the --curve / --fractions / --drops trade-off: give one of them")
     settings = args.settings or (QUICK_SETTINGS if args.quick else SETTINGS)
     draws = 3 if args.quick and args.draws == 6 else args.draws
     rule = parse_size(args.size)
@@ -211,6 +224,7 @@ def main() -> None:
     )
     schedules = [{"final_phase": phase} for phase in (args.curve or DEFAULT_PHASES)] if args.curve is not None else []
     schedules += [{"round_fraction": fraction} for fraction in args.fractions or ()]
+    schedules += [{"final_drops": drops} for drops in args.drops or ()]
     print("| m, k, d | d' | " + " | ".join(f"{name} error | {name} s" for name in args.methods) + " |")
     print("|---|---|" + "---|---|" * len(args.methods))
     ratio_rows, curve_rows, records = [], [], []
@@ -296,7 +310,7 @@ def main() -> None:
     if curve_rows:
         _print_curve(curve_rows)
     if args.plot:
-        _plot_curve(curve_rows, records if comparing else [], args.plot)
+        _plot_curve(curve_rows, records, args.plot)
     if args.json:
         args.json.write_text(json.dumps({"function": args.function, "probe_sets": args.probe_sets, "draws": records}))
 
@@ -329,7 +343,8 @@ def _curve(objects, error_of, k, target, schedules, fixed, m, d):
         elapsed = time.perf_counter() - start
         keep = c > 0
         ((name, value),) = schedule.items()
-        rows.append((m, k, d, f"{name}={value:g}", error_of(objects[keep], c[keep]), elapsed))
+        label = f"{name}={value}" if isinstance(value, str) else f"{name}={value:g}"
+        rows.append((m, k, d, label, error_of(objects[keep], c[keep]), elapsed))
     return rows
 
 
@@ -351,45 +366,61 @@ def _print_curve(rows: list[tuple]) -> None:
 
 
 def _plot_curve(rows: list[tuple], records: list[dict], path: Path) -> None:
-    """Error against seconds: per setting, one line through the final_phase schedules and one
-    through the round_fraction ones (geometric-mean error, mean seconds over the draws), and the
-    authors' compressor as a star where it was compared."""
+    """Error against seconds, one panel per setting (their errors differ by orders of magnitude):
+    a line through each option's schedules (final_phase, round_fraction, final_drops;
+    geometric-mean error, mean seconds over the draws), the default as a ring, and the authors'
+    compressor as a star where it was compared."""
     import matplotlib  # only --plot needs it: the tables run without loading it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     curve = _curve_points(rows)
-    figure, axes = plt.subplots(figsize=(7, 5))
-    for colour, (m, k, d) in enumerate(sorted({key[:3] for key in curve})):
-        for kind, style in (("final_phase", "o-"), ("round_fraction", "s--")):
-            points = [
+    settings = sorted({key[:3] for key in curve})
+    columns = min(3, len(settings))
+    lines = -(-len(settings) // columns)
+    figure, panels = plt.subplots(lines, columns, figsize=(4.5 * columns, 4 * lines), squeeze=False)
+    for axes, (m, k, d) in zip(panels.flat, settings):
+        for colour, (kind, style) in enumerate(
+            (("final_phase", "o-"), ("round_fraction", "s--"), ("final_drops", "^:"))
+        ):
+            points = sorted(
                 (seconds, error, key[3])
                 for key, (error, seconds) in curve.items()
                 if key[:3] == (m, k, d) and key[3].startswith(kind)
-            ]
+            )
             if not points:
                 continue
-            points.sort()
-            label = f"m={m} k={k} d={d}, {kind}"
-            axes.plot([p[0] for p in points], [p[1] for p in points], style, color=f"C{colour}", label=label)
+            axes.plot([p[0] for p in points], [p[1] for p in points], style, color=f"C{colour}", label=kind)
             for seconds, error, schedule in points:
                 axes.annotate(
                     schedule.split("=")[1], (seconds, error), fontsize=7, xytext=(3, 3), textcoords="offset points"
                 )
-        theirs = [r for r in records if (r["m"], r["k"], r["d"]) == (m, k, d)]
-        if theirs:
+        drawn = [r for r in records if (r["m"], r["k"], r["d"]) == (m, k, d)]
+        axes.plot(
+            np.mean([r["seconds"]["clustered"] for r in drawn]),
+            geometric_mean([r["error"]["clustered"] for r in drawn]),
+            "o",
+            markersize=11,
+            fillstyle="none",
+            color="black",
+            label="default",
+        )
+        if drawn and "theirs_error" in drawn[0]:
             axes.plot(
-                np.mean([r["theirs_seconds"] for r in theirs]),
-                geometric_mean([r["theirs_error"] for r in theirs]),
+                np.mean([r["theirs_seconds"] for r in drawn]),
+                geometric_mean([r["theirs_error"] for r in drawn]),
                 "*",
                 markersize=12,
-                color=f"C{colour}",
-                label=f"m={m} k={k} d={d}, the authors'",
+                color="C3",
+                label="the authors'",
             )
-    axes.set(xscale="log", yscale="log", xlabel="seconds per compression", ylabel="error |f' - f| (geometric mean)")
-    axes.set_title("clustered compression: accuracy against time, by schedule")
-    axes.legend(fontsize=7)
+        axes.set(xscale="log", yscale="log", xlabel="seconds per compression", ylabel="error |f' - f| (geometric mean)")
+        axes.set_title(f"m={m} k={k}, d={d} -> {drawn[0]['size']}", fontsize=9)
+        axes.legend(fontsize=7)
+    for axes in panels.flat[len(settings) :]:
+        axes.set_visible(False)
+    figure.suptitle("clustered compression: accuracy against time, by schedule")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)

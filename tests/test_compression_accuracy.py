@@ -634,22 +634,30 @@ def test_the_accuracy_benchmark_scores_ours_against_the_committed_reference_alon
 
 
 def test_the_accuracy_benchmark_draws_the_trade_off_curve(tmp_path):
-    """--fractions with --plot: the curve's row at the default round_fraction scores the same
-    compressions as the table (the same error), and the plot is written; --plot alone is refused
-    before any work."""
+    """--fractions and --drops with --plot: the curve's rows at the default round_fraction and at
+    final_drops auto (the default) score the same compressions as the table (the same error), the
+    other values different ones, and the plot is written; --plot alone is refused before any work."""
     bench = [sys.executable, str(ROOT / "bench" / "compress_accuracy.py"), "--methods", "clustered"]
     bench += ["--probe-sets", "20", "--settings", "2,3,2000", "--draws", "2", "--reference-cache", str(REFERENCE)]
     plot = tmp_path / "curve.png"
     done = subprocess.run(
-        [*bench, "--fractions", "1", "0.25", "--plot", str(plot)], capture_output=True, text=True, cwd=ROOT, check=True
+        [*bench, "--fractions", "1", "0.25", "--drops", "auto", "balanced", "--plot", str(plot)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=True,
     )
     lines = done.stdout.splitlines()
     table = next(line for line in lines if line.startswith("| 2, 3, 2000 | 200 | ") and "x |" not in line)
-    curve = {line.split("|")[2].strip(): line.split("|") for line in lines if line.startswith("| 2, 3, 2000 | round")}
-    assert set(curve) == {"round_fraction=1", "round_fraction=0.25"}
-    assert float(curve["round_fraction=0.25"][3]) == pytest.approx(float(table.split("|")[3]), rel=1e-6)
-    assert float(curve["round_fraction=1"][3]) != float(curve["round_fraction=0.25"][3])
+    curve = {line.split("|")[2].strip(): line.split("|") for line in lines if line.startswith("| 2, 3, 2000 | ")}
+    curve = {schedule: float(cells[3]) for schedule, cells in curve.items() if "=" in schedule}
+    assert set(curve) == {"round_fraction=1", "round_fraction=0.25", "final_drops=auto", "final_drops=balanced"}
+    default = float(table.split("|")[3])
+    assert curve["round_fraction=0.25"] == pytest.approx(default, rel=1e-6)
+    assert curve["final_drops=auto"] == pytest.approx(default, rel=1e-6)
+    # N = 10, d' = 200 >= 4 N: auto tapers, so balanced drops are a different compression.
+    assert curve["round_fraction=1"] != default and curve["final_drops=balanced"] != default
     assert plot.read_bytes()[:4] == b"\x89PNG"
     # Refused before any compression: with 40 draws the cache lacks most, which would fail later.
     refused = subprocess.run([*bench, "--draws", "40", "--plot", str(plot)], capture_output=True, text=True, cwd=ROOT)
-    assert refused.returncode == 2 and "--plot draws the --curve / --fractions trade-off" in refused.stderr
+    assert refused.returncode == 2 and "--plot draws the --curve / --fractions / --drops trade-off" in refused.stderr
